@@ -1,0 +1,78 @@
+# sluice development tasks. Local services run without Docker (scripts/services.sh);
+# endpoints and development credentials come from dev.env.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+# Cargo's output directory; CARGO_TARGET_DIR from the environment wins.
+TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)
+SLUICE_BIN ?= $(TARGET_DIR)/release/sluice
+export SLUICE_BIN
+MODULES_DIR := $(CURDIR)/modules
+GUEST_DIR := $(TARGET_DIR)/wasm32-wasip2/guest
+GUESTS := producer backup features
+
+# Tools installed with `cargo install` live here.
+export PATH := $(if $(CARGO_HOME),$(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
+# Exports dev.env into a recipe's shell.
+LOAD_ENV := set -a && . ./dev.env && set +a
+
+.PHONY: help guests build tools services services-down services-status setup demo test lint clean-data
+
+help:
+	@echo 'make build          build the host binary (release)'
+	@echo 'make guests         build the wasm32-wasip2 guests into modules/'
+	@echo 'make tools          install nisshi and garage if missing (slow the first time)'
+	@echo 'make services       start the local services (scripts/services.sh up)'
+	@echo 'make services-down  stop them'
+	@echo 'make setup          services + sluice setup (topics, users, schemas)'
+	@echo 'make demo           produce, back up and compute features end to end'
+	@echo 'make test           guests + services, then the test suite'
+	@echo 'make lint           rustfmt and clippy'
+	@echo 'make clean-data     stop services; delete .sluice/, data/, the Kafka database, Redis feature keys'
+
+guests:
+	$(CARGO) build --profile guest --target wasm32-wasip2 $(foreach g,$(GUESTS),-p sluice-guest-$(g))
+	mkdir -p $(MODULES_DIR)
+	$(foreach g,$(GUESTS),cp $(GUEST_DIR)/sluice_guest_$(g).wasm $(MODULES_DIR)/$(g).wasm && ) true
+	@ls -l $(MODULES_DIR)
+
+build:
+	$(CARGO) build --release -p sluice
+
+tools:
+	bash scripts/install-tools.sh
+
+services: tools build
+	bash scripts/services.sh up
+
+services-down:
+	bash scripts/services.sh down
+
+services-status:
+	bash scripts/services.sh status
+
+setup: services
+	$(LOAD_ENV) && $(SLUICE_BIN) setup
+
+demo: guests setup
+	bash scripts/demo.sh
+
+test: guests services
+	$(LOAD_ENV) && export SLUICE_MODULES_DIR=$(MODULES_DIR) && \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --release; \
+	else \
+		$(CARGO) test --workspace --release; \
+	fi
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Kafka records (PostgreSQL), schema ids (.sluice/registry.json), the archive
+# (data/) and the Redis features derive from one another: delete them together.
+clean-data:
+	bash scripts/services.sh reset

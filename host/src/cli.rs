@@ -1,0 +1,159 @@
+//! The `sluice` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{KafkaArgs, RedisArgs, RegistryArgs, StorageArgs};
+use crate::jobs::{self, RunOptions};
+use crate::registry::Registry;
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Kafka records through sandboxed WebAssembly components, to Parquet and Redis")]
+pub struct Cli {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Job {
+    /// transactions-job-backup: every record to Parquet.
+    Backup,
+    /// transactions-ml-features-job: per-user counts to Parquet and Redis.
+    Features,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the topics, register the schemas, create the job users and ACLs.
+    Setup {
+        /// Partitions of the transactions topic (see README "Partitioning").
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long, default_value = jobs::backup::JOB)]
+        backup_group: String,
+        #[arg(long, default_value = jobs::features::JOB)]
+        features_group: String,
+    },
+    /// Run the transactions-producer with a generator module.
+    Produce {
+        #[arg(long)]
+        module: PathBuf,
+        /// Records to produce.
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Records per second (unlimited when unset).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Seed of the fake-data stream; the same seed and index give the same records.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Index of the first record in the seeded stream.
+        #[arg(long, default_value_t = 0)]
+        first_index: u64,
+        /// Records per guest call.
+        #[arg(long, default_value_t = 1_000)]
+        batch: u32,
+    },
+    /// Run a consumer job with a guest module.
+    Run {
+        #[arg(long, value_enum)]
+        job: Job,
+        #[arg(long)]
+        module: PathBuf,
+        /// Consumer group; defaults to the job's name.
+        #[arg(long)]
+        group: Option<String>,
+        /// Records per batch at most.
+        #[arg(long, default_value_t = 50_000)]
+        batch_size: usize,
+        /// Close a batch after this many milliseconds without a record.
+        #[arg(long, default_value_t = 200)]
+        idle_ms: u64,
+        /// Exit once every assigned partition is read to its end.
+        #[arg(long)]
+        until_caught_up: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Serve the embedded schema registry (Confluent REST subset).
+    Registry {
+        #[arg(long, env = "SLUICE_REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Where schemas and ids are kept across restarts.
+        #[arg(long, env = "SLUICE_REGISTRY_DATA", default_value = ".sluice/registry.json")]
+        data_file: PathBuf,
+    },
+}
+
+/// Runs a parsed command line; prints the command's report on stdout.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let registry = || Registry::new(&cli.registry.registry_url);
+    match cli.command {
+        Command::Setup { partitions, backup_group, features_group } => {
+            let setup = jobs::setup::Setup { kafka: cli.kafka.clone(), registry: registry()?, partitions, backup_group, features_group };
+            for line in setup.run().await? {
+                println!("{line}");
+            }
+        }
+        Command::Produce { module, count, rate, seed, first_index, batch } => {
+            let produce = jobs::produce::Produce {
+                kafka: cli.kafka.clone(),
+                registry: registry()?,
+                module,
+                count,
+                rate,
+                seed,
+                first_index,
+                batch: batch.max(1),
+            };
+            println!("{}", serde_json::to_string(&produce.run().await?)?);
+        }
+        Command::Run { job, module, group, batch_size, idle_ms, until_caught_up, storage, redis } => {
+            let default_group = match job {
+                Job::Backup => jobs::backup::JOB,
+                Job::Features => jobs::features::JOB,
+            };
+            let options = RunOptions {
+                group: group.unwrap_or_else(|| default_group.to_string()),
+                batch_size: batch_size.max(1),
+                idle: Duration::from_millis(idle_ms.max(1)),
+                until_caught_up,
+            };
+            let storage = storage.open()?;
+            let report = match job {
+                Job::Backup => {
+                    let job = jobs::backup::BackupJob { kafka: cli.kafka.clone(), registry: registry()?, storage, module, options };
+                    serde_json::to_string(&job.run().await?)?
+                }
+                Job::Features => {
+                    let job = jobs::features::FeaturesJob {
+                        kafka: cli.kafka.clone(),
+                        registry: registry()?,
+                        storage,
+                        redis_url: redis.redis_url,
+                        redis_prefix: redis.redis_prefix,
+                        module,
+                        options,
+                    };
+                    serde_json::to_string(&job.run().await?)?
+                }
+            };
+            println!("{report}");
+        }
+        Command::Registry { listen, data_file } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tracing::info!(%listen, data = %data_file.display(), "schema registry listening");
+            crate::registry::embedded::serve(listener, data_file).await?;
+        }
+    }
+    Ok(())
+}

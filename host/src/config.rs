@@ -1,0 +1,184 @@
+//! Connection settings shared by every command: Kafka, registry, object
+//! storage and Redis. Values come from flags or `SLUICE_*` variables (see
+//! README "Configuration").
+
+use std::sync::Arc;
+
+use clap::Args;
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use rdkafka::ClientConfig;
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid output URL {url:?}: {reason}")]
+    OutputUrl { url: String, reason: String },
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How to reach and authenticate to Kafka.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap servers.
+    #[arg(long, env = "SLUICE_BROKERS", default_value = "127.0.0.1:9092", global = true)]
+    pub brokers: String,
+    /// SASL user; defaults to the job's own user for `run`, the admin user otherwise.
+    #[arg(long, global = true)]
+    pub kafka_user: Option<String>,
+    /// SASL password; SASL is off when no password is known.
+    #[arg(long, global = true)]
+    pub kafka_password: Option<String>,
+    /// SASL mechanism (SCRAM-SHA-512 or SCRAM-SHA-256).
+    #[arg(long, env = "SLUICE_SASL_MECHANISM", default_value = "SCRAM-SHA-512", global = true)]
+    pub sasl_mechanism: String,
+    /// The source topic.
+    #[arg(long, env = "SLUICE_TOPIC", default_value = "transactions", global = true)]
+    pub topic: String,
+    /// Where records that cannot be decoded or that a guest rejects go.
+    #[arg(long, env = "SLUICE_DLQ_TOPIC", default_value = "transactions-dlq", global = true)]
+    pub dlq_topic: String,
+}
+
+/// Resolved credentials of one Kafka client.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl KafkaArgs {
+    /// Credentials for a client acting as `default_user`, whose password is
+    /// read from `password_var` unless given on the command line.
+    pub fn credentials(&self, default_user: &str, password_var: &str) -> Option<Credentials> {
+        let password = self
+            .kafka_password
+            .clone()
+            .or_else(|| std::env::var(password_var).ok())
+            .filter(|p| !p.is_empty())?;
+        let user = self.kafka_user.clone().unwrap_or_else(|| default_user.to_string());
+        Some(Credentials { user, password })
+    }
+
+    /// The admin identity used by `setup` and `produce`.
+    pub fn admin_credentials(&self) -> Option<Credentials> {
+        let user = std::env::var("SLUICE_ADMIN_USER").unwrap_or_else(|_| "sluice-admin".into());
+        self.credentials(&user, "SLUICE_ADMIN_PASSWORD")
+    }
+
+    /// A librdkafka configuration for these brokers and credentials.
+    pub fn client_config(&self, credentials: Option<&Credentials>) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        if let Some(c) = credentials {
+            config
+                .set("security.protocol", "SASL_PLAINTEXT")
+                .set("sasl.mechanism", &self.sasl_mechanism)
+                .set("sasl.username", &c.user)
+                .set("sasl.password", &c.password);
+        }
+        config
+    }
+}
+
+/// Schema registry endpoint.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    #[arg(long, env = "SLUICE_REGISTRY_URL", default_value = "http://127.0.0.1:8081", global = true)]
+    pub registry_url: String,
+}
+
+/// Object storage for Parquet output: `file://` or `s3://bucket/prefix`.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Root of the Parquet lake; jobs write under `<root>/<dataset>/`.
+    #[arg(long, env = "SLUICE_OUTPUT_URL", default_value = "file://./data/lake")]
+    pub output_url: String,
+    /// S3 endpoint for S3-compatible stores (Garage, MinIO); AWS when unset.
+    #[arg(long, env = "SLUICE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), as Garage and MinIO expect.
+    #[arg(long, env = "SLUICE_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub s3_path_style: bool,
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+}
+
+/// An object store and the prefix inside it that a URL names.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub store: Arc<dyn ObjectStore>,
+    pub root: ObjectPath,
+    /// The URL as given, for messages.
+    pub url: String,
+}
+
+impl StorageArgs {
+    pub fn open(&self) -> Result<Storage> {
+        let url_error = |reason: String| Error::OutputUrl { url: self.output_url.clone(), reason };
+        let url = parse_storage_url(&self.output_url).map_err(url_error)?;
+        match url.scheme() {
+            "file" => {
+                let dir = std::path::PathBuf::from(url.path());
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| url_error(format!("cannot create {}: {e}", dir.display())))?;
+                let store = LocalFileSystem::new_with_prefix(&dir)?;
+                Ok(Storage {
+                    store: Arc::new(store),
+                    root: ObjectPath::default(),
+                    url: self.output_url.clone(),
+                })
+            }
+            "s3" => {
+                let bucket = url
+                    .host_str()
+                    .ok_or_else(|| url_error("an s3:// URL needs a bucket".into()))?;
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_region(&self.s3_region)
+                    .with_virtual_hosted_style_request(!self.s3_path_style);
+                if let Some(endpoint) = &self.s3_endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                Ok(Storage {
+                    store: Arc::new(builder.build()?),
+                    root: ObjectPath::from(url.path().trim_matches('/')),
+                    url: self.output_url.clone(),
+                })
+            }
+            other => Err(url_error(format!("unsupported scheme {other:?} (use file:// or s3://)"))),
+        }
+    }
+}
+
+/// Parses a storage URL; `file://` paths may be relative to the working
+/// directory (`file://./data`), which `Url` alone would misread as a host.
+fn parse_storage_url(raw: &str) -> std::result::Result<Url, String> {
+    if let Some(path) = raw.strip_prefix("file://") {
+        let path = std::path::Path::new(path);
+        let absolute = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir().map_err(|e| e.to_string())?.join(path)
+        };
+        return Url::from_file_path(&absolute).map_err(|()| format!("bad path {}", absolute.display()));
+    }
+    Url::parse(raw).map_err(|e| e.to_string())
+}
+
+/// Redis endpoint for the features job.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    #[arg(long, env = "SLUICE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of the per-user feature keys: `<prefix>:user:<user_id>`.
+    #[arg(long, env = "SLUICE_REDIS_PREFIX", default_value = "sluice:features")]
+    pub redis_prefix: String,
+}

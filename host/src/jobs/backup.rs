@@ -1,0 +1,149 @@
+//! transactions-job-backup: every record of the topic to Parquet, columns
+//! exactly the registered value schema (latest version, so records of older
+//! writers take defaults and fields newer writers add are kept).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::avro::{Decoder, DecodeError};
+use crate::columnar::{ColumnarSchema, RowsBuilder, columnar_schema};
+use crate::config::{KafkaArgs, Storage};
+use crate::dlq::DeadLetters;
+use crate::kafka::{Consumed, Source, producer};
+use crate::registry::Registry;
+use crate::runtime::{RawFilterGuest, RawRecord, Runtime, Verdict};
+use crate::sinks::parquet::ParquetSink;
+
+use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Error, Result, RunOptions, by_partition, next_offsets, stop_signal};
+
+pub const JOB: &str = "transactions-job-backup";
+
+/// What a run did, printed as JSON at the end.
+#[derive(Debug, Default, Serialize)]
+pub struct BackupReport {
+    pub records: u64,
+    pub archived: u64,
+    pub dropped: u64,
+    pub dead_lettered: u64,
+    pub files: u64,
+}
+
+pub struct BackupJob {
+    pub kafka: KafkaArgs,
+    pub registry: Registry,
+    pub storage: Storage,
+    pub module: PathBuf,
+    pub options: RunOptions,
+}
+
+/// The archive layout and the registered schema id it was built from.
+struct Layout {
+    schema_id: u32,
+    columns: Arc<ColumnarSchema>,
+}
+
+impl BackupJob {
+    pub async fn run(self) -> Result<BackupReport> {
+        let runtime = Runtime::new(Default::default())?;
+        let mut guest = RawFilterGuest::load(&runtime, &self.module)?;
+        let credentials = self.kafka.credentials(BACKUP_USER, BACKUP_PASSWORD_VAR);
+        let config = self.kafka.client_config(credentials.as_ref());
+        let mut source = Source::subscribe(config.clone(), &self.options.group, &self.kafka.topic)?;
+        let mut dead_letters = DeadLetters::new(producer::create(config)?, &self.kafka.dlq_topic, &self.kafka.topic, JOB);
+        let mut decoder = Decoder::new(&self.registry);
+        let subject = crate::model::value_subject(&self.kafka.topic);
+        let mut layout = self.latest_layout(&subject).await?;
+        let sink = ParquetSink::new(self.storage.clone(), &self.kafka.topic);
+        let stop = stop_signal();
+        let mut report = BackupReport::default();
+        tracing::info!(topic = %self.kafka.topic, group = %self.options.group, output = %self.storage.url, "backup running");
+
+        while !*stop.borrow() {
+            let batch = source.next_batch(self.options.batch_size, self.options.idle).await?;
+            if batch.is_empty() {
+                if self.options.until_caught_up && source.caught_up()? {
+                    break;
+                }
+                continue;
+            }
+            decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
+            if self.layout_is_stale(&decoder, &batch, &layout) {
+                layout = self.latest_layout(&subject).await?;
+                tracing::info!(schema_id = layout.schema_id, "archive layout follows the latest schema");
+            }
+            for (partition, records) in by_partition(&batch) {
+                let raw: Vec<RawRecord> = records.iter().map(|r| raw_record(r)).collect();
+                let verdicts = guest.process(&raw)?;
+                drop(raw);
+                let mut rows = RowsBuilder::new(layout.columns.clone());
+                for (record, verdict) in records.iter().zip(verdicts) {
+                    report.records += 1;
+                    let reason = match verdict {
+                        Verdict::Keep => match archive_row(&decoder, &layout, &mut rows, record) {
+                            Ok(()) => continue,
+                            Err(reason) => reason,
+                        },
+                        Verdict::Drop => {
+                            report.dropped += 1;
+                            continue;
+                        }
+                        Verdict::Reject(reason) => format!("rejected by guest: {reason}"),
+                    };
+                    dead_letters.send(record, &reason).await?;
+                    report.dead_lettered += 1;
+                }
+                if !rows.is_empty() {
+                    report.archived += rows.len() as u64;
+                    let first_offset = records[0].offset;
+                    let path = sink.write(partition, first_offset, &rows.finish()).await?;
+                    report.files += 1;
+                    tracing::debug!(%path, "archived");
+                }
+            }
+            source.commit(&next_offsets(&batch))?;
+        }
+        Ok(report)
+    }
+
+    async fn latest_layout(&self, subject: &str) -> Result<Layout> {
+        let latest = self.registry.latest(subject).await?;
+        let schema = apache_avro::Schema::parse_str(&latest.schema)
+            .map_err(|e| Error::Other(format!("latest schema of {subject} does not parse: {e}")))?;
+        let columns = columnar_schema(&schema).map_err(|e| Error::Other(format!("{subject}: {e}")))?;
+        Ok(Layout { schema_id: latest.id, columns })
+    }
+
+    /// True when a record of this batch was written with a schema that has
+    /// fields the layout lacks: a newer version was registered.
+    fn layout_is_stale(&self, decoder: &Decoder, batch: &[Consumed], layout: &Layout) -> bool {
+        batch.iter().any(|r| {
+            crate::avro::schema_id(r.value.as_deref())
+                .ok()
+                .filter(|id| *id != layout.schema_id)
+                .and_then(|id| decoder.known_schema(id))
+                .is_some_and(|writer| !layout.columns.covers(writer))
+        })
+    }
+}
+
+/// Decodes a kept record into the archive rows, or says why it cannot be.
+fn archive_row(decoder: &Decoder, layout: &Layout, rows: &mut RowsBuilder, record: &Consumed) -> std::result::Result<(), String> {
+    let (id, value) = decoder.decode(record.value.as_deref()).map_err(|e: DecodeError| e.to_string())?;
+    if id != layout.schema_id && decoder.known_schema(id).is_some_and(|w| !layout.columns.covers(w)) {
+        return Err(format!("writer schema {id} has fields the latest registered schema lacks"));
+    }
+    rows.append(&value)
+}
+
+fn raw_record(record: &Consumed) -> RawRecord {
+    RawRecord {
+        key: record.key.clone(),
+        value: record.value.clone(),
+        headers: record.headers.clone(),
+        timestamp_millis: record.timestamp_millis,
+        partition: record.partition,
+        offset: record.offset,
+    }
+}

@@ -1,0 +1,108 @@
+//! The jobs users run. A job wires a source, a guest and sinks; nothing else
+//! knows about jobs.
+
+pub mod backup;
+pub mod features;
+pub mod produce;
+pub mod setup;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::kafka::Consumed;
+
+/// The consumer user of each job, created by `sluice setup`.
+pub const BACKUP_USER: &str = "transactions-backup-job-user";
+pub const FEATURES_USER: &str = "transactions-ml-features-job-user";
+/// Variables holding those users' passwords.
+pub const BACKUP_PASSWORD_VAR: &str = "SLUICE_BACKUP_JOB_PASSWORD";
+pub const FEATURES_PASSWORD_VAR: &str = "SLUICE_FEATURES_JOB_PASSWORD";
+
+/// How a consumer job paces itself.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub group: String,
+    /// Records per batch at most (one Parquet object per partition per batch).
+    pub batch_size: usize,
+    /// A batch closes early when no record arrived for this long.
+    pub idle: Duration,
+    /// Stop once every assigned partition is read to its end.
+    pub until_caught_up: bool,
+}
+
+/// A receiver that turns true on SIGINT or SIGTERM: jobs finish the batch in
+/// hand, commit, and return.
+pub fn stop_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+        tracing::info!("stop requested: finishing the current batch");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Splits a batch by partition, keeping offset order inside each.
+pub fn by_partition(batch: &[Consumed]) -> BTreeMap<i32, Vec<&Consumed>> {
+    let mut groups: BTreeMap<i32, Vec<&Consumed>> = BTreeMap::new();
+    for record in batch {
+        groups.entry(record.partition).or_default().push(record);
+    }
+    groups
+}
+
+/// The next offset to commit per partition: one past the last record.
+pub fn next_offsets(batch: &[Consumed]) -> HashMap<i32, i64> {
+    let mut next = HashMap::new();
+    for record in batch {
+        let entry = next.entry(record.partition).or_insert(record.offset + 1);
+        *entry = (*entry).max(record.offset + 1);
+    }
+    next
+}
+
+/// Everything a job can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
+    #[error(transparent)]
+    RegistryUnavailable(#[from] crate::avro::RegistryUnavailable),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::Error),
+    #[error(transparent)]
+    Consumer(#[from] crate::kafka::consumer::Error),
+    #[error(transparent)]
+    Admin(#[from] crate::kafka::admin::Error),
+    #[error(transparent)]
+    Security(#[from] crate::kafka::security::Error),
+    #[error("kafka producer: {0}")]
+    Producer(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    DeadLetters(#[from] crate::dlq::Error),
+    #[error(transparent)]
+    Parquet(#[from] crate::sinks::parquet::Error),
+    #[error(transparent)]
+    Redis(#[from] crate::sinks::redis::Error),
+    #[error(transparent)]
+    State(#[from] crate::state::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,99 @@
+//! transactions-producer: fake transactions from the generator guest,
+//! encoded as Confluent-framed Avro and produced keyed by user_id.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::producer::FutureRecord;
+use schema_registry_converter::async_impl::avro::AvroEncoder;
+use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
+use serde::Serialize;
+
+use crate::config::KafkaArgs;
+use crate::kafka::producer;
+use crate::model::{TRANSACTION_SCHEMA, Transaction, transaction_key};
+use crate::registry::{Registry, describe};
+use crate::runtime::{GeneratorGuest, Runtime};
+
+use super::{Error, Result, stop_signal};
+
+pub struct Produce {
+    pub kafka: KafkaArgs,
+    pub registry: Registry,
+    pub module: PathBuf,
+    pub count: u64,
+    /// Records per second; unlimited when `None`.
+    pub rate: Option<f64>,
+    pub seed: u64,
+    pub first_index: u64,
+    /// Records generated per guest call.
+    pub batch: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProduceReport {
+    pub produced: u64,
+    pub seconds: f64,
+    pub records_per_s: f64,
+}
+
+impl Produce {
+    pub async fn run(self) -> Result<ProduceReport> {
+        let runtime = Runtime::new(Default::default())?;
+        let mut guest = GeneratorGuest::load(&runtime, &self.module)?;
+        let credentials = self.kafka.admin_credentials();
+        let producer = producer::create(self.kafka.client_config(credentials.as_ref()))?;
+        let encoder = AvroEncoder::new(self.registry.settings().clone());
+        // Writes with the schema this binary was built with (registered under
+        // the topic's subject, or found there), not whatever is latest.
+        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+            self.kafka.topic.clone(),
+            false,
+            SuppliedSchema::new(None, SchemaType::Avro, TRANSACTION_SCHEMA.to_string()),
+        );
+        let start_millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let stop = stop_signal();
+        let started = Instant::now();
+        let mut produced = 0u64;
+        while produced < self.count && !*stop.borrow() {
+            let n = (self.count - produced).min(u64::from(self.batch)) as u32;
+            let generated = guest.generate(self.seed, self.first_index + produced, n, start_millis)?;
+            let mut deliveries = Vec::with_capacity(generated.len());
+            for g in generated {
+                let tx = Transaction {
+                    user_id: g.user_id,
+                    transaction_timestamp_millis: g.transaction_timestamp_millis,
+                    amount: g.amount,
+                    currency: g.currency,
+                    counterpart_id: g.counterpart_id,
+                };
+                let value = encoder
+                    .encode_struct(&tx, &strategy)
+                    .await
+                    .map_err(|e| Error::Other(format!("encoding a transaction: {}", describe(&e))))?;
+                let key = transaction_key(tx.user_id);
+                let record = FutureRecord::to(&self.kafka.topic).key(&key).payload(&value);
+                // Enqueue without waiting; the batch's deliveries are awaited together.
+                let delivery = producer.send_result(record).map_err(|(e, _)| Error::Producer(e))?;
+                deliveries.push(delivery);
+            }
+            for delivery in futures::future::join_all(deliveries).await {
+                match delivery {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(Error::Producer(e)),
+                    Err(_canceled) => return Err(Error::Other("producer closed before delivery".into())),
+                }
+            }
+            produced += u64::from(n);
+            if let Some(rate) = self.rate {
+                // Pace: sleep until the time these records were due.
+                let due = Duration::from_secs_f64(produced as f64 / rate);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(ProduceReport { produced, seconds, records_per_s: produced as f64 / seconds.max(1e-9) })
+    }
+}

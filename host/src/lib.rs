@@ -1,0 +1,16 @@
+//! sluice: Kafka records through sandboxed WebAssembly components, to Parquet
+//! on object storage and to Redis. The host owns every side effect; guests own
+//! only per-record logic (see DESIGN.md and wit/sluice.wit).
+
+pub mod avro;
+pub mod cli;
+pub mod columnar;
+pub mod config;
+pub mod dlq;
+pub mod jobs;
+pub mod kafka;
+pub mod model;
+pub mod registry;
+pub mod runtime;
+pub mod sinks;
+pub mod state;

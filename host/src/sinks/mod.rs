@@ -1,0 +1,5 @@
+//! Where results go: Parquet objects on object storage, latest features in
+//! Redis.
+
+pub mod parquet;
+pub mod redis;

@@ -1,0 +1,219 @@
+//! Shared plumbing of the integration tests: they run the real `sluice`
+//! binary against the real services `make services` starts (dev.env), and
+//! read results back straight from Kafka, object storage and Redis.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow_array::RecordBatch;
+use futures::TryStreamExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice::config::{KafkaArgs, Storage, StorageArgs};
+
+/// Fails loudly when the services' environment is missing: these tests are
+/// meant to run through `make test`, never to pass vacuously.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test` (it loads dev.env)"))
+}
+
+pub fn modules_dir() -> PathBuf {
+    PathBuf::from(env("SLUICE_MODULES_DIR"))
+}
+
+pub fn module(name: &str) -> String {
+    let path = modules_dir().join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} missing: `make guests` builds it", path.display());
+    path.display().to_string()
+}
+
+/// A name no other test run uses, for topics, groups and prefixes.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+/// Runs the sluice binary with the services' environment.
+pub fn sluice(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).output().expect("run sluice");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "sluice panicked: {stderr}");
+    output
+}
+
+/// Runs sluice and insists it succeeded; returns stdout.
+pub fn sluice_ok(args: &[&str]) -> String {
+    let output = sluice(args);
+    assert!(
+        output.status.success(),
+        "sluice {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The last stdout line of a job, parsed as its JSON report.
+pub fn report(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().last().expect("a report line");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("report {line:?}: {e}"))
+}
+
+pub fn kafka_args(topic: &str) -> KafkaArgs {
+    KafkaArgs {
+        brokers: env("SLUICE_BROKERS"),
+        kafka_user: None,
+        kafka_password: None,
+        sasl_mechanism: "SCRAM-SHA-512".into(),
+        topic: topic.into(),
+        dlq_topic: format!("{topic}-dlq"),
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Every record of a topic, read as the admin user from each partition's
+/// start to its high watermark.
+pub fn read_topic(topic: &str) -> Vec<Record> {
+    let args = kafka_args(topic);
+    let credentials = args.admin_credentials();
+    let mut config = args.client_config(credentials.as_ref());
+    config.set("group.id", unique("reader")).set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut ends = HashMap::new();
+    let mut list = TopicPartitionList::new();
+    for &p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout).expect("watermarks");
+        if high > low {
+            ends.insert(p, high);
+            list.add_partition_offset(topic, p, Offset::Offset(low)).expect("offset");
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return records;
+    }
+    consumer.assign(&list).expect("assign");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !ends.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "reading {topic} timed out; left: {ends:?}");
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let message = message.expect("message");
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.push(Record {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+        if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+            ends.remove(&message.partition());
+        }
+    }
+    records
+}
+
+/// Storage settings for a `file://` or `s3://` URL, S3 from the environment.
+pub fn storage_args(url: &str) -> StorageArgs {
+    StorageArgs {
+        output_url: url.into(),
+        s3_endpoint: std::env::var("SLUICE_S3_ENDPOINT").ok(),
+        s3_path_style: true,
+        s3_region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+    }
+}
+
+/// Every Parquet object of a dataset, with its path, read back.
+pub async fn read_dataset(storage: &Storage, dataset: &str) -> Vec<(String, RecordBatch)> {
+    let prefix = if storage.root.as_ref().is_empty() {
+        object_store::path::Path::from(dataset)
+    } else {
+        object_store::path::Path::from(format!("{}/{dataset}", storage.root.as_ref()))
+    };
+    let objects: Vec<_> = storage.store.list(Some(&prefix)).try_collect().await.expect("list");
+    let mut batches = Vec::new();
+    for object in objects {
+        let bytes = storage.store.get(&object.location).await.expect("get").bytes().await.expect("bytes");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet").build().expect("reader");
+        for batch in reader {
+            batches.push((object.location.to_string(), batch.expect("batch")));
+        }
+    }
+    batches
+}
+
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(env("SLUICE_REDIS_URL"))
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis")
+}
+
+/// Produces raw (key, value) records as the admin user and waits for them.
+pub async fn produce_raw(topic: &str, records: &[(String, Vec<u8>)]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let args = kafka_args(topic);
+    let credentials = args.admin_credentials();
+    let producer: FutureProducer =
+        args.client_config(credentials.as_ref()).set("partitioner", "murmur2_random").create().expect("producer");
+    for (key, value) in records {
+        producer
+            .send(FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(30))
+            .await
+            .expect("delivered");
+    }
+}
+
+/// Confluent framing: magic byte, 4-byte big-endian schema id, Avro body.
+pub fn framed(schema_id: u32, body: Vec<u8>) -> Vec<u8> {
+    let mut value = vec![0u8];
+    value.extend_from_slice(&schema_id.to_be_bytes());
+    value.extend(body);
+    value
+}
+
+/// Runs a consumer job to the end of the topic and returns its report.
+pub fn run_job(job: &str, topic: &str, output_url: &str, extra: &[&str]) -> serde_json::Value {
+    let dlq = format!("{topic}-dlq");
+    let group = format!("{topic}-{job}");
+    let prefix = format!("sluice:test:{topic}");
+    let module_path = module(job);
+    let mut args = vec!["--topic", topic, "--dlq-topic", &dlq, "run", "--job", job, "--module", &module_path];
+    args.extend(["--group", &group, "--until-caught-up", "--output-url", output_url]);
+    if job == "features" {
+        args.extend(["--redis-prefix", &prefix]);
+    }
+    args.extend(extra);
+    report(&sluice_ok(&args))
+}
+
+/// `sluice setup` for a test topic with its own dead-letter topic.
+pub fn setup_topic(topic: &str) {
+    let dlq = format!("{topic}-dlq");
+    sluice_ok(&["--topic", topic, "--dlq-topic", &dlq, "setup", "--partitions", "2"]);
+}

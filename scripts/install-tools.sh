@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs the local-service binaries when missing (into ~/.cargo/bin):
+#   nisshi  Kafka-compatible broker (needs Rust >= 1.96, newer than the
+#           project's pinned toolchain)
+#   garage  S3-compatible object store
+# Each takes about 10 minutes to build on 2 cores; it happens once per machine.
+set -euo pipefail
+
+NEWER_TOOLCHAIN=1.96.0
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+# Build outside the work tree so the project's rust-toolchain.toml does not
+# pick the toolchain of a plain `cargo install`.
+cd "${TMPDIR:-/tmp}"
+
+log() { printf 'tools: %s\n' "$*" >&2; }
+
+minor_version() { rustc "+$1" -V 2>/dev/null | sed -nE 's/^rustc 1\.([0-9]+)\..*/\1/p'; }
+
+# A toolchain new enough for nisshi: 1.96.0 if installed, else any installed
+# toolchain >= 1.96 (e.g. nightly), else install 1.96.0.
+newer_toolchain() {
+    local t minor
+    for t in "$NEWER_TOOLCHAIN" stable nightly; do
+        minor=$(minor_version "$t")
+        if [[ -n $minor ]] && ((minor >= 96)); then
+            printf '%s' "$t"
+            return
+        fi
+    done
+    log "installing Rust $NEWER_TOOLCHAIN (for nisshi)"
+    rustup toolchain install "$NEWER_TOOLCHAIN" --profile minimal >&2
+    printf '%s' "$NEWER_TOOLCHAIN"
+}
+
+if command -v nisshi >/dev/null; then
+    log "nisshi: $(command -v nisshi)"
+else
+    toolchain=$(newer_toolchain)
+    log "installing nisshi with Rust $toolchain (about 10 minutes)"
+    cargo "+$toolchain" install nisshi --locked --no-default-features --features dynostore,postgres
+fi
+
+if command -v garage >/dev/null; then
+    log "garage: $(command -v garage)"
+else
+    log "installing garage (about 8 minutes)"
+    if ! cargo install garage --locked; then
+        toolchain=$(newer_toolchain)
+        log "garage did not build with the default toolchain; retrying with Rust $toolchain"
+        cargo "+$toolchain" install garage --locked
+    fi
+fi
