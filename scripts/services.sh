@@ -93,7 +93,9 @@ service_pid() {
     [[ -f $file ]] || return 1
     pid=$(<"$file")
     [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2" || return 1
+    local cmdline
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $cmdline == *"$2"* ]] || return 1
     printf '%s' "$pid"
 }
 
@@ -149,7 +151,7 @@ stop() {
 # Log lines written after a given line count (to see this start's output only).
 log_since() { tail -n "+$(($2 + 1))" "$1" 2>/dev/null; }
 line_count() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
-log_says() { log_since "$1" "$2" | grep -q -- "$3"; }
+log_says() { grep -q -- "$3" < <(log_since "$1" "$2"); }
 
 # ---------------------------------------------------------------- PostgreSQL
 
@@ -250,7 +252,7 @@ start_nisshi() {
 ensure_nisshi() {
     local pid logfile=$LOG_DIR/nisshi.log bootlog=$LOG_DIR/nisshi-bootstrap.log
     if pid=$(service_pid nisshi nisshi) && port_open "$KAFKA_PORT"; then
-        if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- --authentication; then
+        if [[ $(tr '\0' ' ' <"/proc/$pid/cmdline") == *--authentication* ]]; then
             log "nisshi: already running (pid $pid) on $KAFKA_URL"
             return
         fi
@@ -315,6 +317,8 @@ garage_healthy() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$GARAGE_ADMIN_PO
 write_garage_config() {
     mkdir -p "$GARAGE_DIR/meta" "$GARAGE_DIR/data"
     local tmp=$GARAGE_CONFIG.tmp
+    # Garage refuses a config holding a secret that others can read.
+    (umask 077 && : >"$tmp")
     cat >"$tmp" <<EOF
 # Written by scripts/services.sh: a single-node, loopback-only Garage for development.
 metadata_dir = "$GARAGE_DIR/meta"
@@ -335,11 +339,15 @@ root_domain = ".s3.garage.localhost"
 api_bind_addr = "127.0.0.1:$GARAGE_ADMIN_PORT"
 EOF
     if cmp -s "$tmp" "$GARAGE_CONFIG"; then rm -f "$tmp"; else mv "$tmp" "$GARAGE_CONFIG"; fi
+    chmod 600 "$GARAGE_CONFIG"
 }
 
 configure_garage() {
-    local logfile=$1 node
-    if garage_cli layout show 2>>"$logfile" | grep -qi 'no nodes currently have a role'; then
+    local logfile=$1 node layout
+    # (Captured, not piped into `grep -q`: garage panics on a closed stdout.)
+    layout=$(garage_cli layout show 2>>"$logfile") || die "garage layout show failed; see $logfile"
+    # Version 0: no layout applied yet (a role may be staged by an interrupted run).
+    if [[ $layout =~ Current\ cluster\ layout\ version:\ 0($|[^0-9]) ]]; then
         node=$(garage_cli node id -q 2>>"$logfile" | cut -d@ -f1)
         [[ -n $node ]] || die "garage: cannot read the node id; see $logfile"
         log "garage: assigning layout role to node ${node:0:16}"

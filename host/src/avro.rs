@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::avro_common::AvroSchema;
@@ -95,22 +96,46 @@ impl Decoder {
         }
     }
 
-    /// Decodes one value with its writer schema; `prepare` must have seen it.
+    /// Readers for every writer schema prepared so far; build once per batch
+    /// (a reader resolves its schema's names when it is built).
+    pub fn readers(&self) -> Readers<'_> {
+        let readers = self
+            .schemas
+            .iter()
+            .map(|(&id, schema)| {
+                let reader = match schema {
+                    Ok(schema) => GenericDatumReader::builder(&schema.parsed)
+                        .build()
+                        .map_err(|e| DecodeError::UnknownSchema { id, reason: e.to_string() }),
+                    Err(e) => Err(e.clone()),
+                };
+                (id, reader)
+            })
+            .collect();
+        Readers { readers }
+    }
+}
+
+/// Decoders of the writer schemas of one batch.
+pub struct Readers<'a> {
+    readers: HashMap<u32, Result<GenericDatumReader<'a>, DecodeError>>,
+}
+
+impl Readers<'_> {
+    /// Decodes one value with its writer schema; `Decoder::prepare` must have
+    /// seen it.
     pub fn decode(&self, value: Option<&[u8]>) -> Result<(u32, Value), DecodeError> {
         let (id, mut body) = match get_bytes_result(value) {
             BytesResult::Valid(id, body) => (id, body),
             BytesResult::Null => return Err(DecodeError::Missing),
             BytesResult::Invalid(bytes) => return Err(DecodeError::NotFramed(invalid_bytes_error(bytes))),
         };
-        let schema = match self.schemas.get(&id) {
-            Some(Ok(schema)) => schema,
+        let reader = match self.readers.get(&id) {
+            Some(Ok(reader)) => reader,
             Some(Err(e)) => return Err(e.clone()),
-            None => {
-                return Err(DecodeError::UnknownSchema { id, reason: "not prepared".into() });
-            }
+            None => return Err(DecodeError::UnknownSchema { id, reason: "not prepared".into() }),
         };
-        let value = apache_avro::from_avro_datum(&schema.parsed, &mut body, None)
-            .map_err(|e| DecodeError::Body { id, reason: e.to_string() })?;
+        let value = reader.read_value(&mut body).map_err(|e| DecodeError::Body { id, reason: e.to_string() })?;
         if !body.is_empty() {
             return Err(DecodeError::Body { id, reason: format!("{} trailing bytes", body.len()) });
         }

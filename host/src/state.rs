@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use object_store::PutPayload;
+use object_store::{ObjectStoreExt, PutPayload};
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 

@@ -30,7 +30,7 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows() {
             currency: "EUR".into(),
             counterpart_id: 5,
         };
-        let body = apache_avro::to_avro_datum(&schema, apache_avro::to_value(&value).expect("value")).expect("avro");
+        let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().expect("writer").write_ser_to_vec(&value).expect("avro");
         records.push((user.to_string(), framed(id, body)));
         *good.entry(user).or_default() += 1;
         match i % 50 {

@@ -46,7 +46,7 @@ async fn v1_and_v2_records_flow_through_both_jobs() {
     let records: Vec<(String, Vec<u8>)> = (0..300)
         .map(|i| {
             let user = 1 + (i % 5) as i32;
-            let body = apache_avro::to_avro_datum(&schema, v2_value(user, i)).expect("encode");
+            let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().expect("writer").write_value_to_vec(v2_value(user, i)).expect("encode");
             (user.to_string(), framed(v2.id, body))
         })
         .collect();

@@ -24,7 +24,7 @@ fn produced_rows(topic: &str) -> Vec<Row> {
         .map(|r| {
             let value = r.value.as_deref().expect("value");
             assert_eq!(value[0], 0, "Confluent magic byte");
-            let decoded = apache_avro::from_avro_datum(&schema, &mut &value[5..], None).expect("avro");
+            let decoded = apache_avro::reader::datum::GenericDatumReader::builder(&schema).build().expect("reader").read_value(&mut &value[5..]).expect("avro");
             let tx = sluice::avro::transaction_from_value(&decoded).expect("transaction");
             assert_eq!(r.key.as_deref(), Some(tx.user_id.to_string().as_bytes()), "keyed by user_id");
             (tx.user_id, tx.transaction_timestamp_millis, tx.amount.to_bits(), tx.currency, tx.counterpart_id)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::avro::{Decoder, DecodeError};
+use crate::avro::{DecodeError, Decoder, Readers};
 use crate::columnar::{ColumnarSchema, RowsBuilder, columnar_schema};
 use crate::config::{KafkaArgs, Storage};
 use crate::dlq::DeadLetters;
@@ -73,6 +73,7 @@ impl BackupJob {
                 layout = self.latest_layout(&subject).await?;
                 tracing::info!(schema_id = layout.schema_id, "archive layout follows the latest schema");
             }
+            let readers = decoder.readers();
             for (partition, records) in by_partition(&batch) {
                 let raw: Vec<RawRecord> = records.iter().map(|r| raw_record(r)).collect();
                 let verdicts = guest.process(&raw)?;
@@ -81,7 +82,7 @@ impl BackupJob {
                 for (record, verdict) in records.iter().zip(verdicts) {
                     report.records += 1;
                     let reason = match verdict {
-                        Verdict::Keep => match archive_row(&decoder, &layout, &mut rows, record) {
+                        Verdict::Keep => match archive_row(&decoder, &readers, &layout, &mut rows, record) {
                             Ok(()) => continue,
                             Err(reason) => reason,
                         },
@@ -129,8 +130,14 @@ impl BackupJob {
 }
 
 /// Decodes a kept record into the archive rows, or says why it cannot be.
-fn archive_row(decoder: &Decoder, layout: &Layout, rows: &mut RowsBuilder, record: &Consumed) -> std::result::Result<(), String> {
-    let (id, value) = decoder.decode(record.value.as_deref()).map_err(|e: DecodeError| e.to_string())?;
+fn archive_row(
+    decoder: &Decoder,
+    readers: &Readers<'_>,
+    layout: &Layout,
+    rows: &mut RowsBuilder,
+    record: &Consumed,
+) -> std::result::Result<(), String> {
+    let (id, value) = readers.decode(record.value.as_deref()).map_err(|e: DecodeError| e.to_string())?;
     if id != layout.schema_id && decoder.known_schema(id).is_some_and(|w| !layout.columns.covers(w)) {
         return Err(format!("writer schema {id} has fields the latest registered schema lacks"));
     }

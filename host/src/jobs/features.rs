@@ -74,6 +74,7 @@ impl FeaturesJob {
                 continue;
             }
             decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
+            let readers = decoder.readers();
             let mut events = Vec::new();
             let mut touched = Vec::new();
             for (partition, records) in by_partition(&batch) {
@@ -93,7 +94,7 @@ impl FeaturesJob {
                 let mut input_records = Vec::with_capacity(fresh.len());
                 for record in &fresh {
                     report.records += 1;
-                    match decoder.decode(record.value.as_deref()).and_then(|(_, v)| transaction_from_value(&v)) {
+                    match readers.decode(record.value.as_deref()).and_then(|(_, v)| transaction_from_value(&v)) {
                         Ok(tx) => {
                             inputs.push(WitTransaction {
                                 user_id: tx.user_id,

@@ -7,7 +7,7 @@
 //! so run them inside `tokio::task::spawn_blocking`.
 //!
 //! This is the only module in the workspace allowed to use `unsafe`. Every C
-//! object created here is owned by an [`Owned`] guard, which destroys it
+//! object created here is owned by an `Owned` guard, which destroys it
 //! exactly once, on every path.
 
 use std::collections::HashSet;
@@ -24,8 +24,7 @@ use rdkafka_sys as sys;
 pub const SCRAM_ITERATIONS: i32 = 8192;
 
 /// Kafka's SECURITY_DISABLED error code.
-const SECURITY_DISABLED: c_int =
-    sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_SECURITY_DISABLED as c_int;
+const SECURITY_DISABLED: c_int = sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_SECURITY_DISABLED as c_int;
 
 /// Largest request timeout librdkafka accepts (one hour).
 const MAX_REQUEST_TIMEOUT_MS: u128 = 3_600_000;
@@ -51,16 +50,10 @@ pub enum Error {
     },
     /// No result arrived on the queue in time.
     #[error("{operation}: no result from librdkafka within {timeout:?}")]
-    Timeout {
-        operation: &'static str,
-        timeout: Duration,
-    },
+    Timeout { operation: &'static str, timeout: Duration },
     /// librdkafka behaved in a way its documentation rules out.
     #[error("{operation}: unexpected result from librdkafka: {detail}")]
-    Unexpected {
-        operation: &'static str,
-        detail: String,
-    },
+    Unexpected { operation: &'static str, detail: String },
 }
 
 /// Result alias for this module.
@@ -96,12 +89,8 @@ pub enum ScramMechanism {
 impl ScramMechanism {
     fn to_native(self) -> sys::rd_kafka_ScramMechanism_t {
         match self {
-            ScramMechanism::Sha256 => {
-                sys::rd_kafka_ScramMechanism_t::RD_KAFKA_SCRAM_MECHANISM_SHA_256
-            }
-            ScramMechanism::Sha512 => {
-                sys::rd_kafka_ScramMechanism_t::RD_KAFKA_SCRAM_MECHANISM_SHA_512
-            }
+            ScramMechanism::Sha256 => sys::rd_kafka_ScramMechanism_t::RD_KAFKA_SCRAM_MECHANISM_SHA_256,
+            ScramMechanism::Sha512 => sys::rd_kafka_ScramMechanism_t::RD_KAFKA_SCRAM_MECHANISM_SHA_512,
         }
     }
 }
@@ -167,12 +156,7 @@ pub fn upsert_scram_users<C: ClientContext>(
                 sys::rd_kafka_UserScramCredentialAlteration_destroy,
             )
         }
-        .ok_or_else(|| {
-            unexpected(
-                OP,
-                "rd_kafka_UserScramCredentialUpsertion_new returned NULL",
-            )
-        })?;
+        .ok_or_else(|| unexpected(OP, "rd_kafka_UserScramCredentialUpsertion_new returned NULL"))?;
         alterations.push(alteration);
     }
     let mut raw: Vec<*mut sys::rd_kafka_UserScramCredentialAlteration_t> =
@@ -190,15 +174,7 @@ pub fn upsert_scram_users<C: ClientContext>(
             // `queue` are live objects owned by run_admin_op. librdkafka
             // copies the alterations and options; ownership of none of them
             // passes to librdkafka.
-            unsafe {
-                sys::rd_kafka_AlterUserScramCredentials(
-                    rk,
-                    raw.as_mut_ptr(),
-                    raw.len(),
-                    options,
-                    queue,
-                )
-            }
+            unsafe { sys::rd_kafka_AlterUserScramCredentials(rk, raw.as_mut_ptr(), raw.len(), options, queue) }
         },
     )?;
     // librdkafka holds copies now; ours are no longer needed.
@@ -217,10 +193,7 @@ pub fn upsert_scram_users<C: ClientContext>(
     // itself viewed as a result, valid as long as the event.
     let result = unsafe { sys::rd_kafka_event_AlterUserScramCredentials_result(event.as_ptr()) };
     if result.is_null() {
-        return Err(unexpected(
-            OP,
-            "event carries no AlterUserScramCredentials result",
-        ));
+        return Err(unexpected(OP, "event carries no AlterUserScramCredentials result"));
     }
     let mut count = 0usize;
     // SAFETY: `result` is valid (see above); librdkafka returns `count`
@@ -236,11 +209,8 @@ pub fn upsert_scram_users<C: ClientContext>(
         // alive as long as `event`); the returned strings and error object
         // are owned by it and only read here.
         let (user, outcome) = unsafe {
-            let user =
-                lossy(sys::rd_kafka_AlterUserScramCredentials_result_response_user(response));
-            let outcome = match error_of(
-                sys::rd_kafka_AlterUserScramCredentials_result_response_error(response),
-            ) {
+            let user = lossy(sys::rd_kafka_AlterUserScramCredentials_result_response_user(response));
+            let outcome = match error_of(sys::rd_kafka_AlterUserScramCredentials_result_response_error(response)) {
                 None => Ok(()),
                 Some((code, message)) => Err(format!("{message} (error code {code})")),
             };
@@ -415,14 +385,11 @@ pub fn create_acls<C: ClientContext>(
                 let message = unsafe { CStr::from_ptr(errstr.as_ptr()) }
                     .to_string_lossy()
                     .into_owned();
-                return Err(Error::InvalidArgument(format!(
-                    "ACL #{i} ({acl:?}): {message}"
-                )));
+                return Err(Error::InvalidArgument(format!("ACL #{i} ({acl:?}): {message}")));
             }
         }
     }
-    let mut raw: Vec<*mut sys::rd_kafka_AclBinding_t> =
-        bindings.iter().map(Owned::as_ptr).collect();
+    let mut raw: Vec<*mut sys::rd_kafka_AclBinding_t> = bindings.iter().map(Owned::as_ptr).collect();
 
     let event = run_admin_op(
         admin,
@@ -484,9 +451,7 @@ pub fn create_acls<C: ClientContext>(
             match unsafe { error_of(sys::rd_kafka_acl_result_error(acl_result)) } {
                 None => AclOutcome::Created,
                 Some((SECURITY_DISABLED, message)) => AclOutcome::SecurityDisabled(message),
-                Some((code, message)) => {
-                    AclOutcome::Failed(format!("{message} (error code {code})"))
-                }
+                Some((code, message)) => AclOutcome::Failed(format!("{message} (error code {code})")),
             }
         })
         .collect();
@@ -607,8 +572,8 @@ impl Owned<sys::rd_kafka_event_t> {
             if code == 0 {
                 return None;
             }
-            let message = lossy(sys::rd_kafka_event_error_string(self.as_ptr()))
-                .unwrap_or_else(|| format!("error code {code}"));
+            let message =
+                lossy(sys::rd_kafka_event_error_string(self.as_ptr())).unwrap_or_else(|| format!("error code {code}"));
             Some((code, message))
         }
     }
@@ -625,11 +590,7 @@ fn run_admin_op<C: ClientContext>(
     for_api: sys::rd_kafka_admin_op_t,
     expected: c_int,
     timeout: Duration,
-    submit: impl FnOnce(
-        *mut sys::rd_kafka_t,
-        *const sys::rd_kafka_AdminOptions_t,
-        *mut sys::rd_kafka_queue_t,
-    ),
+    submit: impl FnOnce(*mut sys::rd_kafka_t, *const sys::rd_kafka_AdminOptions_t, *mut sys::rd_kafka_queue_t),
 ) -> Result<Owned<sys::rd_kafka_event_t>> {
     let rk = admin.inner().native_ptr();
 
@@ -643,18 +604,12 @@ fn run_admin_op<C: ClientContext>(
     }
     .ok_or_else(|| unexpected(operation, "rd_kafka_AdminOptions_new returned NULL"))?;
 
-    let timeout_ms =
-        c_int::try_from(timeout.as_millis().min(MAX_REQUEST_TIMEOUT_MS)).unwrap_or(c_int::MAX);
+    let timeout_ms = c_int::try_from(timeout.as_millis().min(MAX_REQUEST_TIMEOUT_MS)).unwrap_or(c_int::MAX);
     let mut errstr: [c_char; 512] = [0; 512];
     // SAFETY: `options` is live; `errstr` is a writable buffer of the stated
     // size that librdkafka NUL-terminates.
     let set = unsafe {
-        sys::rd_kafka_AdminOptions_set_request_timeout(
-            options.as_ptr(),
-            timeout_ms,
-            errstr.as_mut_ptr(),
-            errstr.len(),
-        )
+        sys::rd_kafka_AdminOptions_set_request_timeout(options.as_ptr(), timeout_ms, errstr.as_mut_ptr(), errstr.len())
     };
     if set != sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
         // SAFETY: see above; the buffer is NUL-terminated.
@@ -686,8 +641,7 @@ fn run_admin_op<C: ClientContext>(
             return Err(Error::Timeout { operation, timeout });
         }
         // Round up so that we never busy-loop on sub-millisecond remainders.
-        let wait_ms =
-            c_int::try_from(remaining.as_millis().saturating_add(1)).unwrap_or(c_int::MAX);
+        let wait_ms = c_int::try_from(remaining.as_millis().saturating_add(1)).unwrap_or(c_int::MAX);
         // SAFETY: `queue` is live; a returned event is ours and freed by
         // rd_kafka_event_destroy.
         let event = unsafe {
@@ -720,11 +674,7 @@ fn run_admin_op<C: ClientContext>(
 /// # Safety
 /// `array` must be NULL or point to `count` initialised element pointers
 /// that librdkafka keeps alive as long as `event`.
-unsafe fn result_array<T>(
-    _event: &Owned<sys::rd_kafka_event_t>,
-    array: *mut *const T,
-    count: usize,
-) -> &[*const T] {
+unsafe fn result_array<T>(_event: &Owned<sys::rd_kafka_event_t>, array: *mut *const T, count: usize) -> &[*const T] {
     if array.is_null() || count == 0 {
         return &[];
     }
@@ -769,8 +719,7 @@ unsafe fn lossy(s: *const c_char) -> Option<String> {
 }
 
 fn c_string(value: &str, what: &str) -> Result<CString> {
-    CString::new(value)
-        .map_err(|_| Error::InvalidArgument(format!("{what} {value:?} contains a NUL byte")))
+    CString::new(value).map_err(|_| Error::InvalidArgument(format!("{what} {value:?} contains a NUL byte")))
 }
 
 fn unexpected(operation: &'static str, detail: &str) -> Error {
