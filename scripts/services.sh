@@ -123,6 +123,9 @@ wait_until() {
         fi
         if ((SECONDS >= deadline)); then
             tail -n 20 "$logfile" >&2 || true
+            if [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null; then
+                log "stopped $service (pid $pid)"
+            fi
             die "$service did not become ready ($what) within ${TIMEOUT}s; see $logfile"
         fi
         sleep 0.2

@@ -60,7 +60,10 @@ pub fn schema_id(value: Option<&[u8]>) -> Result<u32, DecodeError> {
 
 impl Decoder {
     pub fn new(registry: &Registry) -> Self {
-        Self { client: AvroDecoder::new(registry.settings().clone()), schemas: HashMap::new() }
+        Self {
+            client: AvroDecoder::new(registry.settings().clone()),
+            schemas: HashMap::new(),
+        }
     }
 
     /// Makes sure the writer schema of every framed value is known (one
@@ -99,19 +102,22 @@ impl Decoder {
     /// Readers for every writer schema prepared so far; build once per batch
     /// (a reader resolves its schema's names when it is built).
     pub fn readers(&self) -> Readers<'_> {
-        let readers = self
-            .schemas
-            .iter()
-            .map(|(&id, schema)| {
-                let reader = match schema {
-                    Ok(schema) => GenericDatumReader::builder(&schema.parsed)
-                        .build()
-                        .map_err(|e| DecodeError::UnknownSchema { id, reason: e.to_string() }),
-                    Err(e) => Err(e.clone()),
-                };
-                (id, reader)
-            })
-            .collect();
+        let readers =
+            self.schemas
+                .iter()
+                .map(|(&id, schema)| {
+                    let reader = match schema {
+                        Ok(schema) => GenericDatumReader::builder(&schema.parsed).build().map_err(|e| {
+                            DecodeError::UnknownSchema {
+                                id,
+                                reason: e.to_string(),
+                            }
+                        }),
+                        Err(e) => Err(e.clone()),
+                    };
+                    (id, reader)
+                })
+                .collect();
         Readers { readers }
     }
 }
@@ -133,11 +139,22 @@ impl Readers<'_> {
         let reader = match self.readers.get(&id) {
             Some(Ok(reader)) => reader,
             Some(Err(e)) => return Err(e.clone()),
-            None => return Err(DecodeError::UnknownSchema { id, reason: "not prepared".into() }),
+            None => {
+                return Err(DecodeError::UnknownSchema {
+                    id,
+                    reason: "not prepared".into(),
+                });
+            }
         };
-        let value = reader.read_value(&mut body).map_err(|e| DecodeError::Body { id, reason: e.to_string() })?;
+        let value = reader.read_value(&mut body).map_err(|e| DecodeError::Body {
+            id,
+            reason: e.to_string(),
+        })?;
         if !body.is_empty() {
-            return Err(DecodeError::Body { id, reason: format!("{} trailing bytes", body.len()) });
+            return Err(DecodeError::Body {
+                id,
+                reason: format!("{} trailing bytes", body.len()),
+            });
         }
         Ok((id, value))
     }
@@ -192,7 +209,13 @@ pub fn transaction_from_value(value: &Value) -> Result<Transaction, DecodeError>
         Value::Int(v) => *v,
         v => return Err(wrong("counterpart_id", v)),
     };
-    Ok(Transaction { user_id, transaction_timestamp_millis, amount, currency, counterpart_id })
+    Ok(Transaction {
+        user_id,
+        transaction_timestamp_millis,
+        amount,
+        currency,
+        counterpart_id,
+    })
 }
 
 #[cfg(test)]
@@ -201,7 +224,10 @@ mod tests {
 
     #[test]
     fn schema_id_rejects_unframed_values() {
-        assert!(matches!(schema_id(Some(b"hello world")), Err(DecodeError::NotFramed(_))));
+        assert!(matches!(
+            schema_id(Some(b"hello world")),
+            Err(DecodeError::NotFramed(_))
+        ));
         assert!(matches!(schema_id(Some(&[0, 0])), Err(DecodeError::NotFramed(_))));
         assert_eq!(schema_id(None), Err(DecodeError::Missing));
         assert_eq!(schema_id(Some(&[0, 0, 0, 1, 2, 9])), Ok(258));
@@ -211,7 +237,10 @@ mod tests {
     fn transaction_reads_fields_by_name_whatever_their_order() {
         let value = Value::Record(vec![
             ("currency".into(), Value::String("EUR".into())),
-            ("merchant_category".into(), Value::Union(1, Box::new(Value::String("food".into())))),
+            (
+                "merchant_category".into(),
+                Value::Union(1, Box::new(Value::String("food".into()))),
+            ),
             ("counterpart_id".into(), Value::Int(7)),
             ("amount".into(), Value::Float(-12.5)),
             ("transaction_timestamp_millis".into(), Value::Long(1_700_000_000_000)),

@@ -11,7 +11,11 @@ use crate::jobs::{self, RunOptions};
 use crate::registry::Registry;
 
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about = "Kafka records through sandboxed WebAssembly components, to Parquet and Redis")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Kafka records through sandboxed WebAssembly components, to Parquet and Redis"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -98,13 +102,30 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let registry = || Registry::new(&cli.registry.registry_url);
     match cli.command {
-        Command::Setup { partitions, backup_group, features_group } => {
-            let setup = jobs::setup::Setup { kafka: cli.kafka.clone(), registry: registry()?, partitions, backup_group, features_group };
+        Command::Setup {
+            partitions,
+            backup_group,
+            features_group,
+        } => {
+            let setup = jobs::setup::Setup {
+                kafka: cli.kafka.clone(),
+                registry: registry()?,
+                partitions,
+                backup_group,
+                features_group,
+            };
             for line in setup.run().await? {
                 println!("{line}");
             }
         }
-        Command::Produce { module, count, rate, seed, first_index, batch } => {
+        Command::Produce {
+            module,
+            count,
+            rate,
+            seed,
+            first_index,
+            batch,
+        } => {
             let produce = jobs::produce::Produce {
                 kafka: cli.kafka.clone(),
                 registry: registry()?,
@@ -117,7 +138,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!("{}", serde_json::to_string(&produce.run().await?)?);
         }
-        Command::Run { job, module, group, batch_size, idle_ms, until_caught_up, storage, redis } => {
+        Command::Run {
+            job,
+            module,
+            group,
+            batch_size,
+            idle_ms,
+            until_caught_up,
+            storage,
+            redis,
+        } => {
             let default_group = match job {
                 Job::Backup => jobs::backup::JOB,
                 Job::Features => jobs::features::JOB,
@@ -131,7 +161,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let storage = storage.open()?;
             let report = match job {
                 Job::Backup => {
-                    let job = jobs::backup::BackupJob { kafka: cli.kafka.clone(), registry: registry()?, storage, module, options };
+                    let job = jobs::backup::BackupJob {
+                        kafka: cli.kafka.clone(),
+                        registry: registry()?,
+                        storage,
+                        module,
+                        options,
+                    };
                     serde_json::to_string(&job.run().await?)?
                 }
                 Job::Features => {

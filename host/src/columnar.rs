@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
-use arrow_array::builder::{BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder};
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, SchemaRef};
 
@@ -47,15 +49,27 @@ pub fn columnar_schema(schema: &Schema) -> Result<Arc<ColumnarSchema>, String> {
     };
     let mut columns = Vec::with_capacity(record.fields.len());
     for field in &record.fields {
-        let (kind, nullable) = kind_of(&field.schema)
-            .ok_or_else(|| format!("field {} has a type the archive cannot store: {:?}", field.name, field.schema))?;
-        columns.push(Column { name: field.name.clone(), kind, nullable, default: field.default.clone() });
+        let (kind, nullable) = kind_of(&field.schema).ok_or_else(|| {
+            format!(
+                "field {} has a type the archive cannot store: {:?}",
+                field.name, field.schema
+            )
+        })?;
+        columns.push(Column {
+            name: field.name.clone(),
+            kind,
+            nullable,
+            default: field.default.clone(),
+        });
     }
     let fields: Vec<Field> = columns
         .iter()
         .map(|c| Field::new(&c.name, data_type(c.kind), c.nullable))
         .collect();
-    Ok(Arc::new(ColumnarSchema { arrow: Arc::new(arrow_schema::Schema::new(fields)), columns }))
+    Ok(Arc::new(ColumnarSchema {
+        arrow: Arc::new(arrow_schema::Schema::new(fields)),
+        columns,
+    }))
 }
 
 fn kind_of(schema: &Schema) -> Option<(Kind, bool)> {
@@ -101,7 +115,10 @@ impl ColumnarSchema {
     /// writer lose nothing in this layout.
     pub fn covers(&self, writer: &Schema) -> bool {
         let Schema::Record(record) = writer else { return false };
-        record.fields.iter().all(|f| self.columns.iter().any(|c| c.name == f.name))
+        record
+            .fields
+            .iter()
+            .all(|f| self.columns.iter().any(|c| c.name == f.name))
     }
 }
 
@@ -150,7 +167,11 @@ impl RowsBuilder {
                 Kind::Binary => Builder::Binary(BinaryBuilder::new()),
             })
             .collect();
-        Self { schema, builders, rows: 0 }
+        Self {
+            schema,
+            builders,
+            rows: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -172,7 +193,10 @@ impl RowsBuilder {
                 None => default_cell(column)?,
             };
             if matches!(cell, Cell::Null) && !column.nullable {
-                return Err(format!("field {} is null but the archive column is not nullable", column.name));
+                return Err(format!(
+                    "field {} is null but the archive column is not nullable",
+                    column.name
+                ));
             }
             cells.push(cell);
         }
@@ -215,9 +239,10 @@ fn cell_of<'a>(column: &Column, value: &'a Value) -> Result<Cell<'a>, String> {
         (Kind::Boolean, Value::Boolean(v)) => Cell::Bool(*v),
         (Kind::Int32, Value::Int(v) | Value::Date(v) | Value::TimeMillis(v)) => Cell::I32(*v),
         (Kind::Int64, Value::Int(v)) => Cell::I64(i64::from(*v)),
-        (Kind::Int64, Value::Long(v) | Value::TimestampMillis(v) | Value::TimestampMicros(v) | Value::TimeMicros(v)) => {
-            Cell::I64(*v)
-        }
+        (
+            Kind::Int64,
+            Value::Long(v) | Value::TimestampMillis(v) | Value::TimestampMicros(v) | Value::TimeMicros(v),
+        ) => Cell::I64(*v),
         (Kind::Float32, Value::Float(v)) => Cell::F32(*v),
         (Kind::Float32, Value::Int(v)) => Cell::F32(*v as f32),
         (Kind::Float32, Value::Long(v)) => Cell::F32(*v as f32),
@@ -226,10 +251,17 @@ fn cell_of<'a>(column: &Column, value: &'a Value) -> Result<Cell<'a>, String> {
         (Kind::Float64, Value::Int(v)) => Cell::F64(f64::from(*v)),
         (Kind::Float64, Value::Long(v)) => Cell::F64(*v as f64),
         (Kind::Utf8, Value::String(v) | Value::Enum(_, v)) => Cell::Str(v),
-        (Kind::Utf8, Value::Bytes(v)) => Cell::Str(std::str::from_utf8(v).map_err(|e| format!("field {}: {e}", column.name))?),
+        (Kind::Utf8, Value::Bytes(v)) => {
+            Cell::Str(std::str::from_utf8(v).map_err(|e| format!("field {}: {e}", column.name))?)
+        }
         (Kind::Binary, Value::Bytes(v)) => Cell::Bytes(v),
         (Kind::Binary, Value::String(v)) => Cell::Bytes(v.as_bytes()),
-        (kind, v) => return Err(format!("field {} holds {v:?}, the archive column is {kind:?}", column.name)),
+        (kind, v) => {
+            return Err(format!(
+                "field {} holds {v:?}, the archive column is {kind:?}",
+                column.name
+            ));
+        }
     };
     Ok(cell)
 }
@@ -294,16 +326,27 @@ mod tests {
         let schema = columnar_schema(&Schema::parse_str(V2).expect("v2 parses")).expect("maps");
         let mut rows = RowsBuilder::new(schema.clone());
         rows.append(&v1_record(1)).expect("v1 fits");
-        let Value::Record(mut fields) = v1_record(2) else { unreachable!() };
-        fields.push(("merchant_category".into(), Value::Union(1, Box::new(Value::String("food".into())))));
+        let Value::Record(mut fields) = v1_record(2) else {
+            unreachable!()
+        };
+        fields.push((
+            "merchant_category".into(),
+            Value::Union(1, Box::new(Value::String("food".into()))),
+        ));
         rows.append(&Value::Record(fields)).expect("v2 fits");
         let batch = rows.finish();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.num_columns(), 6);
-        let category = batch.column_by_name("merchant_category").expect("column").as_string::<i32>();
+        let category = batch
+            .column_by_name("merchant_category")
+            .expect("column")
+            .as_string::<i32>();
         assert!(category.is_null(0));
         assert_eq!(category.value(1), "food");
-        let users = batch.column_by_name("user_id").expect("column").as_primitive::<Int32Type>();
+        let users = batch
+            .column_by_name("user_id")
+            .expect("column")
+            .as_primitive::<Int32Type>();
         assert_eq!(users.values().to_vec(), vec![1, 2]);
     }
 

@@ -89,7 +89,12 @@ impl KafkaArgs {
 /// Schema registry endpoint.
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
-    #[arg(long, env = "SLUICE_REGISTRY_URL", default_value = "http://127.0.0.1:8081", global = true)]
+    #[arg(
+        long,
+        env = "SLUICE_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
     pub registry_url: String,
 }
 
@@ -120,7 +125,10 @@ pub struct Storage {
 
 impl StorageArgs {
     pub fn open(&self) -> Result<Storage> {
-        let url_error = |reason: String| Error::OutputUrl { url: self.output_url.clone(), reason };
+        let url_error = |reason: String| Error::OutputUrl {
+            url: self.output_url.clone(),
+            reason,
+        };
         let url = parse_storage_url(&self.output_url).map_err(url_error)?;
         match url.scheme() {
             "file" => {
@@ -153,7 +161,9 @@ impl StorageArgs {
                     url: self.output_url.clone(),
                 })
             }
-            other => Err(url_error(format!("unsupported scheme {other:?} (use file:// or s3://)"))),
+            other => Err(url_error(format!(
+                "unsupported scheme {other:?} (use file:// or s3://)"
+            ))),
         }
     }
 }

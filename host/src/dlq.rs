@@ -34,7 +34,13 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     pub fn new(producer: FutureProducer, topic: &str, source_topic: &str, job: &'static str) -> Self {
-        Self { producer, topic: topic.to_string(), source_topic: source_topic.to_string(), job, sent: 0 }
+        Self {
+            producer,
+            topic: topic.to_string(),
+            source_topic: source_topic.to_string(),
+            job,
+            sent: 0,
+        }
     }
 
     /// Records sent so far.
@@ -45,19 +51,43 @@ impl DeadLetters {
     /// Sends one record and waits until the broker has it: the caller commits
     /// the record's offset only after this returns.
     pub async fn send(&mut self, record: &Consumed, reason: &str) -> Result<(), Error> {
-        tracing::warn!(job = self.job, partition = record.partition, offset = record.offset, reason, "dead-lettered");
+        tracing::warn!(
+            job = self.job,
+            partition = record.partition,
+            offset = record.offset,
+            reason,
+            "dead-lettered"
+        );
         let partition = record.partition.to_string();
         let offset = record.offset.to_string();
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 5);
         for (key, value) in &record.headers {
-            headers = headers.insert(Header { key, value: Some(value) });
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
         }
         let headers = headers
-            .insert(Header { key: HEADER_JOB, value: Some(self.job) })
-            .insert(Header { key: HEADER_REASON, value: Some(reason) })
-            .insert(Header { key: HEADER_SOURCE_TOPIC, value: Some(&self.source_topic) })
-            .insert(Header { key: HEADER_SOURCE_PARTITION, value: Some(&partition) })
-            .insert(Header { key: HEADER_SOURCE_OFFSET, value: Some(&offset) });
+            .insert(Header {
+                key: HEADER_JOB,
+                value: Some(self.job),
+            })
+            .insert(Header {
+                key: HEADER_REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_TOPIC,
+                value: Some(&self.source_topic),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_PARTITION,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_OFFSET,
+                value: Some(&offset),
+            });
         let mut message: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
         if let Some(key) = &record.key {
             message = message.key(key);
@@ -68,7 +98,10 @@ impl DeadLetters {
         self.producer
             .send(message, SEND_TIMEOUT)
             .await
-            .map_err(|(source, _)| Error { topic: self.topic.clone(), source })?;
+            .map_err(|(source, _)| Error {
+                topic: self.topic.clone(),
+                source,
+            })?;
         self.sent += 1;
         Ok(())
     }

@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use object_store::{ObjectStoreExt, PutPayload};
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Storage;
@@ -38,19 +38,29 @@ impl Checkpoints {
     /// `name` identifies the job instance (consumer group and topic), so two
     /// pipelines sharing a bucket never read each other's state.
     pub fn new(storage: Storage, name: &str) -> Self {
-        Self { storage, name: name.to_string() }
+        Self {
+            storage,
+            name: name.to_string(),
+        }
     }
 
     fn path(&self, partition: i32) -> ObjectPath {
         let name = format!("_checkpoints/{}/partition={partition}.json", self.name);
         let root = self.storage.root.as_ref();
-        if root.is_empty() { ObjectPath::from(name) } else { ObjectPath::from(format!("{root}/{name}")) }
+        if root.is_empty() {
+            ObjectPath::from(name)
+        } else {
+            ObjectPath::from(format!("{root}/{name}"))
+        }
     }
 
     /// The last checkpoint of a partition, or empty state from offset 0.
     pub async fn load(&self, partition: i32) -> Result<PartitionState> {
         let path = self.path(partition);
-        let error = |reason: String| Error::Checkpoint { path: path.to_string(), reason };
+        let error = |reason: String| Error::Checkpoint {
+            path: path.to_string(),
+            reason,
+        };
         match self.storage.store.get(&path).await {
             Ok(object) => {
                 let bytes = object.bytes().await.map_err(|e| error(e.to_string()))?;
@@ -64,9 +74,16 @@ impl Checkpoints {
     /// Replaces a partition's checkpoint atomically.
     pub async fn save(&self, partition: i32, state: &PartitionState) -> Result<()> {
         let path = self.path(partition);
-        let error = |reason: String| Error::Checkpoint { path: path.to_string(), reason };
+        let error = |reason: String| Error::Checkpoint {
+            path: path.to_string(),
+            reason,
+        };
         let bytes = serde_json::to_vec(state).map_err(|e| error(e.to_string()))?;
-        self.storage.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| error(e.to_string()))?;
+        self.storage
+            .store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| error(e.to_string()))?;
         Ok(())
     }
 }

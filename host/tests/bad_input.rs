@@ -30,13 +30,17 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows() {
             currency: "EUR".into(),
             counterpart_id: 5,
         };
-        let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().expect("writer").write_ser_to_vec(&value).expect("avro");
+        let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .expect("writer")
+            .write_ser_to_vec(&value)
+            .expect("avro");
         records.push((user.to_string(), framed(id, body)));
         *good.entry(user).or_default() += 1;
         match i % 50 {
             10 => records.push((user.to_string(), b"{\"user_id\": 1}".to_vec())), // JSON, not Avro
             20 => records.push((user.to_string(), framed(999_999, vec![2, 4, 6]))), // unknown schema id
-            30 => records.push((user.to_string(), framed(id, vec![0xff]))), // truncated Avro body
+            30 => records.push((user.to_string(), framed(id, vec![0xff]))),       // truncated Avro body
             _ => {}
         }
     }
@@ -65,7 +69,10 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows() {
     let letters = read_topic(&format!("{topic}-dlq"));
     assert_eq!(letters.len(), 2 * bad);
     for job in [sluice::jobs::backup::JOB, sluice::jobs::features::JOB] {
-        let mine: Vec<_> = letters.iter().filter(|r| r.headers.get("sluice.job").map(String::as_str) == Some(job)).collect();
+        let mine: Vec<_> = letters
+            .iter()
+            .filter(|r| r.headers.get("sluice.job").map(String::as_str) == Some(job))
+            .collect();
         assert_eq!(mine.len(), bad, "{job}");
         for letter in mine {
             assert_eq!(letter.headers.get("sluice.source.topic"), Some(&topic));
@@ -104,7 +111,16 @@ fn bad_modules_are_refused_with_a_clear_error() {
     let url = format!("file://{}", dir.path().display());
     for (path, expected) in cases {
         let output = sluice(&[
-            "--topic", &topic, "run", "--job", "features", "--module", &path, "--output-url", &url, "--until-caught-up",
+            "--topic",
+            &topic,
+            "run",
+            "--job",
+            "features",
+            "--module",
+            &path,
+            "--output-url",
+            &url,
+            "--until-caught-up",
         ]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{path} accepted");

@@ -20,11 +20,17 @@ const INCOMPATIBLE: &str = include_str!("../../schemas/examples/transaction_inco
 fn v2_value(user: i32, i: i64) -> Value {
     Value::Record(vec![
         ("user_id".into(), Value::Int(user)),
-        ("transaction_timestamp_millis".into(), Value::Long(1_800_000_000_000 + i)),
+        (
+            "transaction_timestamp_millis".into(),
+            Value::Long(1_800_000_000_000 + i),
+        ),
         ("amount".into(), Value::Float(-(i as f32))),
         ("currency".into(), Value::String("EUR".into())),
         ("counterpart_id".into(), Value::Int(1_000_001)),
-        ("merchant_category".into(), Value::Union(1, Box::new(Value::String(format!("mcc-{}", i % 7))))),
+        (
+            "merchant_category".into(),
+            Value::Union(1, Box::new(Value::String(format!("mcc-{}", i % 7)))),
+        ),
     ])
 }
 
@@ -35,9 +41,15 @@ async fn v1_and_v2_records_flow_through_both_jobs() {
     let registry = Registry::new(&env("SLUICE_REGISTRY_URL")).expect("registry");
     let subject = sluice::model::value_subject(&topic);
 
-    let refused = registry.register(&subject, INCOMPATIBLE).await.expect_err("incompatible schema refused");
+    let refused = registry
+        .register(&subject, INCOMPATIBLE)
+        .await
+        .expect_err("incompatible schema refused");
     let message = refused.to_string();
-    assert!(message.contains("channel") || message.to_lowercase().contains("incompatible"), "clear refusal: {message}");
+    assert!(
+        message.contains("channel") || message.to_lowercase().contains("incompatible"),
+        "clear refusal: {message}"
+    );
 
     let producer = module("producer");
     sluice_ok(&["--topic", &topic, "produce", "--module", &producer, "--count", "500"]);
@@ -46,13 +58,27 @@ async fn v1_and_v2_records_flow_through_both_jobs() {
     let records: Vec<(String, Vec<u8>)> = (0..300)
         .map(|i| {
             let user = 1 + (i % 5) as i32;
-            let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().expect("writer").write_value_to_vec(v2_value(user, i)).expect("encode");
+            let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+                .build()
+                .expect("writer")
+                .write_value_to_vec(v2_value(user, i))
+                .expect("encode");
             (user.to_string(), framed(v2.id, body))
         })
         .collect();
     produce_raw(&topic, &records).await;
     // The producer writes v1 again after v2 exists, as an old client would.
-    sluice_ok(&["--topic", &topic, "produce", "--module", &producer, "--count", "500", "--first-index", "500"]);
+    sluice_ok(&[
+        "--topic",
+        &topic,
+        "produce",
+        "--module",
+        &producer,
+        "--count",
+        "500",
+        "--first-index",
+        "500",
+    ]);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("file://{}", dir.path().display());
@@ -65,7 +91,10 @@ async fn v1_and_v2_records_flow_through_both_jobs() {
     let archive = read_dataset(&storage, &topic).await;
     let (mut with_category, mut without) = (0, 0);
     for (_, batch) in &archive {
-        let category = batch.column_by_name("merchant_category").expect("archive keeps the v2 field").as_string::<i32>();
+        let category = batch
+            .column_by_name("merchant_category")
+            .expect("archive keeps the v2 field")
+            .as_string::<i32>();
         for i in 0..batch.num_rows() {
             if category.is_null(i) {
                 without += 1;
@@ -80,7 +109,12 @@ async fn v1_and_v2_records_flow_through_both_jobs() {
     // Counts cover v1 and v2 records alike.
     let mut counts: BTreeMap<i32, i64> = BTreeMap::new();
     for (_, batch) in &archive {
-        for user in batch.column_by_name("user_id").expect("user_id").as_primitive::<Int32Type>().values() {
+        for user in batch
+            .column_by_name("user_id")
+            .expect("user_id")
+            .as_primitive::<Int32Type>()
+            .values()
+        {
             *counts.entry(*user).or_default() += 1;
         }
     }

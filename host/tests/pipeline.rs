@@ -24,10 +24,24 @@ fn produced_rows(topic: &str) -> Vec<Row> {
         .map(|r| {
             let value = r.value.as_deref().expect("value");
             assert_eq!(value[0], 0, "Confluent magic byte");
-            let decoded = apache_avro::reader::datum::GenericDatumReader::builder(&schema).build().expect("reader").read_value(&mut &value[5..]).expect("avro");
+            let decoded = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+                .build()
+                .expect("reader")
+                .read_value(&mut &value[5..])
+                .expect("avro");
             let tx = sluice::avro::transaction_from_value(&decoded).expect("transaction");
-            assert_eq!(r.key.as_deref(), Some(tx.user_id.to_string().as_bytes()), "keyed by user_id");
-            (tx.user_id, tx.transaction_timestamp_millis, tx.amount.to_bits(), tx.currency, tx.counterpart_id)
+            assert_eq!(
+                r.key.as_deref(),
+                Some(tx.user_id.to_string().as_bytes()),
+                "keyed by user_id"
+            );
+            (
+                tx.user_id,
+                tx.transaction_timestamp_millis,
+                tx.amount.to_bits(),
+                tx.currency,
+                tx.counterpart_id,
+            )
         })
         .collect();
     rows.sort();
@@ -62,16 +76,46 @@ async fn pipeline_round_trip(output_url: &str, topic: &str) {
     let dlq = format!("{topic}-dlq");
     let prefix = format!("sluice:test:{topic}");
     let base = ["--topic", topic, "--dlq-topic", &dlq];
-    sluice_ok(&[&base[..], &["setup", "--partitions", "3", "--backup-group", &format!("{topic}-backup")]].concat());
+    sluice_ok(
+        &[
+            &base[..],
+            &[
+                "setup",
+                "--partitions",
+                "3",
+                "--backup-group",
+                &format!("{topic}-backup"),
+            ],
+        ]
+        .concat(),
+    );
     let produced = report(&sluice_ok(
-        &[&base[..], &["produce", "--module", &module("producer"), "--count", &RECORDS.to_string()]].concat(),
+        &[
+            &base[..],
+            &[
+                "produce",
+                "--module",
+                &module("producer"),
+                "--count",
+                &RECORDS.to_string(),
+            ],
+        ]
+        .concat(),
     ));
     assert_eq!(produced["produced"], RECORDS);
 
     let backup = report(&sluice_ok(
         &[
             &base[..],
-            &["run", "--job", "backup", "--module", &module("backup"), "--group", &format!("{topic}-backup")],
+            &[
+                "run",
+                "--job",
+                "backup",
+                "--module",
+                &module("backup"),
+                "--group",
+                &format!("{topic}-backup"),
+            ],
             &["--until-caught-up", "--output-url", output_url],
         ]
         .concat(),
@@ -81,8 +125,22 @@ async fn pipeline_round_trip(output_url: &str, topic: &str) {
     let features = report(&sluice_ok(
         &[
             &base[..],
-            &["run", "--job", "features", "--module", &module("features"), "--group", &format!("{topic}-features")],
-            &["--until-caught-up", "--output-url", output_url, "--redis-prefix", &prefix],
+            &[
+                "run",
+                "--job",
+                "features",
+                "--module",
+                &module("features"),
+                "--group",
+                &format!("{topic}-features"),
+            ],
+            &[
+                "--until-caught-up",
+                "--output-url",
+                output_url,
+                "--redis-prefix",
+                &prefix,
+            ],
         ]
         .concat(),
     ));
@@ -93,7 +151,12 @@ async fn pipeline_round_trip(output_url: &str, topic: &str) {
     assert_eq!(truth.len() as u64, RECORDS);
     let storage = storage_args(output_url).open().expect("storage");
     let archive = read_dataset(&storage, topic).await;
-    assert!(archive.iter().all(|(path, _)| path.contains(&format!("{topic}/partition="))), "Hive-style folders");
+    assert!(
+        archive
+            .iter()
+            .all(|(path, _)| path.contains(&format!("{topic}/partition="))),
+        "Hive-style folders"
+    );
     let archived = archive_rows(&archive);
     assert_eq!(archived.len(), truth.len(), "no record lost or duplicated");
     assert_eq!(archived, truth, "archive = produced records");
@@ -105,8 +168,10 @@ async fn pipeline_round_trip(output_url: &str, topic: &str) {
     }
     let mut redis = redis().await;
     for (user, count) in &counts {
-        let stored: Option<i64> =
-            redis.hget(format!("{prefix}:user:{user}"), "total_transactions_count").await.expect("hget");
+        let stored: Option<i64> = redis
+            .hget(format!("{prefix}:user:{user}"), "total_transactions_count")
+            .await
+            .expect("hget");
         assert_eq!(stored, Some(*count), "redis count of user {user}");
     }
     let keys: Vec<String> = redis.keys(format!("{prefix}:user:*")).await.expect("keys");
@@ -122,20 +187,39 @@ async fn pipeline_round_trip(output_url: &str, topic: &str) {
         if !path.contains(&format!("{}/", sluice::jobs::features::DATASET)) {
             continue;
         }
-        let users = b.column_by_name("user_id").expect("user_id").as_primitive::<Int32Type>();
-        let totals = b.column_by_name("total_transactions_count").expect("count").as_primitive::<Int32Type>();
-        let partitions = b.column_by_name("source_partition").expect("partition").as_primitive::<Int32Type>();
-        let offsets = b.column_by_name("source_offset").expect("offset").as_primitive::<Int64Type>();
+        let users = b
+            .column_by_name("user_id")
+            .expect("user_id")
+            .as_primitive::<Int32Type>();
+        let totals = b
+            .column_by_name("total_transactions_count")
+            .expect("count")
+            .as_primitive::<Int32Type>();
+        let partitions = b
+            .column_by_name("source_partition")
+            .expect("partition")
+            .as_primitive::<Int32Type>();
+        let offsets = b
+            .column_by_name("source_offset")
+            .expect("offset")
+            .as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
             total += 1;
-            assert!(sources.insert((partitions.value(i), offsets.value(i))), "duplicate source record");
+            assert!(
+                sources.insert((partitions.value(i), offsets.value(i))),
+                "duplicate source record"
+            );
             let entry = last.entry(users.value(i)).or_default();
             *entry = (*entry).max(totals.value(i));
         }
     }
     assert_eq!(total, RECORDS as usize);
     for (user, count) in &counts {
-        assert_eq!(last.get(user).map(|c| i64::from(*c)), Some(*count), "features Parquet count of user {user}");
+        assert_eq!(
+            last.get(user).map(|c| i64::from(*c)),
+            Some(*count),
+            "features Parquet count of user {user}"
+        );
     }
 }
 

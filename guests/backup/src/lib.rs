@@ -2,9 +2,10 @@
 //! without a value (tombstones) are kept too, so the archive mirrors the topic.
 //! A filter would return `Verdict::Drop` for the records it leaves out.
 
-wit_bindgen::generate!({ world: "raw-filter", path: "../../wit" });
+// wit-bindgen's generated glue (exports, canonical ABI) is unsafe FFI by nature.
+#![allow(unsafe_code)]
 
-use sluice::pipeline::types::{RawRecord, Verdict};
+wit_bindgen::generate!({ world: "raw-filter", path: "../../wit" });
 
 struct Backup;
 

@@ -2,10 +2,13 @@
 //! user. The count lives in the host's keyed state (key = user id), so this
 //! module holds nothing between batches and can be swapped at any boundary.
 
+// wit-bindgen's generated glue (exports, canonical ABI) is unsafe FFI by nature.
+#![allow(unsafe_code)]
+
 wit_bindgen::generate!({ world: "features", path: "../../wit" });
 
 use sluice::pipeline::keyed_state;
-use sluice::pipeline::types::{Feature, FeatureOutcome, Transaction};
+use sluice::pipeline::types::Feature;
 
 struct Features;
 

@@ -3,9 +3,10 @@
 //! transactions are card debits to merchants, some are credits from other
 //! users, amounts are log-distributed in a handful of ISO 4217 currencies.
 
-wit_bindgen::generate!({ world: "generator", path: "../../wit" });
+// wit-bindgen's generated glue (exports, canonical ABI) is unsafe FFI by nature.
+#![allow(unsafe_code)]
 
-use sluice::pipeline::types::Transaction;
+wit_bindgen::generate!({ world: "generator", path: "../../wit" });
 
 /// Distinct users; ids are 1..=USERS.
 const USERS: f64 = 10_000.0;

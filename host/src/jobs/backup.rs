@@ -51,7 +51,8 @@ impl BackupJob {
         let credentials = self.kafka.credentials(BACKUP_USER, BACKUP_PASSWORD_VAR);
         let config = self.kafka.client_config(credentials.as_ref());
         let mut source = Source::subscribe(config.clone(), &self.options.group, &self.kafka.topic)?;
-        let mut dead_letters = DeadLetters::new(producer::create(config)?, &self.kafka.dlq_topic, &self.kafka.topic, JOB);
+        let mut dead_letters =
+            DeadLetters::new(producer::create(config)?, &self.kafka.dlq_topic, &self.kafka.topic, JOB);
         let mut decoder = Decoder::new(&self.registry);
         let subject = crate::model::value_subject(&self.kafka.topic);
         let mut layout = self.latest_layout(&subject).await?;
@@ -113,7 +114,10 @@ impl BackupJob {
         let schema = apache_avro::Schema::parse_str(&latest.schema)
             .map_err(|e| Error::Other(format!("latest schema of {subject} does not parse: {e}")))?;
         let columns = columnar_schema(&schema).map_err(|e| Error::Other(format!("{subject}: {e}")))?;
-        Ok(Layout { schema_id: latest.id, columns })
+        Ok(Layout {
+            schema_id: latest.id,
+            columns,
+        })
     }
 
     /// True when a record of this batch was written with a schema that has
@@ -137,9 +141,13 @@ fn archive_row(
     rows: &mut RowsBuilder,
     record: &Consumed,
 ) -> std::result::Result<(), String> {
-    let (id, value) = readers.decode(record.value.as_deref()).map_err(|e: DecodeError| e.to_string())?;
+    let (id, value) = readers
+        .decode(record.value.as_deref())
+        .map_err(|e: DecodeError| e.to_string())?;
     if id != layout.schema_id && decoder.known_schema(id).is_some_and(|w| !layout.columns.covers(w)) {
-        return Err(format!("writer schema {id} has fields the latest registered schema lacks"));
+        return Err(format!(
+            "writer schema {id} has fields the latest registered schema lacks"
+        ));
     }
     rows.append(&value)
 }

@@ -55,11 +55,15 @@ impl FeaturesJob {
         let credentials = self.kafka.credentials(FEATURES_USER, FEATURES_PASSWORD_VAR);
         let config = self.kafka.client_config(credentials.as_ref());
         let mut source = Source::subscribe(config.clone(), &self.options.group, &self.kafka.topic)?;
-        let mut dead_letters = DeadLetters::new(producer::create(config)?, &self.kafka.dlq_topic, &self.kafka.topic, JOB);
+        let mut dead_letters =
+            DeadLetters::new(producer::create(config)?, &self.kafka.dlq_topic, &self.kafka.topic, JOB);
         let mut decoder = Decoder::new(&self.registry);
         let mut redis = RedisSink::connect(&self.redis_url, &self.redis_prefix).await?;
         let sink = ParquetSink::new(self.storage.clone(), DATASET);
-        let checkpoints = Checkpoints::new(self.storage.clone(), &format!("{}/{}", self.options.group, self.kafka.topic));
+        let checkpoints = Checkpoints::new(
+            self.storage.clone(),
+            &format!("{}/{}", self.options.group, self.kafka.topic),
+        );
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
         let stop = stop_signal();
         let mut report = FeaturesReport::default();
@@ -81,11 +85,14 @@ impl FeaturesJob {
                 if !states.contains_key(&partition) {
                     states.insert(partition, checkpoints.load(partition).await?);
                 }
-                let Some(state) = states.get_mut(&partition) else { continue };
+                let Some(state) = states.get_mut(&partition) else {
+                    continue;
+                };
                 // Records the checkpoint already reflects (a replay after a
                 // crash between checkpoint and commit) are not counted again.
                 let fresh: Vec<&Consumed> = records.into_iter().filter(|r| r.offset >= state.next_offset).collect();
-                report.skipped_replayed += (batch.iter().filter(|r| r.partition == partition).count() - fresh.len()) as u64;
+                report.skipped_replayed +=
+                    (batch.iter().filter(|r| r.partition == partition).count() - fresh.len()) as u64;
                 let Some(last) = fresh.last() else { continue };
                 let next_offset = last.offset + 1;
                 let first_offset = fresh[0].offset;
@@ -94,7 +101,10 @@ impl FeaturesJob {
                 let mut input_records = Vec::with_capacity(fresh.len());
                 for record in &fresh {
                     report.records += 1;
-                    match readers.decode(record.value.as_deref()).and_then(|(_, v)| transaction_from_value(&v)) {
+                    match readers
+                        .decode(record.value.as_deref())
+                        .and_then(|(_, v)| transaction_from_value(&v))
+                    {
                         Ok(tx) => {
                             inputs.push(WitTransaction {
                                 user_id: tx.user_id,
@@ -124,7 +134,9 @@ impl FeaturesJob {
                         }),
                         FeatureOutcome::Skip => {}
                         FeatureOutcome::Reject(reason) => {
-                            dead_letters.send(record, &format!("rejected by guest: {reason}")).await?;
+                            dead_letters
+                                .send(record, &format!("rejected by guest: {reason}"))
+                                .await?;
                             report.dead_lettered += 1;
                         }
                     }
@@ -132,7 +144,8 @@ impl FeaturesJob {
                 state.next_offset = next_offset;
                 touched.push(partition);
                 if !partition_events.is_empty() {
-                    sink.write(partition, first_offset, &feature_batch(&partition_events)).await?;
+                    sink.write(partition, first_offset, &feature_batch(&partition_events))
+                        .await?;
                     report.files += 1;
                 }
                 report.features += partition_events.len() as u64;
@@ -165,8 +178,12 @@ pub fn feature_schema() -> SchemaRef {
 pub fn feature_batch(events: &[FeatureEvent]) -> RecordBatch {
     let columns: Vec<arrow_array::ArrayRef> = vec![
         Arc::new(Int32Array::from_iter_values(events.iter().map(|e| e.user_id))),
-        Arc::new(Int32Array::from_iter_values(events.iter().map(|e| e.total_transactions_count))),
-        Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.as_of_timestamp_millis))),
+        Arc::new(Int32Array::from_iter_values(
+            events.iter().map(|e| e.total_transactions_count),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            events.iter().map(|e| e.as_of_timestamp_millis),
+        )),
         Arc::new(Int32Array::from_iter_values(events.iter().map(|e| e.source_partition))),
         Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.source_offset))),
     ];

@@ -51,7 +51,9 @@ impl Produce {
             false,
             SuppliedSchema::new(None, SchemaType::Avro, TRANSACTION_SCHEMA.to_string()),
         );
-        let start_millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let start_millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let stop = stop_signal();
         let started = Instant::now();
         let mut produced = 0u64;
@@ -94,6 +96,10 @@ impl Produce {
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        Ok(ProduceReport { produced, seconds, records_per_s: produced as f64 / seconds.max(1e-9) })
+        Ok(ProduceReport {
+            produced,
+            seconds,
+            records_per_s: produced as f64 / seconds.max(1e-9),
+        })
     }
 }

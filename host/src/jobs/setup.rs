@@ -10,11 +10,13 @@ use rdkafka::client::DefaultClientContext;
 
 use crate::config::KafkaArgs;
 use crate::kafka::admin::{TopicOutcome, TopicSpec, ensure_topic};
-use crate::kafka::security::{AclOperation, AclOutcome, AclResourceType, AclSpec, ScramMechanism, ScramUser, create_acls, upsert_scram_users};
+use crate::kafka::security::{
+    AclOperation, AclOutcome, AclResourceType, AclSpec, ScramMechanism, ScramUser, create_acls, upsert_scram_users,
+};
 use crate::model::{FEATURES_SCHEMA, FEATURES_SUBJECT, TRANSACTION_SCHEMA, value_subject};
 use crate::registry::Registry;
 
-use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, FEATURES_PASSWORD_VAR, FEATURES_USER, Error, Result};
+use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result};
 
 /// One day: the topic is a buffer, the Parquet archive the system of record.
 pub const RETENTION_MS: i64 = 86_400_000;
@@ -44,12 +46,18 @@ impl Setup {
             TopicSpec {
                 name: self.kafka.topic.clone(),
                 partitions: self.partitions,
-                configs: vec![("retention.ms", RETENTION_MS.to_string()), ("cleanup.policy", "delete".into())],
+                configs: vec![
+                    ("retention.ms", RETENTION_MS.to_string()),
+                    ("cleanup.policy", "delete".into()),
+                ],
             },
             TopicSpec {
                 name: self.kafka.dlq_topic.clone(),
                 partitions: 1,
-                configs: vec![("retention.ms", DLQ_RETENTION_MS.to_string()), ("cleanup.policy", "delete".into())],
+                configs: vec![
+                    ("retention.ms", DLQ_RETENTION_MS.to_string()),
+                    ("cleanup.policy", "delete".into()),
+                ],
             },
         ];
         for spec in &topics {
@@ -67,7 +75,10 @@ impl Setup {
             lines.push(line);
         }
 
-        for (subject, schema) in [(value_subject(&self.kafka.topic), TRANSACTION_SCHEMA), (FEATURES_SUBJECT.to_string(), FEATURES_SCHEMA)] {
+        for (subject, schema) in [
+            (value_subject(&self.kafka.topic), TRANSACTION_SCHEMA),
+            (FEATURES_SUBJECT.to_string(), FEATURES_SCHEMA),
+        ] {
             self.registry.set_compatibility(&subject, COMPATIBILITY).await?;
             let registered = self.registry.register(&subject, schema).await?;
             lines.push(format!(
@@ -86,9 +97,15 @@ impl Setup {
     async fn users(&self, admin: &Arc<AdminClient<DefaultClientContext>>) -> Result<Vec<String>> {
         let mut lines = Vec::new();
         let mut users = Vec::new();
-        for (name, var) in [(BACKUP_USER, BACKUP_PASSWORD_VAR), (FEATURES_USER, FEATURES_PASSWORD_VAR)] {
+        for (name, var) in [
+            (BACKUP_USER, BACKUP_PASSWORD_VAR),
+            (FEATURES_USER, FEATURES_PASSWORD_VAR),
+        ] {
             match std::env::var(var) {
-                Ok(password) if !password.is_empty() => users.push(ScramUser { name: name.to_string(), password }),
+                Ok(password) if !password.is_empty() => users.push(ScramUser {
+                    name: name.to_string(),
+                    password,
+                }),
                 _ => lines.push(format!("user {name}: skipped, {var} is not set")),
             }
         }
@@ -114,11 +131,36 @@ impl Setup {
     async fn acls(&self, admin: &Arc<AdminClient<DefaultClientContext>>) -> Result<Vec<String>> {
         let mut acls = Vec::new();
         for (user, group) in [(BACKUP_USER, &self.backup_group), (FEATURES_USER, &self.features_group)] {
-            acls.push(AclSpec::allow_user(AclResourceType::Topic, &self.kafka.topic, user, AclOperation::Read));
-            acls.push(AclSpec::allow_user(AclResourceType::Topic, &self.kafka.topic, user, AclOperation::Describe));
-            acls.push(AclSpec::allow_user(AclResourceType::Group, group.as_str(), user, AclOperation::Read));
-            acls.push(AclSpec::allow_user(AclResourceType::Topic, &self.kafka.dlq_topic, user, AclOperation::Write));
-            acls.push(AclSpec::allow_user(AclResourceType::Cluster, AclSpec::CLUSTER_NAME, user, AclOperation::IdempotentWrite));
+            acls.push(AclSpec::allow_user(
+                AclResourceType::Topic,
+                &self.kafka.topic,
+                user,
+                AclOperation::Read,
+            ));
+            acls.push(AclSpec::allow_user(
+                AclResourceType::Topic,
+                &self.kafka.topic,
+                user,
+                AclOperation::Describe,
+            ));
+            acls.push(AclSpec::allow_user(
+                AclResourceType::Group,
+                group.as_str(),
+                user,
+                AclOperation::Read,
+            ));
+            acls.push(AclSpec::allow_user(
+                AclResourceType::Topic,
+                &self.kafka.dlq_topic,
+                user,
+                AclOperation::Write,
+            ));
+            acls.push(AclSpec::allow_user(
+                AclResourceType::Cluster,
+                AclSpec::CLUSTER_NAME,
+                user,
+                AclOperation::IdempotentWrite,
+            ));
         }
         let count = acls.len();
         let admin = admin.clone();

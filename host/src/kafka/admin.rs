@@ -30,7 +30,9 @@ pub struct TopicSpec {
 pub enum TopicOutcome {
     Created,
     /// The topic was there already, with this many partitions.
-    Exists { partitions: usize },
+    Exists {
+        partitions: usize,
+    },
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,7 +47,10 @@ pub async fn ensure_topic(admin: &AdminClient<DefaultClientContext>, spec: &Topi
     let results = admin
         .create_topics([&topic], &options)
         .await
-        .map_err(|source| Error::Kafka { context: format!("create topic {}", spec.name), source })?;
+        .map_err(|source| Error::Kafka {
+            context: format!("create topic {}", spec.name),
+            source,
+        })?;
     for result in results {
         match result {
             Ok(_) => return Ok(TopicOutcome::Created),
@@ -64,6 +69,9 @@ pub fn partition_count(admin: &AdminClient<DefaultClientContext>, topic: &str) -
     let metadata = admin
         .inner()
         .fetch_metadata(Some(topic), TIMEOUT)
-        .map_err(|source| Error::Kafka { context: format!("metadata of {topic}"), source })?;
+        .map_err(|source| Error::Kafka {
+            context: format!("metadata of {topic}"),
+            source,
+        })?;
     Ok(metadata.topics().first().map_or(0, |t| t.partitions().len()))
 }

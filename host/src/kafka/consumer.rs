@@ -54,8 +54,14 @@ impl Source {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
         let consumer: StreamConsumer = config.create().map_err(kafka("create"))?;
-        consumer.subscribe(&[topic]).map_err(kafka(format!("subscribe to {topic}")))?;
-        Ok(Self { consumer, topic: topic.to_string(), next: HashMap::new() })
+        consumer
+            .subscribe(&[topic])
+            .map_err(kafka(format!("subscribe to {topic}")))?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_string(),
+            next: HashMap::new(),
+        })
     }
 
     /// Up to `max` records, returned as soon as `max` is reached or no record
@@ -69,7 +75,11 @@ impl Source {
             };
             let headers = message
                 .headers()
-                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
                 .unwrap_or_default();
             let record = Consumed {
                 key: message.key().map(<[u8]>::to_vec),
@@ -105,7 +115,10 @@ impl Source {
         if assignment.count() == 0 {
             return Ok(false);
         }
-        let committed = self.consumer.committed(METADATA_TIMEOUT).map_err(kafka("committed offsets"))?;
+        let committed = self
+            .consumer
+            .committed(METADATA_TIMEOUT)
+            .map_err(kafka("committed offsets"))?;
         for element in assignment.elements() {
             let partition = element.partition();
             let (low, high) = self

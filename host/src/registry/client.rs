@@ -5,14 +5,20 @@
 
 use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_schema_by_subject, post_schema};
 use schema_registry_converter::error::SRCError;
-use schema_registry_converter::schema_registry_common::{RegisteredSchema, SchemaType, SubjectNameStrategy, SuppliedSchema};
+use schema_registry_converter::schema_registry_common::{
+    RegisteredSchema, SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("schema registry at {url}: {message}")]
     Registry { url: String, message: String },
     #[error("schema registry at {url} refused subject {subject}: {message}")]
-    Refused { url: String, subject: String, message: String },
+    Refused {
+        url: String,
+        subject: String,
+        message: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -31,8 +37,15 @@ impl Registry {
         let settings = SrSettings::new_builder(url.clone())
             .set_timeout(std::time::Duration::from_secs(10))
             .build()
-            .map_err(|e| Error::Registry { url: url.clone(), message: describe(&e) })?;
-        Ok(Self { url, settings, http: reqwest::Client::new() })
+            .map_err(|e| Error::Registry {
+                url: url.clone(),
+                message: describe(&e),
+            })?;
+        Ok(Self {
+            url,
+            settings,
+            http: reqwest::Client::new(),
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -65,11 +78,13 @@ impl Registry {
     /// there returns its id and adds no version.
     pub async fn register(&self, subject: &str, schema: &str) -> Result<RegisteredSchema> {
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_string());
-        post_schema(&self.settings, subject.to_string(), supplied).await.map_err(|e| Error::Refused {
-            url: self.url.clone(),
-            subject: subject.to_string(),
-            message: describe(&e),
-        })
+        post_schema(&self.settings, subject.to_string(), supplied)
+            .await
+            .map_err(|e| Error::Refused {
+                url: self.url.clone(),
+                subject: subject.to_string(),
+                message: describe(&e),
+            })
     }
 
     /// The latest schema of a subject.
@@ -80,15 +95,20 @@ impl Registry {
             Some(topic) => SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false),
             None => SubjectNameStrategy::RecordNameStrategy(subject.to_string()),
         };
-        get_schema_by_subject(&self.settings, &strategy).await.map_err(|e| Error::Refused {
-            url: self.url.clone(),
-            subject: subject.to_string(),
-            message: describe(&e),
-        })
+        get_schema_by_subject(&self.settings, &strategy)
+            .await
+            .map_err(|e| Error::Refused {
+                url: self.url.clone(),
+                subject: subject.to_string(),
+                message: describe(&e),
+            })
     }
 
     fn error(&self, message: String) -> Error {
-        Error::Registry { url: self.url.clone(), message }
+        Error::Registry {
+            url: self.url.clone(),
+            message,
+        }
     }
 }
 

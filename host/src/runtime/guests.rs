@@ -26,7 +26,13 @@ impl GuestStore {
             .build();
         let mut store = Store::new(&runtime.engine, StoreData::new(limits));
         store.limiter(|data| &mut data.limits);
-        Self { store, deadline_ticks: runtime.deadline_ticks(), path: path.display().to_string() }
+        // Instantiation runs guest code too (initialisers): bound it as a call.
+        store.set_epoch_deadline(runtime.deadline_ticks());
+        Self {
+            store,
+            deadline_ticks: runtime.deadline_ticks(),
+            path: path.display().to_string(),
+        }
     }
 
     /// Arms the deadline for the next call.
@@ -36,18 +42,29 @@ impl GuestStore {
     }
 
     fn trap(&self, e: wasmtime::Error) -> Error {
-        Error::Trap { path: self.path.clone(), reason: format!("{e:#}") }
+        Error::Trap {
+            path: self.path.clone(),
+            reason: format!("{e:#}"),
+        }
     }
 
     fn wrong_world(&self, world: &'static str, e: wasmtime::Error) -> Error {
-        Error::WrongWorld { path: self.path.clone(), world, reason: format!("{e:#}") }
+        Error::WrongWorld {
+            path: self.path.clone(),
+            world,
+            reason: format!("{e:#}"),
+        }
     }
 
     fn check_arity<T>(&self, expected: usize, got: Vec<T>) -> Result<Vec<T>> {
         if got.len() == expected {
             Ok(got)
         } else {
-            Err(Error::Arity { path: self.path.clone(), expected, got: got.len() })
+            Err(Error::Arity {
+                path: self.path.clone(),
+                expected,
+                got: got.len(),
+            })
         }
     }
 }
@@ -108,7 +125,10 @@ impl RawFilterGuest {
             .bindings
             .call_process(self.store.arm(), batch)
             .map_err(|e| self.store.trap(e))?
-            .map_err(|reason| Error::Guest { path: self.store.path.clone(), reason })?;
+            .map_err(|reason| Error::Guest {
+                path: self.store.path.clone(),
+                reason,
+            })?;
         self.store.check_arity(batch.len(), out)
     }
 }
@@ -146,7 +166,12 @@ impl FeaturesGuest {
             .bindings
             .call_process(self.store.arm(), batch)
             .map_err(|e| self.store.trap(e))
-            .and_then(|r| r.map_err(|reason| Error::Guest { path: self.store.path.clone(), reason }))
+            .and_then(|r| {
+                r.map_err(|reason| Error::Guest {
+                    path: self.store.path.clone(),
+                    reason,
+                })
+            })
             .and_then(|out| self.store.check_arity(batch.len(), out));
         let data = self.store.store.data_mut();
         match result {

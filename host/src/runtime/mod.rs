@@ -26,7 +26,11 @@ pub enum Error {
     #[error("module {path} is not a WebAssembly component (build guests with --target wasm32-wasip2): {reason}")]
     NotAComponent { path: String, reason: String },
     #[error("module {path} does not implement world `{world}` of wit/sluice.wit: {reason}")]
-    WrongWorld { path: String, world: &'static str, reason: String },
+    WrongWorld {
+        path: String,
+        world: &'static str,
+        reason: String,
+    },
     #[error("guest {path} failed: {reason}")]
     Trap { path: String, reason: String },
     #[error("guest {path} returned an error for the batch: {reason}")]
@@ -50,7 +54,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { call_timeout: Duration::from_secs(10), memory_bytes: 512 << 20 }
+        Self {
+            call_timeout: Duration::from_secs(10),
+            memory_bytes: 512 << 20,
+        }
     }
 }
 
@@ -80,7 +87,11 @@ impl Runtime {
                 }
             })
             .map_err(|e| Error::Engine(e.to_string()))?;
-        Ok(Self { engine, limits, ticker_stop })
+        Ok(Self {
+            engine,
+            limits,
+            ticker_stop,
+        })
     }
 
     fn deadline_ticks(&self) -> u64 {
@@ -93,8 +104,10 @@ impl Runtime {
         if !path.is_file() {
             return Err(Error::Missing { path: shown });
         }
-        Component::from_file(&self.engine, path)
-            .map_err(|e| Error::NotAComponent { path: shown, reason: format!("{e:#}") })
+        Component::from_file(&self.engine, path).map_err(|e| Error::NotAComponent {
+            path: shown,
+            reason: format!("{e:#}"),
+        })
     }
 
     /// A linker with WASI (no capabilities granted) for guests built against std.

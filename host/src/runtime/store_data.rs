@@ -25,7 +25,13 @@ pub struct StoreData {
 
 impl StoreData {
     pub fn new(limits: StoreLimits) -> Self {
-        Self { wasi: WasiCtx::builder().build(), table: ResourceTable::new(), limits, state: HashMap::new(), undo: Vec::new() }
+        Self {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits,
+            state: HashMap::new(),
+            undo: Vec::new(),
+        }
     }
 }
 
@@ -48,7 +54,10 @@ impl StoreData {
 
 impl WasiView for StoreData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 

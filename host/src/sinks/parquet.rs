@@ -17,9 +17,16 @@ use crate::config::Storage;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("encoding Parquet for {path}: {source}")]
-    Encode { path: String, source: parquet::errors::ParquetError },
+    Encode {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
     #[error("writing {path} to {url}: {source}")]
-    Put { path: String, url: String, source: object_store::Error },
+    Put {
+        path: String,
+        url: String,
+        source: object_store::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -32,7 +39,10 @@ pub struct ParquetSink {
 
 impl ParquetSink {
     pub fn new(storage: Storage, dataset: &str) -> Self {
-        Self { storage, dataset: dataset.to_string() }
+        Self {
+            storage,
+            dataset: dataset.to_string(),
+        }
     }
 
     /// `<root>/<dataset>/partition=<p>/<dataset>+<p>+<first offset, 20 digits>.parquet`;
@@ -43,19 +53,30 @@ impl ParquetSink {
             dataset = self.dataset
         );
         let root = self.storage.root.as_ref();
-        if root.is_empty() { ObjectPath::from(name) } else { ObjectPath::from(format!("{root}/{name}")) }
+        if root.is_empty() {
+            ObjectPath::from(name)
+        } else {
+            ObjectPath::from(format!("{root}/{name}"))
+        }
     }
 
     /// Encodes `batch` and puts it at its deterministic name; returns the
     /// object path. The put is atomic: readers see the whole file or none.
     pub async fn write(&self, partition: i32, first_offset: i64, batch: &RecordBatch) -> Result<ObjectPath> {
         let path = self.object_path(partition, first_offset);
-        let bytes = encode(batch).map_err(|source| Error::Encode { path: path.to_string(), source })?;
+        let bytes = encode(batch).map_err(|source| Error::Encode {
+            path: path.to_string(),
+            source,
+        })?;
         self.storage
             .store
             .put(&path, PutPayload::from(bytes))
             .await
-            .map_err(|source| Error::Put { path: path.to_string(), url: self.storage.url.clone(), source })?;
+            .map_err(|source| Error::Put {
+                path: path.to_string(),
+                url: self.storage.url.clone(),
+                source,
+            })?;
         Ok(path)
     }
 }

@@ -55,10 +55,18 @@ pub struct RedisSink {
 
 impl RedisSink {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
-        let error = |source| Error::Redis { url: url.to_string(), source };
+        let error = |source| Error::Redis {
+            url: url.to_string(),
+            source,
+        };
         let client = redis::Client::open(url).map_err(error)?;
         let connection = client.get_multiplexed_async_connection().await.map_err(error)?;
-        Ok(Self { connection, prefix: prefix.to_string(), url: url.to_string(), script: Script::new(FENCED_WRITE) })
+        Ok(Self {
+            connection,
+            prefix: prefix.to_string(),
+            url: url.to_string(),
+            script: Script::new(FENCED_WRITE),
+        })
     }
 
     pub fn key(&self, user_id: i32) -> String {
@@ -87,7 +95,10 @@ impl RedisSink {
             let n: usize = invocation
                 .invoke_async(&mut self.connection)
                 .await
-                .map_err(|source| Error::Redis { url: self.url.clone(), source })?;
+                .map_err(|source| Error::Redis {
+                    url: self.url.clone(),
+                    source,
+                })?;
             written += n;
         }
         Ok(written)

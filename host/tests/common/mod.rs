@@ -20,7 +20,8 @@ use sluice::config::{KafkaArgs, Storage, StorageArgs};
 /// Fails loudly when the services' environment is missing: these tests are
 /// meant to run through `make test`, never to pass vacuously.
 pub fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test` (it loads dev.env)"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test` (it loads dev.env)"))
 }
 
 pub fn modules_dir() -> PathBuf {
@@ -41,7 +42,10 @@ pub fn unique(prefix: &str) -> String {
 
 /// Runs the sluice binary with the services' environment.
 pub fn sluice(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).output().expect("run sluice");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .expect("run sluice");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "sluice panicked: {stderr}");
     output
@@ -92,7 +96,9 @@ pub fn read_topic(topic: &str) -> Vec<Record> {
     let args = kafka_args(topic);
     let credentials = args.admin_credentials();
     let mut config = args.client_config(credentials.as_ref());
-    config.set("group.id", unique("reader")).set("enable.auto.commit", "false");
+    config
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = config.create().expect("consumer");
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(topic), timeout).expect("metadata");
@@ -103,7 +109,8 @@ pub fn read_topic(topic: &str) -> Vec<Record> {
         let (low, high) = consumer.fetch_watermarks(topic, p, timeout).expect("watermarks");
         if high > low {
             ends.insert(p, high);
-            list.add_partition_offset(topic, p, Offset::Offset(low)).expect("offset");
+            list.add_partition_offset(topic, p, Offset::Offset(low))
+                .expect("offset");
         }
     }
     let mut records = Vec::new();
@@ -113,14 +120,24 @@ pub fn read_topic(topic: &str) -> Vec<Record> {
     consumer.assign(&list).expect("assign");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !ends.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "reading {topic} timed out; left: {ends:?}");
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} timed out; left: {ends:?}"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
         let message = message.expect("message");
         let headers = message
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -131,7 +148,10 @@ pub fn read_topic(topic: &str) -> Vec<Record> {
             value: message.payload().map(<[u8]>::to_vec),
             headers,
         });
-        if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+        if ends
+            .get(&message.partition())
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
             ends.remove(&message.partition());
         }
     }
@@ -158,8 +178,18 @@ pub async fn read_dataset(storage: &Storage, dataset: &str) -> Vec<(String, Reco
     let objects: Vec<_> = storage.store.list(Some(&prefix)).try_collect().await.expect("list");
     let mut batches = Vec::new();
     for object in objects {
-        let bytes = storage.store.get(&object.location).await.expect("get").bytes().await.expect("bytes");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet").build().expect("reader");
+        let bytes = storage
+            .store
+            .get(&object.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .expect("parquet")
+            .build()
+            .expect("reader");
         for batch in reader {
             batches.push((object.location.to_string(), batch.expect("batch")));
         }
@@ -180,8 +210,11 @@ pub async fn produce_raw(topic: &str, records: &[(String, Vec<u8>)]) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let args = kafka_args(topic);
     let credentials = args.admin_credentials();
-    let producer: FutureProducer =
-        args.client_config(credentials.as_ref()).set("partitioner", "murmur2_random").create().expect("producer");
+    let producer: FutureProducer = args
+        .client_config(credentials.as_ref())
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer");
     for (key, value) in records {
         producer
             .send(FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(30))
@@ -204,7 +237,17 @@ pub fn run_job(job: &str, topic: &str, output_url: &str, extra: &[&str]) -> serd
     let group = format!("{topic}-{job}");
     let prefix = format!("sluice:test:{topic}");
     let module_path = module(job);
-    let mut args = vec!["--topic", topic, "--dlq-topic", &dlq, "run", "--job", job, "--module", &module_path];
+    let mut args = vec![
+        "--topic",
+        topic,
+        "--dlq-topic",
+        &dlq,
+        "run",
+        "--job",
+        job,
+        "--module",
+        &module_path,
+    ];
     args.extend(["--group", &group, "--until-caught-up", "--output-url", output_url]);
     if job == "features" {
         args.extend(["--redis-prefix", &prefix]);
