@@ -306,6 +306,7 @@ fn push(builder: &mut Builder, cell: Cell<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::Array;
     use arrow_array::cast::AsArray;
     use arrow_array::types::Int32Type;
 

@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use apache_avro::types::Value;
+use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int32Type;
 use common::*;

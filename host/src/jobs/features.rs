@@ -4,6 +4,7 @@
 //! user to Redis (real-time inference).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -82,11 +83,9 @@ impl FeaturesJob {
             let mut events = Vec::new();
             let mut touched = Vec::new();
             for (partition, records) in by_partition(&batch) {
-                if !states.contains_key(&partition) {
-                    states.insert(partition, checkpoints.load(partition).await?);
-                }
-                let Some(state) = states.get_mut(&partition) else {
-                    continue;
+                let state = match states.entry(partition) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => entry.insert(checkpoints.load(partition).await?),
                 };
                 // Records the checkpoint already reflects (a replay after a
                 // crash between checkpoint and commit) are not counted again.

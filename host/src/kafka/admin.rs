@@ -51,17 +51,13 @@ pub async fn ensure_topic(admin: &AdminClient<DefaultClientContext>, spec: &Topi
             context: format!("create topic {}", spec.name),
             source,
         })?;
-    for result in results {
-        match result {
-            Ok(_) => return Ok(TopicOutcome::Created),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                let partitions = partition_count(admin, &spec.name)?;
-                return Ok(TopicOutcome::Exists { partitions });
-            }
-            Err((topic, code)) => return Err(Error::CreateTopic { topic, code }),
-        }
+    match results.into_iter().next() {
+        None | Some(Ok(_)) => Ok(TopicOutcome::Created),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(TopicOutcome::Exists {
+            partitions: partition_count(admin, &spec.name)?,
+        }),
+        Some(Err((topic, code))) => Err(Error::CreateTopic { topic, code }),
     }
-    Ok(TopicOutcome::Created)
 }
 
 /// Partitions of a topic, from cluster metadata.
