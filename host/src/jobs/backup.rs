@@ -10,13 +10,12 @@ use serde::Serialize;
 use crate::avro::{DecodeError, Decoder, Readers};
 use crate::columnar::{ColumnarSchema, RowsBuilder, columnar_schema};
 use crate::config::{KafkaArgs, Storage};
-use crate::dlq::DeadLetters;
-use crate::kafka::{Consumed, Source, producer};
+use crate::kafka::Consumed;
 use crate::registry::Registry;
 use crate::runtime::{RawFilterGuest, RawRecord, Runtime, Verdict};
 use crate::sinks::parquet::ParquetSink;
 
-use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Error, Result, RunOptions, by_partition, next_offsets, stop_signal};
+use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, RunOptions, by_partition};
 
 pub const JOB: &str = "transactions-job-backup";
 
@@ -48,27 +47,13 @@ impl BackupJob {
     pub async fn run(self) -> Result<BackupReport> {
         let runtime = Runtime::new(Default::default())?;
         let mut guest = RawFilterGuest::load(&runtime, &self.module)?;
-        let credentials = self.kafka.credentials(BACKUP_USER, BACKUP_PASSWORD_VAR);
-        let config = self.kafka.client_config(credentials.as_ref());
-        let mut source = Source::subscribe(config.clone(), &self.options.group, &self.kafka.topic)?;
-        let mut dead_letters =
-            DeadLetters::new(producer::create(config)?, &self.kafka.dlq_topic, &self.kafka.topic, JOB);
+        let mut consuming = Consuming::start(&self.kafka, self.options.clone(), JOB, BACKUP_USER, BACKUP_PASSWORD_VAR)?;
         let mut decoder = Decoder::new(&self.registry);
         let subject = crate::model::value_subject(&self.kafka.topic);
         let mut layout = self.latest_layout(&subject).await?;
         let sink = ParquetSink::new(self.storage.clone(), &self.kafka.topic);
-        let stop = stop_signal();
         let mut report = BackupReport::default();
-        tracing::info!(topic = %self.kafka.topic, group = %self.options.group, output = %self.storage.url, "backup running");
-
-        while !*stop.borrow() {
-            let batch = source.next_batch(self.options.batch_size, self.options.idle).await?;
-            if batch.is_empty() {
-                if self.options.until_caught_up && source.caught_up()? {
-                    break;
-                }
-                continue;
-            }
+        while let Some(batch) = consuming.next_batch().await? {
             decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
             if self.layout_is_stale(&decoder, &batch, &layout) {
                 layout = self.latest_layout(&subject).await?;
@@ -93,7 +78,7 @@ impl BackupJob {
                         }
                         Verdict::Reject(reason) => format!("rejected by guest: {reason}"),
                     };
-                    dead_letters.send(record, &reason).await?;
+                    consuming.dead_letters.send(record, &reason).await?;
                     report.dead_lettered += 1;
                 }
                 if !rows.is_empty() {
@@ -104,7 +89,7 @@ impl BackupJob {
                     tracing::debug!(%path, "archived");
                 }
             }
-            source.commit(&next_offsets(&batch))?;
+            consuming.commit(&batch)?;
         }
         Ok(report)
     }

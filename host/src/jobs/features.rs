@@ -14,8 +14,7 @@ use serde::Serialize;
 
 use crate::avro::{Decoder, transaction_from_value};
 use crate::config::{KafkaArgs, Storage};
-use crate::dlq::DeadLetters;
-use crate::kafka::{Consumed, Source, producer};
+use crate::kafka::Consumed;
 use crate::model::FeatureEvent;
 use crate::registry::Registry;
 use crate::runtime::{FeatureOutcome, FeaturesGuest, Runtime, WitTransaction};
@@ -23,7 +22,7 @@ use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
 use crate::state::{Checkpoints, PartitionState};
 
-use super::{FEATURES_PASSWORD_VAR, FEATURES_USER, Result, RunOptions, by_partition, next_offsets, stop_signal};
+use super::{Consuming, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, RunOptions, by_partition};
 
 pub const JOB: &str = "transactions-ml-features-job";
 /// The Parquet dataset of feature events.
@@ -53,11 +52,13 @@ impl FeaturesJob {
     pub async fn run(self) -> Result<FeaturesReport> {
         let runtime = Runtime::new(Default::default())?;
         let mut guest = FeaturesGuest::load(&runtime, &self.module)?;
-        let credentials = self.kafka.credentials(FEATURES_USER, FEATURES_PASSWORD_VAR);
-        let config = self.kafka.client_config(credentials.as_ref());
-        let mut source = Source::subscribe(config.clone(), &self.options.group, &self.kafka.topic)?;
-        let mut dead_letters =
-            DeadLetters::new(producer::create(config)?, &self.kafka.dlq_topic, &self.kafka.topic, JOB);
+        let mut consuming = Consuming::start(
+            &self.kafka,
+            self.options.clone(),
+            JOB,
+            FEATURES_USER,
+            FEATURES_PASSWORD_VAR,
+        )?;
         let mut decoder = Decoder::new(&self.registry);
         let mut redis = RedisSink::connect(&self.redis_url, &self.redis_prefix).await?;
         let sink = ParquetSink::new(self.storage.clone(), DATASET);
@@ -66,18 +67,8 @@ impl FeaturesJob {
             &format!("{}/{}", self.options.group, self.kafka.topic),
         );
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
-        let stop = stop_signal();
         let mut report = FeaturesReport::default();
-        tracing::info!(topic = %self.kafka.topic, group = %self.options.group, output = %self.storage.url, "features running");
-
-        while !*stop.borrow() {
-            let batch = source.next_batch(self.options.batch_size, self.options.idle).await?;
-            if batch.is_empty() {
-                if self.options.until_caught_up && source.caught_up()? {
-                    break;
-                }
-                continue;
-            }
+        while let Some(batch) = consuming.next_batch().await? {
             decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
             let readers = decoder.readers();
             let mut events = Vec::new();
@@ -115,7 +106,7 @@ impl FeaturesJob {
                             input_records.push(*record);
                         }
                         Err(e) => {
-                            dead_letters.send(record, &e.to_string()).await?;
+                            consuming.dead_letters.send(record, &e.to_string()).await?;
                             report.dead_lettered += 1;
                         }
                     }
@@ -133,7 +124,8 @@ impl FeaturesJob {
                         }),
                         FeatureOutcome::Skip => {}
                         FeatureOutcome::Reject(reason) => {
-                            dead_letters
+                            consuming
+                                .dead_letters
                                 .send(record, &format!("rejected by guest: {reason}"))
                                 .await?;
                             report.dead_lettered += 1;
@@ -156,7 +148,7 @@ impl FeaturesJob {
                     checkpoints.save(partition, state).await?;
                 }
             }
-            source.commit(&next_offsets(&batch))?;
+            consuming.commit(&batch)?;
         }
         Ok(report)
     }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::kafka::Consumed;
+use crate::config::KafkaArgs;
+use crate::dlq::DeadLetters;
+use crate::kafka::{Consumed, Source, producer};
 
 /// The consumer user of each job, created by `sluice setup`.
 pub const BACKUP_USER: &str = "transactions-backup-job-user";
@@ -30,6 +32,62 @@ pub struct RunOptions {
     pub idle: Duration,
     /// Stop once every assigned partition is read to its end.
     pub until_caught_up: bool,
+}
+
+/// What every consumer job shares: group membership as the job's user,
+/// batches, stop on signal or once caught up, offset commits and the
+/// dead-letter topic.
+pub struct Consuming {
+    source: Source,
+    stop: watch::Receiver<bool>,
+    options: RunOptions,
+    pub dead_letters: DeadLetters,
+}
+
+impl Consuming {
+    /// Joins the job's group as `user` (password from `password_var`).
+    pub fn start(
+        kafka: &KafkaArgs,
+        options: RunOptions,
+        job: &'static str,
+        user: &str,
+        password_var: &str,
+    ) -> Result<Self> {
+        let credentials = kafka.credentials(user, password_var);
+        let config = kafka.client_config(credentials.as_ref());
+        let source = Source::subscribe(config.clone(), &options.group, &kafka.topic)?;
+        let dead_letters = DeadLetters::new(producer::create(config)?, &kafka.dlq_topic, &kafka.topic, job);
+        tracing::info!(job, topic = %kafka.topic, group = %options.group, "consuming");
+        Ok(Self {
+            source,
+            stop: stop_signal(),
+            options,
+            dead_letters,
+        })
+    }
+
+    /// The next batch, or `None` once the job should stop: on SIGINT/SIGTERM,
+    /// or when it was asked to stop at the end of the topic and got there.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<Consumed>>> {
+        while !*self.stop.borrow() {
+            let batch = self
+                .source
+                .next_batch(self.options.batch_size, self.options.idle)
+                .await?;
+            if !batch.is_empty() {
+                return Ok(Some(batch));
+            }
+            if self.options.until_caught_up && self.source.caught_up()? {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Commits the batch's offsets; call once all its outputs are durable.
+    pub fn commit(&self, batch: &[Consumed]) -> Result<()> {
+        Ok(self.source.commit(&next_offsets(batch))?)
+    }
 }
 
 /// A receiver that turns true on SIGINT or SIGTERM: jobs finish the batch in
