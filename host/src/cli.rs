@@ -80,6 +80,13 @@ pub enum Command {
         /// Close a batch after this many milliseconds without a record.
         #[arg(long, default_value_t = 200)]
         idle_ms: u64,
+        /// Close a batch at this age (milliseconds) at the latest.
+        #[arg(long, default_value_t = 2_000)]
+        max_wait_ms: u64,
+        /// Consumer session timeout: how soon partitions of a member that
+        /// died move to the others.
+        #[arg(long, env = "SLUICE_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+        session_timeout_ms: u64,
         /// Exit once every assigned partition is read to its end.
         #[arg(long)]
         until_caught_up: bool,
@@ -144,6 +151,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             group,
             batch_size,
             idle_ms,
+            max_wait_ms,
+            session_timeout_ms,
             until_caught_up,
             storage,
             redis,
@@ -156,6 +165,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 group: group.unwrap_or_else(|| default_group.to_string()),
                 batch_size: batch_size.max(1),
                 idle: Duration::from_millis(idle_ms.max(1)),
+                max_wait: Duration::from_millis(max_wait_ms.max(1)),
+                session_timeout: Duration::from_millis(session_timeout_ms),
                 until_caught_up,
             };
             let storage = storage.open()?;

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod columnar;
 pub mod config;
 pub mod dlq;
+pub mod fault;
 pub mod jobs;
 pub mod kafka;
 pub mod model;

@@ -63,6 +63,7 @@ impl BackupJob {
             for (partition, records) in by_partition(&batch) {
                 let raw: Vec<RawRecord> = records.iter().map(|r| raw_record(r)).collect();
                 let verdicts = guest.process(&raw)?;
+                crate::fault::point("after-guest");
                 drop(raw);
                 let mut rows = RowsBuilder::new(layout.columns.clone());
                 for (record, verdict) in records.iter().zip(verdicts) {
@@ -85,11 +86,12 @@ impl BackupJob {
                     report.archived += rows.len() as u64;
                     let first_offset = records[0].offset;
                     let path = sink.write(partition, first_offset, &rows.finish()).await?;
+                    crate::fault::point("after-upload");
                     report.files += 1;
                     tracing::debug!(%path, "archived");
                 }
             }
-            consuming.commit(&batch)?;
+            consuming.commit(&batch).await?;
         }
         Ok(report)
     }

@@ -69,6 +69,11 @@ impl FeaturesJob {
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
         let mut report = FeaturesReport::default();
         while let Some(batch) = consuming.next_batch().await? {
+            if consuming.assignment_changed() {
+                // Partitions may have moved: state is reloaded from the
+                // checkpoints, which the previous owners wrote last.
+                states.clear();
+            }
             decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
             let readers = decoder.readers();
             let mut events = Vec::new();
@@ -112,6 +117,7 @@ impl FeaturesJob {
                     }
                 }
                 let outcomes = guest.process(&mut state.values, &inputs)?;
+                crate::fault::point("after-guest");
                 let mut partition_events = Vec::with_capacity(outcomes.len());
                 for (record, outcome) in input_records.iter().zip(outcomes) {
                     match outcome {
@@ -137,18 +143,21 @@ impl FeaturesJob {
                 if !partition_events.is_empty() {
                     sink.write(partition, first_offset, &feature_batch(&partition_events))
                         .await?;
+                    crate::fault::point("after-upload");
                     report.files += 1;
                 }
                 report.features += partition_events.len() as u64;
                 events.extend(partition_events);
             }
             report.redis_updates += redis.write_latest(&events).await? as u64;
+            crate::fault::point("after-redis");
             for partition in touched {
                 if let Some(state) = states.get(&partition) {
                     checkpoints.save(partition, state).await?;
+                    crate::fault::point("mid-checkpoint");
                 }
             }
-            consuming.commit(&batch)?;
+            consuming.commit(&batch).await?;
         }
         Ok(report)
     }

@@ -30,6 +30,10 @@ pub struct RunOptions {
     pub batch_size: usize,
     /// A batch closes early when no record arrived for this long.
     pub idle: Duration,
+    /// A batch closes at this age at the latest: bounds end-to-end latency.
+    pub max_wait: Duration,
+    /// How long a member that died without leaving keeps its partitions.
+    pub session_timeout: Duration,
     /// Stop once every assigned partition is read to its end.
     pub until_caught_up: bool,
 }
@@ -55,7 +59,7 @@ impl Consuming {
     ) -> Result<Self> {
         let credentials = kafka.credentials(user, password_var);
         let config = kafka.client_config(credentials.as_ref());
-        let source = Source::subscribe(config.clone(), &options.group, &kafka.topic)?;
+        let source = Source::subscribe(config.clone(), &options.group, &kafka.topic, options.session_timeout)?;
         let dead_letters = DeadLetters::new(producer::create(config)?, &kafka.dlq_topic, &kafka.topic, job);
         tracing::info!(job, topic = %kafka.topic, group = %options.group, "consuming");
         Ok(Self {
@@ -72,7 +76,7 @@ impl Consuming {
         while !*self.stop.borrow() {
             let batch = self
                 .source
-                .next_batch(self.options.batch_size, self.options.idle)
+                .next_batch(self.options.batch_size, self.options.idle, self.options.max_wait)
                 .await?;
             if !batch.is_empty() {
                 return Ok(Some(batch));
@@ -85,8 +89,15 @@ impl Consuming {
     }
 
     /// Commits the batch's offsets; call once all its outputs are durable.
-    pub fn commit(&self, batch: &[Consumed]) -> Result<()> {
-        Ok(self.source.commit(&next_offsets(batch))?)
+    pub async fn commit(&mut self, batch: &[Consumed]) -> Result<()> {
+        crate::fault::point("before-commit");
+        self.source.commit(&next_offsets(batch)).await?;
+        Ok(())
+    }
+
+    /// True once after each rebalance (see `Source::assignment_changed`).
+    pub fn assignment_changed(&mut self) -> bool {
+        self.source.assignment_changed()
     }
 }
 

@@ -3,6 +3,8 @@
 //! read results back straight from Kafka, object storage and Redis.
 #![allow(dead_code)]
 
+pub mod verify;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -260,4 +262,162 @@ pub fn run_job(job: &str, topic: &str, output_url: &str, extra: &[&str]) -> serd
 pub fn setup_topic(topic: &str) {
     let dlq = format!("{topic}-dlq");
     sluice_ok(&["--topic", topic, "--dlq-topic", &dlq, "setup", "--partitions", "2"]);
+}
+
+/// A sluice process running in the background, its stderr read line by line.
+pub struct Running {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub stderr: Vec<String>,
+}
+
+/// Starts sluice in the background with extra environment variables.
+pub fn spawn_sluice(args: &[&str], envs: &[(&str, &str)]) -> Running {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Running {
+        child,
+        lines,
+        stderr: Vec::new(),
+    }
+}
+
+impl Running {
+    /// Waits until stderr shows `needle`; false if the process ended or
+    /// `timeout` passed first.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// SIGKILL: no flush, no commit, no goodbye to the group.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, then the exit status and stdout.
+    pub fn terminate(self) -> (std::process::ExitStatus, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let output = self.child.wait_with_output().expect("wait");
+        (output.status, String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The stderr read so far, for failure messages.
+    pub fn log(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.stderr.push(line);
+        }
+        self.stderr.join("\n")
+    }
+}
+
+/// Arguments of a long-running consumer job (no --until-caught-up).
+pub fn job_args(job: &str, topic: &str, group: &str, output_url: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--topic",
+        topic,
+        "--dlq-topic",
+        &format!("{topic}-dlq"),
+        "run",
+        "--job",
+        job,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "--module".into(),
+        module(job),
+        "--group".into(),
+        group.into(),
+        "--output-url".into(),
+        output_url.into(),
+    ]);
+    args.extend([
+        "--max-wait-ms".into(),
+        "500".into(),
+        "--session-timeout-ms".into(),
+        "6000".into(),
+    ]);
+    if job == "features" {
+        args.extend(["--redis-prefix".into(), format!("sluice:test:{topic}")]);
+    }
+    args
+}
+
+/// Waits until `group` has committed every partition of `topic` up to its
+/// high watermark.
+pub fn wait_group_caught_up(topic: &str, group: &str, timeout: Duration) {
+    let args = kafka_args(topic);
+    let credentials = args.admin_credentials();
+    let mut config = args.client_config(credentials.as_ref());
+    config.set("group.id", group);
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut list = TopicPartitionList::new();
+        for &p in &partitions {
+            list.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .expect("committed");
+        let behind: Vec<(i32, i64, i64)> = partitions
+            .iter()
+            .filter_map(|&p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .expect("watermarks");
+                let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => 0,
+                };
+                (at < high).then_some((p, at, high))
+            })
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group {group} still behind: {behind:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -1,0 +1,159 @@
+//! The checks every end-to-end test makes: the archive holds exactly the
+//! records of the topic, Redis every user's true count, and the features
+//! Parquet one event per record with the right last count.
+
+use std::collections::{BTreeMap, HashSet};
+
+use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Int32Type, Int64Type};
+use redis::AsyncCommands;
+
+use super::*;
+
+/// A transaction as a comparable tuple (the amount by its bits).
+type Row = (i32, i64, u32, String, i32);
+
+fn produced_rows(topic: &str) -> Vec<Row> {
+    let schema = apache_avro::Schema::parse_str(sluice::model::TRANSACTION_SCHEMA).expect("schema");
+    let mut rows: Vec<Row> = read_topic(topic)
+        .iter()
+        .map(|r| {
+            let value = r.value.as_deref().expect("value");
+            assert_eq!(value[0], 0, "Confluent magic byte");
+            let decoded = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+                .build()
+                .expect("reader")
+                .read_value(&mut &value[5..])
+                .expect("avro");
+            let tx = sluice::avro::transaction_from_value(&decoded).expect("transaction");
+            assert_eq!(
+                r.key.as_deref(),
+                Some(tx.user_id.to_string().as_bytes()),
+                "keyed by user_id"
+            );
+            (
+                tx.user_id,
+                tx.transaction_timestamp_millis,
+                tx.amount.to_bits(),
+                tx.currency,
+                tx.counterpart_id,
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn archive_rows(batches: &[(String, RecordBatch)]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (_, b) in batches {
+        let col = |name: &str| b.column_by_name(name).unwrap_or_else(|| panic!("column {name}"));
+        let users = col("user_id").as_primitive::<Int32Type>();
+        let times = col("transaction_timestamp_millis").as_primitive::<Int64Type>();
+        let amounts = col("amount").as_primitive::<Float32Type>();
+        let currencies = col("currency").as_string::<i32>();
+        let counterparts = col("counterpart_id").as_primitive::<Int32Type>();
+        for i in 0..b.num_rows() {
+            rows.push((
+                users.value(i),
+                times.value(i),
+                amounts.value(i).to_bits(),
+                currencies.value(i).to_string(),
+                counterparts.value(i),
+            ));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Checks every output of both jobs against the topic's `records` records;
+/// returns the true count per user.
+pub async fn verify_outputs(topic: &str, output_url: &str, records: u64) -> BTreeMap<i32, i64> {
+    let prefix = format!("sluice:test:{topic}");
+    // The archive holds exactly the produced records, field for field.
+    let truth = produced_rows(topic);
+    assert_eq!(truth.len() as u64, records);
+    let storage = storage_args(output_url).open().expect("storage");
+    let archive = read_dataset(&storage, topic).await;
+    assert!(
+        archive
+            .iter()
+            .all(|(path, _)| path.contains(&format!("{topic}/partition="))),
+        "Hive-style folders"
+    );
+    let archived = archive_rows(&archive);
+    assert_eq!(archived.len(), truth.len(), "no record lost or duplicated");
+    assert_eq!(archived, truth, "archive = produced records");
+
+    // Redis holds every user's true count.
+    let mut counts: BTreeMap<i32, i64> = BTreeMap::new();
+    for row in &truth {
+        *counts.entry(row.0).or_default() += 1;
+    }
+    let mut redis = redis().await;
+    for (user, count) in &counts {
+        let stored: Option<i64> = redis
+            .hget(format!("{prefix}:user:{user}"), "total_transactions_count")
+            .await
+            .expect("hget");
+        assert_eq!(stored, Some(*count), "redis count of user {user}");
+    }
+    let keys: Vec<String> = redis.keys(format!("{prefix}:user:*")).await.expect("keys");
+    assert_eq!(keys.len(), counts.len(), "one key per user, no others");
+
+    // The features Parquet agrees: one event per record, the last per user
+    // equal to the true count, no (partition, offset) twice.
+    let events = read_dataset(&storage, sluice::jobs::features::DATASET).await;
+    let mut last: BTreeMap<i32, i32> = BTreeMap::new();
+    let mut sources = HashSet::new();
+    let mut total = 0;
+    for (path, b) in &events {
+        if !path.contains(&format!("{}/", sluice::jobs::features::DATASET)) {
+            continue;
+        }
+        let users = b
+            .column_by_name("user_id")
+            .expect("user_id")
+            .as_primitive::<Int32Type>();
+        let totals = b
+            .column_by_name("total_transactions_count")
+            .expect("count")
+            .as_primitive::<Int32Type>();
+        let partitions = b
+            .column_by_name("source_partition")
+            .expect("partition")
+            .as_primitive::<Int32Type>();
+        let offsets = b
+            .column_by_name("source_offset")
+            .expect("offset")
+            .as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            total += 1;
+            assert!(
+                sources.insert((partitions.value(i), offsets.value(i))),
+                "duplicate source record"
+            );
+            let entry = last.entry(users.value(i)).or_default();
+            *entry = (*entry).max(totals.value(i));
+        }
+    }
+    assert_eq!(total, records as usize);
+    for (user, count) in &counts {
+        assert_eq!(
+            last.get(user).map(|c| i64::from(*c)),
+            Some(*count),
+            "features Parquet count of user {user}"
+        );
+    }
+    // The analysts' duplicate query over the archive comes back empty.
+    let mut natural_keys = HashSet::new();
+    for row in &archived {
+        assert!(
+            natural_keys.insert((row.0, row.1)),
+            "duplicate (user_id, transaction_timestamp_millis) {row:?}"
+        );
+    }
+    counts
+}
