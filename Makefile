@@ -60,12 +60,16 @@ setup: services
 demo: guests setup
 	bash scripts/demo.sh
 
+# The broker-outage test stops the broker every test shares, so it runs alone,
+# after the others.
 test: guests services
 	$(LOAD_ENV) && export SLUICE_MODULES_DIR=$(MODULES_DIR) && \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --release; \
+		$(CARGO) nextest run --workspace --release --no-fail-fast -E 'not test(outage)' && \
+		$(CARGO) nextest run --workspace --release -E 'test(outage)'; \
 	else \
-		$(CARGO) test --workspace --release; \
+		$(CARGO) test --workspace --release -- --skip outage && \
+		$(CARGO) test --workspace --release -- outage; \
 	fi
 
 lint:

@@ -4,6 +4,8 @@
 #   scripts/services.sh up      start what is not running, wait until ready
 #   scripts/services.sh down    stop what `up` started (not PostgreSQL/Redis)
 #   scripts/services.sh status  show what runs
+#   scripts/services.sh stop-broker / start-broker
+#                               stop / start nisshi alone (outage tests)
 #   scripts/services.sh reset   stop, then delete all local pipeline data:
 #                               .sluice/, data/, database sluice_kafka and the
 #                               Redis feature keys
@@ -455,8 +457,11 @@ up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 reset) cmd_reset ;;
+# For the broker-outage test: take the Kafka API away and bring it back.
+stop-broker) stop nisshi nisshi ;;
+start-broker) ensure_nisshi ;;
 *)
-    echo "usage: $0 up|down|status|reset" >&2
+    echo "usage: $0 up|down|status|reset|stop-broker|start-broker" >&2
     exit 2
     ;;
 esac

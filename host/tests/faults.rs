@@ -136,3 +136,61 @@ async fn two_features_members_share_a_group_and_one_is_killed() {
     run_job("backup", &topic, &url, &[]);
     verify_outputs(&topic, &url, records).await;
 }
+
+/// The Kafka API goes away for 30 s under running jobs and comes back; the
+/// jobs reconnect by themselves and nothing is lost. Runs on its own after
+/// the other tests (`make test`): it stops the broker they all share.
+#[tokio::test(flavor = "multi_thread")]
+async fn outage_of_the_broker_for_30s_loses_nothing() {
+    let topic = unique("outage");
+    setup_topic(&topic);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let producer = module("producer");
+    sluice_ok(&["--topic", &topic, "produce", "--module", &producer, "--count", "5000"]);
+
+    let mut jobs = Vec::new();
+    for job in ["backup", "features"] {
+        let group = format!("{topic}-{job}");
+        let args = job_args(job, &topic, &group, &url);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        jobs.push((group, spawn_sluice(&args, &[])));
+    }
+    for (group, _) in &jobs {
+        wait_group_caught_up(&topic, group, Duration::from_secs(90));
+    }
+
+    let services = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
+    let stopped = std::process::Command::new("bash")
+        .args([services, "stop-broker"])
+        .status()
+        .expect("stop");
+    assert!(stopped.success());
+    // The outage itself: the broker stays away for 30 s.
+    std::thread::sleep(Duration::from_secs(30));
+    let started = std::process::Command::new("bash")
+        .args([services, "start-broker"])
+        .status()
+        .expect("start");
+    assert!(started.success());
+
+    sluice_ok(&[
+        "--topic",
+        &topic,
+        "produce",
+        "--module",
+        &producer,
+        "--count",
+        "5000",
+        "--first-index",
+        "5000",
+    ]);
+    for (group, _) in &jobs {
+        wait_group_caught_up(&topic, group, Duration::from_secs(120));
+    }
+    for (_, running) in jobs {
+        let (status, stdout) = running.terminate();
+        assert!(status.success(), "clean stop after the outage: {status} {stdout}");
+    }
+    verify_outputs(&topic, &url, 10_000).await;
+}

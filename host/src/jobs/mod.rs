@@ -81,8 +81,13 @@ impl Consuming {
             if !batch.is_empty() {
                 return Ok(Some(batch));
             }
-            if self.options.until_caught_up && self.source.caught_up()? {
-                break;
+            if self.options.until_caught_up {
+                match self.source.caught_up() {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    // The broker may be away for a while; ask again later.
+                    Err(e) => tracing::warn!(error = %e, "cannot tell whether caught up yet"),
+                }
             }
         }
         Ok(None)
