@@ -30,6 +30,11 @@ async fn jobs_survive_sigkill_at_every_crash_point() {
     setup_topic(&topic);
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("file://{}", dir.path().display());
+    let url = if let Ok(d) = std::env::var("DEBUG_DIR") {
+        format!("file://{d}")
+    } else {
+        url
+    };
     // Slow enough to outlast the kill cycles, so every restart has fresh work.
     let records = 40_000u64;
     let producer_module = module("producer");

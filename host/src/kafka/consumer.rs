@@ -131,9 +131,24 @@ impl Source {
     pub async fn next_batch(&mut self, max: usize, idle: Duration, max_wait: Duration) -> Result<Vec<Consumed>> {
         let mut batch = Vec::new();
         let started = Instant::now();
-        let generation = self.rebalances.load(Ordering::SeqCst);
+        let mut generation = self.rebalances.load(Ordering::SeqCst);
         while batch.len() < max && started.elapsed() < max_wait {
-            let message = match tokio::time::timeout(idle, self.consumer.recv()).await {
+            let received = tokio::time::timeout(idle, self.consumer.recv()).await;
+            // Rebalance callbacks run inside `recv`. Records collected before
+            // one may belong to partitions that moved: drop them (they are
+            // fetched again from the committed offsets). A message `recv`
+            // returned after the rebalance is already from the new assignment.
+            let now = self.rebalances.load(Ordering::SeqCst);
+            if now != generation {
+                tracing::info!(
+                    discarded = batch.len(),
+                    "rebalance during batch: its records are fetched again"
+                );
+                batch.clear();
+                self.next.clear();
+                generation = now;
+            }
+            let message = match received {
                 Err(_elapsed) => break,
                 Ok(Ok(message)) => message,
                 // The client reconnects by itself (broker restarts, network
@@ -144,15 +159,6 @@ impl Source {
                     continue;
                 }
             };
-            if self.rebalances.load(Ordering::SeqCst) != generation {
-                tracing::info!(
-                    discarded = batch.len(),
-                    "rebalance during batch: its records are fetched again"
-                );
-                drop(message);
-                self.next.clear();
-                return Ok(Vec::new());
-            }
             let headers = message
                 .headers()
                 .map(|h| {
