@@ -30,29 +30,9 @@ async fn jobs_survive_sigkill_at_every_crash_point() {
     setup_topic(&topic);
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("file://{}", dir.path().display());
-    let url = if let Ok(d) = std::env::var("DEBUG_DIR") {
-        format!("file://{d}")
-    } else {
-        url
-    };
     // Slow enough to outlast the kill cycles, so every restart has fresh work.
     let records = 40_000u64;
-    let producer_module = module("producer");
-    let count = records.to_string();
-    let producer = spawn_sluice(
-        &[
-            "--topic",
-            &topic,
-            "produce",
-            "--module",
-            &producer_module,
-            "--count",
-            &count,
-            "--rate",
-            "400",
-        ],
-        &[],
-    );
+    let producer = spawn_producer(&topic, records, 400);
 
     let mut survived = 0;
     for (job, points) in [("backup", &BACKUP_POINTS[..]), ("features", &FEATURES_POINTS[..])] {
@@ -93,22 +73,7 @@ async fn two_features_members_share_a_group_and_one_is_killed() {
     let url = format!("file://{}", dir.path().display());
     let group = format!("{topic}-features");
     let records = 12_000u64;
-    let producer_module = module("producer");
-    let count = records.to_string();
-    let producer = spawn_sluice(
-        &[
-            "--topic",
-            &topic,
-            "produce",
-            "--module",
-            &producer_module,
-            "--count",
-            &count,
-            "--rate",
-            "1000",
-        ],
-        &[],
-    );
+    let producer = spawn_producer(&topic, records, 1000);
 
     let args = job_args("features", &topic, &group, &url);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -85,9 +85,9 @@ impl FeaturesJob {
                 };
                 // Records the checkpoint already reflects (a replay after a
                 // crash between checkpoint and commit) are not counted again.
+                let received = records.len();
                 let fresh: Vec<&Consumed> = records.into_iter().filter(|r| r.offset >= state.next_offset).collect();
-                report.skipped_replayed +=
-                    (batch.iter().filter(|r| r.partition == partition).count() - fresh.len()) as u64;
+                report.skipped_replayed += (received - fresh.len()) as u64;
                 let Some(last) = fresh.last() else { continue };
                 let next_offset = last.offset + 1;
                 let first_offset = fresh[0].offset;

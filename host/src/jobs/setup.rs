@@ -129,38 +129,25 @@ impl Setup {
     /// Each job user may read the topic and its own group's offsets, and
     /// write dead letters.
     async fn acls(&self, admin: &Arc<AdminClient<DefaultClientContext>>) -> Result<Vec<String>> {
+        let (topic, dlq) = (self.kafka.topic.as_str(), self.kafka.dlq_topic.as_str());
         let mut acls = Vec::new();
         for (user, group) in [(BACKUP_USER, &self.backup_group), (FEATURES_USER, &self.features_group)] {
-            acls.push(AclSpec::allow_user(
-                AclResourceType::Topic,
-                &self.kafka.topic,
-                user,
-                AclOperation::Read,
-            ));
-            acls.push(AclSpec::allow_user(
-                AclResourceType::Topic,
-                &self.kafka.topic,
-                user,
-                AclOperation::Describe,
-            ));
-            acls.push(AclSpec::allow_user(
-                AclResourceType::Group,
-                group.as_str(),
-                user,
-                AclOperation::Read,
-            ));
-            acls.push(AclSpec::allow_user(
-                AclResourceType::Topic,
-                &self.kafka.dlq_topic,
-                user,
-                AclOperation::Write,
-            ));
-            acls.push(AclSpec::allow_user(
-                AclResourceType::Cluster,
-                AclSpec::CLUSTER_NAME,
-                user,
-                AclOperation::IdempotentWrite,
-            ));
+            let grants = [
+                (AclResourceType::Topic, topic, AclOperation::Read),
+                (AclResourceType::Topic, topic, AclOperation::Describe),
+                (AclResourceType::Group, group.as_str(), AclOperation::Read),
+                (AclResourceType::Topic, dlq, AclOperation::Write),
+                (
+                    AclResourceType::Cluster,
+                    AclSpec::CLUSTER_NAME,
+                    AclOperation::IdempotentWrite,
+                ),
+            ];
+            acls.extend(
+                grants
+                    .into_iter()
+                    .map(|(kind, name, operation)| AclSpec::allow_user(kind, name, user, operation)),
+            );
         }
         let count = acls.len();
         let admin = admin.clone();

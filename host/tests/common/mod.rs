@@ -343,6 +343,18 @@ impl Running {
     }
 }
 
+/// The producer guest making `count` records at `rate` per second, in the
+/// background.
+pub fn spawn_producer(topic: &str, count: u64, rate: u32) -> Running {
+    let (module, count, rate) = (module("producer"), count.to_string(), rate.to_string());
+    spawn_sluice(
+        &[
+            "--topic", topic, "produce", "--module", &module, "--count", &count, "--rate", &rate,
+        ],
+        &[],
+    )
+}
+
 /// Arguments of a long-running consumer job (no --until-caught-up).
 pub fn job_args(job: &str, topic: &str, group: &str, output_url: &str) -> Vec<String> {
     let mut args: Vec<String> = [
