@@ -194,6 +194,8 @@ ensure_kafka_db() {
         dropdb --if-exists "$KAFKA_DB" ||
             die "cannot drop database $KAFKA_DB; is another broker using it? (psql -c 'SELECT * FROM pg_stat_activity')"
         clear_feature_keys
+        log "nisshi: deleting data/ (the demo's lake and checkpoints describe the old records)"
+        rm -rf "$ROOT/data"
     fi
     if ! kafka_db_exists; then
         log "nisshi: creating database $KAFKA_DB"

@@ -54,6 +54,11 @@ impl Checkpoints {
         }
     }
 
+    /// Where a partition's checkpoint lives, for messages.
+    pub fn describe(&self, partition: i32) -> String {
+        format!("{}/{}", self.storage.url.trim_end_matches('/'), self.path(partition))
+    }
+
     /// The last checkpoint of a partition, or empty state from offset 0.
     pub async fn load(&self, partition: i32) -> Result<PartitionState> {
         let path = self.path(partition);

@@ -164,3 +164,71 @@ async fn outage_of_the_broker_for_30s_loses_nothing() {
     }
     verify_outputs(&topic, &url, 10_000).await;
 }
+
+/// A topic deleted and created again restarts its offsets at 0; a checkpoint
+/// from before must not make the features job skip the new records. The job
+/// stops with an error that names the checkpoint instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_beyond_the_partition_end_is_refused() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+
+    let topic = unique("recreated");
+    setup_topic(&topic);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let producer = module("producer");
+    sluice_ok(&["--topic", &topic, "produce", "--module", &producer, "--count", "2000"]);
+    run_job("features", &topic, &url, &[]);
+
+    let args = kafka_args(&topic);
+    let credentials = args.admin_credentials();
+    let admin: AdminClient<DefaultClientContext> = args.client_config(credentials.as_ref()).create().expect("admin");
+    let deleted = admin
+        .delete_topics(&[&topic], &AdminOptions::new())
+        .await
+        .expect("delete");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    // Deletion is asynchronous on the broker: setup succeeds once the name is free.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let dlq = format!("{topic}-dlq");
+    loop {
+        let output = sluice(&["--topic", &topic, "--dlq-topic", &dlq, "setup", "--partitions", "2"]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if output.status.success() && stdout.contains(&format!("topic {topic}: created")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "topic never recreated: {stdout}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    sluice_ok(&["--topic", &topic, "produce", "--module", &producer, "--count", "10"]);
+
+    let module_path = module("features");
+    let output = sluice(&[
+        "--topic",
+        &topic,
+        "--dlq-topic",
+        &dlq,
+        "run",
+        "--job",
+        "features",
+        "--module",
+        &module_path,
+        "--group",
+        &format!("{topic}-features"),
+        "--until-caught-up",
+        "--output-url",
+        &url,
+        "--redis-prefix",
+        &format!("sluice:test:{topic}"),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the job must not resume from a stale checkpoint: {stderr}"
+    );
+    assert!(
+        stderr.contains("the topic was recreated") && stderr.contains("_checkpoints"),
+        "{stderr}"
+    );
+}

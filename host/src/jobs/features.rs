@@ -81,7 +81,11 @@ impl FeaturesJob {
             for (partition, records) in by_partition(&batch) {
                 let state = match states.entry(partition) {
                     Entry::Occupied(entry) => entry.into_mut(),
-                    Entry::Vacant(entry) => entry.insert(checkpoints.load(partition).await?),
+                    Entry::Vacant(entry) => {
+                        let state = checkpoints.load(partition).await?;
+                        consuming.check_resume_point(partition, state.next_offset, &checkpoints.describe(partition))?;
+                        entry.insert(state)
+                    }
                 };
                 // Records the checkpoint already reflects (a replay after a
                 // crash between checkpoint and commit) are not counted again.

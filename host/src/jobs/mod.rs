@@ -100,6 +100,22 @@ impl Consuming {
         Ok(())
     }
 
+    /// Refuses to resume a partition from a checkpoint beyond the
+    /// partition's end: the topic was recreated (offsets restarted) or the
+    /// checkpoint belongs to another cluster, and trusting it would skip
+    /// records silently.
+    pub fn check_resume_point(&self, partition: i32, next_offset: i64, checkpoint: &str) -> Result<()> {
+        let end = self.source.end_offset(partition)?;
+        if next_offset > end {
+            return Err(Error::Other(format!(
+                "the checkpoint of partition {partition} resumes at offset {next_offset} but the partition ends at \
+                 {end}: the topic was recreated or the checkpoint belongs to another cluster. Refusing to skip \
+                 records; remove {checkpoint} to rebuild that partition's state from the topic."
+            )));
+        }
+        Ok(())
+    }
+
     /// True once after each rebalance (see `Source::assignment_changed`).
     pub fn assignment_changed(&mut self) -> bool {
         self.source.assignment_changed()

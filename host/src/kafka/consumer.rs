@@ -215,6 +215,15 @@ impl Source {
         }
     }
 
+    /// The high watermark (next offset to be written) of a partition.
+    pub fn end_offset(&self, partition: i32) -> Result<i64> {
+        let (_, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+            .map_err(kafka("watermarks"))?;
+        Ok(high)
+    }
+
     /// True when this member has partitions and has read each of them up to
     /// its high watermark.
     pub fn caught_up(&self) -> Result<bool> {
