@@ -68,6 +68,41 @@ fn archive_rows(batches: &[(String, RecordBatch)]) -> Vec<Row> {
     rows
 }
 
+/// The (partition, offset) uniqueness check of the archive: objects are
+/// named `<dataset>+<partition>+<first offset>.parquet` and hold consecutive
+/// offsets (these tests dead-letter and drop nothing), so within a partition
+/// no object's range may reach into the next one.
+fn assert_disjoint_offset_ranges(objects: &[(String, RecordBatch)]) {
+    let mut ranges: BTreeMap<(i32, i64), usize> = BTreeMap::new();
+    for (path, batch) in objects {
+        let name = path
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.strip_suffix(".parquet"))
+            .expect("object name");
+        let mut parts = name.rsplitn(3, '+');
+        let first: i64 = parts
+            .next()
+            .and_then(|o| o.parse().ok())
+            .expect("first offset in the name");
+        let partition: i32 = parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("partition in the name");
+        *ranges.entry((partition, first)).or_default() += batch.num_rows();
+    }
+    let ranges: Vec<_> = ranges.into_iter().collect();
+    for pair in ranges.windows(2) {
+        let (((p, first), rows), ((next_p, next_first), _)) = (pair[0], pair[1]);
+        if p == next_p {
+            assert!(
+                first + rows as i64 <= next_first,
+                "partition {p}: object at {first} ({rows} rows) overlaps the one at {next_first}"
+            );
+        }
+    }
+}
+
 /// Checks every output of both jobs against the topic's `records` records;
 /// returns the true count per user.
 pub async fn verify_outputs(topic: &str, output_url: &str, records: u64) -> BTreeMap<i32, i64> {
@@ -83,6 +118,7 @@ pub async fn verify_outputs(topic: &str, output_url: &str, records: u64) -> BTre
             .all(|(path, _)| path.contains(&format!("{topic}/partition="))),
         "Hive-style folders"
     );
+    assert_disjoint_offset_ranges(&archive);
     let archived = archive_rows(&archive);
     assert_eq!(archived.len(), truth.len(), "no record lost or duplicated");
     assert_eq!(archived, truth, "archive = produced records");
@@ -106,6 +142,7 @@ pub async fn verify_outputs(topic: &str, output_url: &str, records: u64) -> BTre
     // The features Parquet agrees: one event per record, the last per user
     // equal to the true count, no (partition, offset) twice.
     let events = read_dataset(&storage, sluice::jobs::features::DATASET).await;
+    assert_disjoint_offset_ranges(&events);
     let mut last: BTreeMap<i32, i32> = BTreeMap::new();
     let mut sources = HashSet::new();
     let mut total = 0;
