@@ -19,7 +19,7 @@ export PATH := $(if $(CARGO_HOME),$(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 # Exports dev.env into a recipe's shell.
 LOAD_ENV := set -a && . ./dev.env && set +a
 
-.PHONY: help guests build tools services services-down services-status setup demo test lint clean-data
+.PHONY: help guests build tools services services-down services-status setup demo test lint bench clean-data
 
 help:
 	@echo 'make build          build the host binary (release)'
@@ -31,6 +31,7 @@ help:
 	@echo 'make demo           produce, back up and compute features end to end'
 	@echo 'make test           guests + services, then the test suite'
 	@echo 'make lint           rustfmt and clippy'
+	@echo 'make bench          records/s of both jobs against the Python peer baseline'
 	@echo 'make clean-data     stop services; delete .sluice/, data/, the Kafka database, Redis feature keys'
 
 guests:
@@ -71,6 +72,10 @@ test: guests services
 		$(CARGO) test --workspace --release -- --skip outage && \
 		$(CARGO) test --workspace --release -- outage; \
 	fi
+
+# Throughput against the Python peer baseline (../shared/bench/peer.py).
+bench: guests services
+	bash scripts/bench.sh
 
 lint:
 	$(CARGO) fmt --all --check

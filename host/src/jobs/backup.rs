@@ -23,6 +23,8 @@ pub const JOB: &str = "transactions-job-backup";
 #[derive(Debug, Default, Serialize)]
 pub struct BackupReport {
     pub records: u64,
+    #[serde(flatten)]
+    pub throughput: super::Throughput,
     pub archived: u64,
     pub dropped: u64,
     pub dead_lettered: u64,
@@ -93,6 +95,7 @@ impl BackupJob {
             }
             consuming.commit(&batch).await?;
         }
+        report.throughput = consuming.throughput(report.records);
         Ok(report)
     }
 

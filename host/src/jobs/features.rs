@@ -31,6 +31,8 @@ pub const DATASET: &str = "transactions_features";
 #[derive(Debug, Default, Serialize)]
 pub struct FeaturesReport {
     pub records: u64,
+    #[serde(flatten)]
+    pub throughput: super::Throughput,
     pub features: u64,
     pub skipped_replayed: u64,
     pub dead_lettered: u64,
@@ -163,6 +165,7 @@ impl FeaturesJob {
             }
             consuming.commit(&batch).await?;
         }
+        report.throughput = consuming.throughput(report.records);
         Ok(report)
     }
 }

@@ -7,8 +7,9 @@ pub mod produce;
 pub mod setup;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::KafkaArgs;
@@ -46,6 +47,18 @@ pub struct Consuming {
     stop: watch::Receiver<bool>,
     options: RunOptions,
     pub dead_letters: DeadLetters,
+    /// When the first batch arrived and the last one was committed: the
+    /// job's busy span, without the group join and the final idle wait.
+    first_batch_at: Option<Instant>,
+    last_commit_at: Option<Instant>,
+}
+
+/// How long a job was busy, for its report.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Throughput {
+    /// From the first batch received to the last batch committed.
+    pub seconds: f64,
+    pub records_per_s: f64,
 }
 
 impl Consuming {
@@ -67,7 +80,23 @@ impl Consuming {
             stop: stop_signal(),
             options,
             dead_letters,
+            first_batch_at: None,
+            last_commit_at: None,
         })
+    }
+
+    /// The busy span and rate over `records`.
+    pub fn throughput(&self, records: u64) -> Throughput {
+        match (self.first_batch_at, self.last_commit_at) {
+            (Some(first), Some(last)) => {
+                let seconds = last.duration_since(first).as_secs_f64();
+                Throughput {
+                    seconds,
+                    records_per_s: records as f64 / seconds.max(1e-9),
+                }
+            }
+            _ => Throughput::default(),
+        }
     }
 
     /// The next batch, or `None` once the job should stop: on SIGINT/SIGTERM,
@@ -79,6 +108,7 @@ impl Consuming {
                 .next_batch(self.options.batch_size, self.options.idle, self.options.max_wait)
                 .await?;
             if !batch.is_empty() {
+                self.first_batch_at.get_or_insert_with(Instant::now);
                 return Ok(Some(batch));
             }
             if self.options.until_caught_up {
@@ -97,6 +127,7 @@ impl Consuming {
     pub async fn commit(&mut self, batch: &[Consumed]) -> Result<()> {
         crate::fault::point("before-commit");
         self.source.commit(&next_offsets(batch)).await?;
+        self.last_commit_at = Some(Instant::now());
         Ok(())
     }
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Throughput of sluice's backup and features jobs against the Python peer
+# baseline (../shared/bench/peer.py: confluent-kafka + fastavro + pyarrow +
+# redis-py), on the same broker, topic and registry, in one run. Prints
+# records/s for both and the ratio. Needs the services (`make services`) and
+# the guests (`make guests`); run with `make bench`.
+#
+# Environment: BENCH_COUNT (records, 200000), PEER_SCRIPT (path to peer.py),
+# SLUICE_BIN (default $CARGO_TARGET_DIR/release/sluice or target/release/sluice).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+set -a
+# shellcheck source=/dev/null
+. ./dev.env
+set +a
+
+COUNT=${BENCH_COUNT:-200000}
+PEER_SCRIPT=${PEER_SCRIPT:-$ROOT/../shared/bench/peer.py}
+SLUICE_BIN=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/release/sluice}
+case $SLUICE_BIN in /*) ;; *) SLUICE_BIN=$ROOT/$SLUICE_BIN ;; esac
+VENV=$ROOT/.sluice/peer-venv
+
+[[ -f $PEER_SCRIPT ]] || { echo "bench: peer baseline not found at $PEER_SCRIPT (set PEER_SCRIPT)" >&2; exit 1; }
+[[ -x $SLUICE_BIN ]] || { echo "bench: $SLUICE_BIN not found; run 'make build'" >&2; exit 1; }
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import confluent_kafka, fastavro, pyarrow, redis' 2>/dev/null; then
+    echo "bench: installing the peer's requirements into $VENV" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet -r "$(dirname "$PEER_SCRIPT")/requirements.txt"
+fi
+
+topic=bench-$(date +%s)
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+"$SLUICE_BIN" --topic "$topic" --dlq-topic "$topic-dlq" setup --partitions 6 >/dev/null
+"$SLUICE_BIN" --topic "$topic" produce --module modules/producer.wasm --count "$COUNT" >/dev/null
+echo "bench: $COUNT records on topic $topic (6 partitions), nisshi with PostgreSQL storage and SASL/SCRAM"
+
+field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
+
+printf '%-9s %14s %14s %8s\n' job sluice_rec_s peer_rec_s ratio
+for job in backup features; do
+    sluice_json=$("$SLUICE_BIN" --topic "$topic" --dlq-topic "$topic-dlq" run --job "$job" --module "modules/$job.wasm" \
+        --group "$topic-sluice-$job" --until-caught-up --output-url "file://$out/sluice" \
+        --redis-prefix "bench:$topic" 2>/dev/null)
+    peer_json=$("$VENV/bin/python" "$PEER_SCRIPT" "$job" --count "$COUNT" --topic "$topic" --group "$topic-peer-$job" \
+        --user "$SLUICE_ADMIN_USER" --password "$SLUICE_ADMIN_PASSWORD" --out "$out/peer-$job" 2>/dev/null)
+    s=$(field records_per_s <<<"$sluice_json")
+    p=$(field records_per_s <<<"$peer_json")
+    python3 -c 'import sys; s, p = float(sys.argv[2]), float(sys.argv[3]); print(f"{sys.argv[1]:<9} {s:14.0f} {p:14.0f} {s / p:7.2f}x")' "$job" "$s" "$p"
+done
+redis-cli --scan --pattern "bench:$topic:*" | xargs -r -n 500 redis-cli del >/dev/null
+redis-cli --scan --pattern "peer:user:*" | xargs -r -n 500 redis-cli del >/dev/null
