@@ -123,6 +123,18 @@ pub struct Storage {
     pub url: String,
 }
 
+impl Storage {
+    /// The object at `relative` (a `/`-separated path) under the root.
+    pub fn path(&self, relative: &str) -> ObjectPath {
+        let root = self.root.as_ref();
+        if root.is_empty() {
+            ObjectPath::from(relative)
+        } else {
+            ObjectPath::from(format!("{root}/{relative}"))
+        }
+    }
+}
+
 impl StorageArgs {
     pub fn open(&self) -> Result<Storage> {
         let url_error = |reason: String| Error::OutputUrl {

@@ -45,13 +45,8 @@ impl Checkpoints {
     }
 
     fn path(&self, partition: i32) -> ObjectPath {
-        let name = format!("_checkpoints/{}/partition={partition}.json", self.name);
-        let root = self.storage.root.as_ref();
-        if root.is_empty() {
-            ObjectPath::from(name)
-        } else {
-            ObjectPath::from(format!("{root}/{name}"))
-        }
+        self.storage
+            .path(&format!("_checkpoints/{}/partition={partition}.json", self.name))
     }
 
     /// Where a partition's checkpoint lives, for messages.

@@ -2,12 +2,13 @@
 //! exactly the registered value schema (latest version, so records of older
 //! writers take defaults and fields newer writers add are kept).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::avro::{DecodeError, Decoder, Readers};
+use crate::avro::{DecodeError, Decoder, Readers, schema_id};
 use crate::columnar::{ColumnarSchema, RowsBuilder, columnar_schema};
 use crate::config::{KafkaArgs, Storage};
 use crate::kafka::Consumed;
@@ -57,9 +58,12 @@ impl BackupJob {
         let mut report = BackupReport::default();
         while let Some(batch) = consuming.next_batch().await? {
             decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
-            if self.layout_is_stale(&decoder, &batch, &layout) {
+            let mut uncovered = uncovered_writers(&decoder, &batch, &layout);
+            if !uncovered.is_empty() {
+                // A newer version was registered: the archive follows the latest.
                 layout = self.latest_layout(&subject).await?;
                 tracing::info!(schema_id = layout.schema_id, "archive layout follows the latest schema");
+                uncovered = uncovered_writers(&decoder, &batch, &layout);
             }
             let readers = decoder.readers();
             for (partition, records) in by_partition(&batch) {
@@ -71,7 +75,7 @@ impl BackupJob {
                 for (record, verdict) in records.iter().zip(verdicts) {
                     report.records += 1;
                     let reason = match verdict {
-                        Verdict::Keep => match archive_row(&decoder, &readers, &layout, &mut rows, record) {
+                        Verdict::Keep => match archive_row(&readers, &uncovered, &mut rows, record) {
                             Ok(()) => continue,
                             Err(reason) => reason,
                         },
@@ -109,32 +113,37 @@ impl BackupJob {
             columns,
         })
     }
+}
 
-    /// True when a record of this batch was written with a schema that has
-    /// fields the layout lacks: a newer version was registered.
-    fn layout_is_stale(&self, decoder: &Decoder, batch: &[Consumed], layout: &Layout) -> bool {
-        batch.iter().any(|r| {
-            crate::avro::schema_id(r.value.as_deref())
-                .ok()
-                .filter(|id| *id != layout.schema_id)
-                .and_then(|id| decoder.known_schema(id))
+/// Writer schemas of this batch whose fields the layout lacks. Coverage is a
+/// property of (writer, layout), so it is decided once per batch, not per
+/// record.
+fn uncovered_writers(decoder: &Decoder, batch: &[Consumed], layout: &Layout) -> HashSet<u32> {
+    let ids: HashSet<u32> = batch
+        .iter()
+        .filter_map(|r| schema_id(r.value.as_deref()).ok())
+        .collect();
+    ids.into_iter()
+        .filter(|id| *id != layout.schema_id)
+        .filter(|id| {
+            decoder
+                .known_schema(*id)
                 .is_some_and(|writer| !layout.columns.covers(writer))
         })
-    }
+        .collect()
 }
 
 /// Decodes a kept record into the archive rows, or says why it cannot be.
 fn archive_row(
-    decoder: &Decoder,
     readers: &Readers<'_>,
-    layout: &Layout,
+    uncovered: &HashSet<u32>,
     rows: &mut RowsBuilder,
     record: &Consumed,
 ) -> std::result::Result<(), String> {
     let (id, value) = readers
         .decode(record.value.as_deref())
         .map_err(|e: DecodeError| e.to_string())?;
-    if id != layout.schema_id && decoder.known_schema(id).is_some_and(|w| !layout.columns.covers(w)) {
+    if uncovered.contains(&id) {
         return Err(format!(
             "writer schema {id} has fields the latest registered schema lacks"
         ));

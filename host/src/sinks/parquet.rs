@@ -52,12 +52,7 @@ impl ParquetSink {
             "{dataset}/partition={partition}/{dataset}+{partition}+{first_offset:020}.parquet",
             dataset = self.dataset
         );
-        let root = self.storage.root.as_ref();
-        if root.is_empty() {
-            ObjectPath::from(name)
-        } else {
-            ObjectPath::from(format!("{root}/{name}"))
-        }
+        self.storage.path(&name)
     }
 
     /// Encodes `batch` and puts it at its deterministic name; returns the

@@ -172,11 +172,7 @@ pub fn storage_args(url: &str) -> StorageArgs {
 
 /// Every Parquet object of a dataset, with its path, read back.
 pub async fn read_dataset(storage: &Storage, dataset: &str) -> Vec<(String, RecordBatch)> {
-    let prefix = if storage.root.as_ref().is_empty() {
-        object_store::path::Path::from(dataset)
-    } else {
-        object_store::path::Path::from(format!("{}/{dataset}", storage.root.as_ref()))
-    };
+    let prefix = storage.path(dataset);
     let objects: Vec<_> = storage.store.list(Some(&prefix)).try_collect().await.expect("list");
     let mut batches = Vec::new();
     for object in objects {
