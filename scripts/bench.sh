@@ -9,17 +9,11 @@
 # SLUICE_BIN (default $CARGO_TARGET_DIR/release/sluice or target/release/sluice).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-set -a
-# shellcheck source=/dev/null
-. ./dev.env
-set +a
+# shellcheck source=scripts/env.sh
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 COUNT=${BENCH_COUNT:-200000}
 PEER_SCRIPT=${PEER_SCRIPT:-$ROOT/../shared/bench/peer.py}
-SLUICE_BIN=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/release/sluice}
-case $SLUICE_BIN in /*) ;; *) SLUICE_BIN=$ROOT/$SLUICE_BIN ;; esac
 VENV=$ROOT/.sluice/peer-venv
 
 [[ -f $PEER_SCRIPT ]] || { echo "bench: peer baseline not found at $PEER_SCRIPT (set PEER_SCRIPT)" >&2; exit 1; }

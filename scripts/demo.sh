@@ -7,15 +7,9 @@
 # target/release/sluice), DEMO_COUNT (records to produce, 50000).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-set -a
-# shellcheck source=/dev/null
-. ./dev.env
-set +a
+# shellcheck source=scripts/env.sh
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
-SLUICE_BIN=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/release/sluice}
-case $SLUICE_BIN in /*) ;; *) SLUICE_BIN=$ROOT/$SLUICE_BIN ;; esac
 COUNT=${DEMO_COUNT:-50000}
 LAKE=$ROOT/data/lake
 VENV=$ROOT/.sluice/venv

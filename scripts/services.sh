@@ -22,14 +22,8 @@
 # target/release/sluice), SLUICE_SERVICE_TIMEOUT (seconds per service, 90).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-
-set -a
-# shellcheck source=/dev/null
-. "$ROOT/dev.env"
-set +a
-export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+# shellcheck source=scripts/env.sh
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 STATE_DIR=$ROOT/.sluice
 LOG_DIR=$STATE_DIR/logs
@@ -55,8 +49,6 @@ GARAGE_KEY_NAME=sluice-dev
 # Written once the Kafka database belongs to this .sluice/ (see ensure_kafka_db).
 KAFKA_DB_MARKER=$STATE_DIR/kafka-db.created
 
-SLUICE_BIN=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/release/sluice}
-case $SLUICE_BIN in /*) ;; *) SLUICE_BIN=$ROOT/$SLUICE_BIN ;; esac
 
 export PGHOST=localhost PGPORT=$PG_PORT PGUSER=postgres PGPASSWORD=postgres PGCONNECT_TIMEOUT=5
 

@@ -52,8 +52,7 @@ async fn v1_and_v2_records_flow_through_both_jobs() {
         "clear refusal: {message}"
     );
 
-    let producer = module("producer");
-    sluice_ok(&["--topic", &topic, "produce", "--module", &producer, "--count", "500"]);
+    produce(&topic, 500, 0);
     let v2 = registry.register(&subject, V2).await.expect("v2 registers");
     let schema = apache_avro::Schema::parse_str(V2).expect("v2");
     let records: Vec<(String, Vec<u8>)> = (0..300)
@@ -69,17 +68,7 @@ async fn v1_and_v2_records_flow_through_both_jobs() {
         .collect();
     produce_raw(&topic, &records).await;
     // The producer writes v1 again after v2 exists, as an old client would.
-    sluice_ok(&[
-        "--topic",
-        &topic,
-        "produce",
-        "--module",
-        &producer,
-        "--count",
-        "500",
-        "--first-index",
-        "500",
-    ]);
+    produce(&topic, 500, 500);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("file://{}", dir.path().display());

@@ -116,8 +116,7 @@ async fn outage_of_the_broker_for_30s_loses_nothing() {
     setup_topic(&topic);
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("file://{}", dir.path().display());
-    let producer = module("producer");
-    sluice_ok(&["--topic", &topic, "produce", "--module", &producer, "--count", "5000"]);
+    produce(&topic, 5000, 0);
 
     let mut jobs = Vec::new();
     for job in ["backup", "features"] {
@@ -144,17 +143,7 @@ async fn outage_of_the_broker_for_30s_loses_nothing() {
         .expect("start");
     assert!(started.success());
 
-    sluice_ok(&[
-        "--topic",
-        &topic,
-        "produce",
-        "--module",
-        &producer,
-        "--count",
-        "5000",
-        "--first-index",
-        "5000",
-    ]);
+    produce(&topic, 5000, 5000);
     for (group, _) in &jobs {
         wait_group_caught_up(&topic, group, Duration::from_secs(120));
     }
@@ -177,8 +166,7 @@ async fn a_checkpoint_beyond_the_partition_end_is_refused() {
     setup_topic(&topic);
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("file://{}", dir.path().display());
-    let producer = module("producer");
-    sluice_ok(&["--topic", &topic, "produce", "--module", &producer, "--count", "2000"]);
+    produce(&topic, 2000, 0);
     run_job("features", &topic, &url, &[]);
 
     let args = kafka_args(&topic);
@@ -201,7 +189,7 @@ async fn a_checkpoint_beyond_the_partition_end_is_refused() {
         assert!(std::time::Instant::now() < deadline, "topic never recreated: {stdout}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    sluice_ok(&["--topic", &topic, "produce", "--module", &producer, "--count", "10"]);
+    produce(&topic, 10, 0);
 
     let module_path = module("features");
     let output = sluice(&[

@@ -12,17 +12,7 @@ const RECORDS: u64 = 20_000;
 /// Produces, runs both jobs to the end of the topic and checks every output.
 async fn pipeline_round_trip(output_url: &str, topic: &str) {
     setup_topic(topic);
-    let count = RECORDS.to_string();
-    let produced = report(&sluice_ok(&[
-        "--topic",
-        topic,
-        "produce",
-        "--module",
-        &module("producer"),
-        "--count",
-        &count,
-    ]));
-    assert_eq!(produced["produced"], RECORDS);
+    produce(topic, RECORDS, 0);
 
     let backup = run_job("backup", topic, output_url, &[]);
     assert_eq!(backup["archived"], RECORDS, "backup report: {backup}");

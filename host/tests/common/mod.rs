@@ -339,6 +339,24 @@ impl Running {
     }
 }
 
+/// The producer guest making records `first_index..first_index + count` of
+/// the default seed, as fast as the broker takes them; asserts they all went.
+pub fn produce(topic: &str, count: u64, first_index: u64) {
+    let (module, n, first) = (module("producer"), count.to_string(), first_index.to_string());
+    let stdout = sluice_ok(&[
+        "--topic",
+        topic,
+        "produce",
+        "--module",
+        &module,
+        "--count",
+        &n,
+        "--first-index",
+        &first,
+    ]);
+    assert_eq!(report(&stdout)["produced"], count);
+}
+
 /// The producer guest making `count` records at `rate` per second, in the
 /// background.
 pub fn spawn_producer(topic: &str, count: u64, rate: u32) -> Running {

@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
+use arrow_array::types::ArrowPrimitiveType;
 use arrow_array::types::{Float32Type, Int32Type, Int64Type};
+use arrow_array::{PrimitiveArray, RecordBatch};
 use redis::AsyncCommands;
 
 use super::*;
@@ -45,15 +46,25 @@ fn produced_rows(topic: &str) -> Vec<Row> {
     rows
 }
 
+/// A primitive column of a batch, by name.
+fn column<'a, T: ArrowPrimitiveType>(batch: &'a RecordBatch, name: &str) -> &'a PrimitiveArray<T> {
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("column {name}"))
+        .as_primitive::<T>()
+}
+
 fn archive_rows(batches: &[(String, RecordBatch)]) -> Vec<Row> {
     let mut rows = Vec::new();
     for (_, b) in batches {
-        let col = |name: &str| b.column_by_name(name).unwrap_or_else(|| panic!("column {name}"));
-        let users = col("user_id").as_primitive::<Int32Type>();
-        let times = col("transaction_timestamp_millis").as_primitive::<Int64Type>();
-        let amounts = col("amount").as_primitive::<Float32Type>();
-        let currencies = col("currency").as_string::<i32>();
-        let counterparts = col("counterpart_id").as_primitive::<Int32Type>();
+        let users = column::<Int32Type>(b, "user_id");
+        let times = column::<Int64Type>(b, "transaction_timestamp_millis");
+        let amounts = column::<Float32Type>(b, "amount");
+        let currencies = b
+            .column_by_name("currency")
+            .expect("column currency")
+            .as_string::<i32>();
+        let counterparts = column::<Int32Type>(b, "counterpart_id");
         for i in 0..b.num_rows() {
             rows.push((
                 users.value(i),
@@ -150,22 +161,10 @@ pub async fn verify_outputs(topic: &str, output_url: &str, records: u64) -> BTre
         if !path.contains(&format!("{}/", sluice::jobs::features::DATASET)) {
             continue;
         }
-        let users = b
-            .column_by_name("user_id")
-            .expect("user_id")
-            .as_primitive::<Int32Type>();
-        let totals = b
-            .column_by_name("total_transactions_count")
-            .expect("count")
-            .as_primitive::<Int32Type>();
-        let partitions = b
-            .column_by_name("source_partition")
-            .expect("partition")
-            .as_primitive::<Int32Type>();
-        let offsets = b
-            .column_by_name("source_offset")
-            .expect("offset")
-            .as_primitive::<Int64Type>();
+        let users = column::<Int32Type>(b, "user_id");
+        let totals = column::<Int32Type>(b, "total_transactions_count");
+        let partitions = column::<Int32Type>(b, "source_partition");
+        let offsets = column::<Int64Type>(b, "source_offset");
         for i in 0..b.num_rows() {
             total += 1;
             assert!(
