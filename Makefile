@@ -19,13 +19,14 @@ export PATH := $(if $(CARGO_HOME),$(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 # Exports dev.env into a recipe's shell.
 LOAD_ENV := set -a && . ./dev.env && set +a
 
-.PHONY: help guests build tools services services-down services-status setup demo test lint bench clean-data
+.PHONY: help wasm-target guests build tools demo-tools services services-demo services-down services-status setup demo test lint bench clean-data
 
 help:
 	@echo 'make build          build the host binary (release)'
 	@echo 'make guests         build the wasm32-wasip2 guests into modules/'
-	@echo 'make tools          install nisshi and garage if missing (slow the first time)'
+	@echo 'make tools          install the wasm target, nisshi and garage if missing (slow the first time)'
 	@echo 'make services       start the local services (scripts/services.sh up)'
+	@echo 'make services-demo  the same without Garage (what make demo uses)'
 	@echo 'make services-down  stop them'
 	@echo 'make setup          services + sluice setup (topics, users, schemas)'
 	@echo 'make demo           produce, back up and compute features end to end'
@@ -34,7 +35,10 @@ help:
 	@echo 'make bench          records/s of both jobs against the Python peer baseline'
 	@echo 'make clean-data     stop services; delete .sluice/, data/, the Kafka database, Redis feature keys'
 
-guests:
+wasm-target:
+	bash scripts/install-tools.sh wasm-target
+
+guests: wasm-target
 	$(CARGO) build --profile guest --target wasm32-wasip2 $(foreach g,$(GUESTS),-p sluice-guest-$(g))
 	mkdir -p $(MODULES_DIR)
 	$(foreach g,$(GUESTS),cp $(GUEST_DIR)/sluice_guest_$(g).wasm $(MODULES_DIR)/$(g).wasm && ) true
@@ -46,8 +50,15 @@ build:
 tools:
 	bash scripts/install-tools.sh
 
+# The demo writes file://, so it needs neither Garage nor its 11-minute build.
+demo-tools:
+	bash scripts/install-tools.sh wasm-target nisshi
+
 services: tools build
 	bash scripts/services.sh up
+
+services-demo: demo-tools build
+	bash scripts/services.sh up --no-s3
 
 services-down:
 	bash scripts/services.sh down
@@ -55,7 +66,7 @@ services-down:
 services-status:
 	bash scripts/services.sh status
 
-setup: services
+setup: services-demo
 	$(LOAD_ENV) && $(SLUICE_BIN) setup
 
 demo: guests setup

@@ -24,7 +24,8 @@ die() {
 for m in producer backup features; do
     [[ -f modules/$m.wasm ]] || die "modules/$m.wasm not found; run 'make guests'"
 done
-bash scripts/services.sh status >/dev/null || die "services are not all up; run 'make services' (scripts/services.sh status)"
+bash scripts/services.sh status --no-s3 >/dev/null ||
+    die "services are not all up; run 'make services-demo' (scripts/services.sh status --no-s3)"
 
 # DuckDB for inspecting the archive, in a venv of its own (once).
 if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import duckdb' 2>/dev/null; then

@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Installs the local-service binaries when missing (into ~/.cargo/bin):
-#   nisshi  Kafka-compatible broker (needs Rust >= 1.96, newer than the
-#           project's pinned toolchain)
-#   garage  S3-compatible object store
-# Each takes about 10 minutes to build on 2 cores; it happens once per machine.
+# Installs what the two README commands need when it is missing:
+#   wasm-target  the wasm32-wasip2 target of the project's toolchain (rustup
+#                does not add a rust-toolchain.toml target to a toolchain
+#                that is already installed)
+#   nisshi       Kafka-compatible broker (needs Rust >= 1.96, newer than the
+#                project's pinned toolchain), into ~/.cargo/bin
+#   garage       S3-compatible object store (only the S3 tests need it)
+# nisshi and garage each take about 11 minutes to build on 2 cores, once per
+# machine.
+#
+#   scripts/install-tools.sh [wasm-target] [nisshi] [garage]   (default: all)
 set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WANT=("$@")
+((${#WANT[@]} > 0)) || WANT=(wasm-target nisshi garage)
+wants() { [[ " ${WANT[*]} " == *" $1 "* ]]; }
 
 NEWER_TOOLCHAIN=1.96.0
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -32,7 +43,21 @@ newer_toolchain() {
     printf '%s' "$NEWER_TOOLCHAIN"
 }
 
-if command -v nisshi >/dev/null; then
+# The project's toolchain is the one rust-toolchain.toml pins; ask rustup
+# from the repository so it resolves the same one.
+if wants wasm-target; then
+    toolchain=$(cd "$ROOT" && rustup show active-toolchain | cut -d' ' -f1)
+    if rustup target list --installed --toolchain "$toolchain" | grep -qx wasm32-wasip2; then
+        log "wasm32-wasip2: installed for $toolchain"
+    else
+        log "installing the wasm32-wasip2 target for $toolchain"
+        rustup target add --toolchain "$toolchain" wasm32-wasip2
+    fi
+fi
+
+if ! wants nisshi; then
+    :
+elif command -v nisshi >/dev/null; then
     log "nisshi: $(command -v nisshi)"
 else
     toolchain=$(newer_toolchain)
@@ -40,7 +65,9 @@ else
     cargo "+$toolchain" install nisshi --locked --no-default-features --features dynostore,postgres
 fi
 
-if command -v garage >/dev/null; then
+if ! wants garage; then
+    :
+elif command -v garage >/dev/null; then
     log "garage: $(command -v garage)"
 else
     log "installing garage (about 8 minutes)"

@@ -2,6 +2,8 @@
 # Local services for sluice development and CI, on loopback, without Docker.
 #
 #   scripts/services.sh up      start what is not running, wait until ready
+#   scripts/services.sh up --no-s3
+#                               the same without Garage (the demo writes file://)
 #   scripts/services.sh down    stop what `up` started (not PostgreSQL/Redis)
 #   scripts/services.sh status  show what runs
 #   scripts/services.sh stop-broker / start-broker
@@ -397,6 +399,10 @@ cmd_up() {
     ensure_redis
     ensure_nisshi
     ensure_registry
+    if [[ ${1:-} == --no-s3 ]]; then
+        log "all services up but Garage (--no-s3)"
+        return
+    fi
     ensure_garage
     log "all services up"
 }
@@ -410,7 +416,7 @@ cmd_down() {
 }
 
 cmd_status() {
-    local pid rc=0
+    local pid rc=0 s3=${1:-}
     row() { printf '%-10s %-8s %s\n' "$@"; }
     if pg_ready; then row postgresql up "127.0.0.1:$PG_PORT"; else row postgresql down "127.0.0.1:$PG_PORT"; rc=1; fi
     if redis_ready; then row redis up "$SLUICE_REDIS_URL"; else row redis down "$SLUICE_REDIS_URL"; rc=1; fi
@@ -428,6 +434,8 @@ cmd_status() {
     fi
     if pid=$(service_pid garage garage) && garage_healthy; then
         row garage up "$SLUICE_S3_ENDPOINT pid $pid"
+    elif [[ $s3 == --no-s3 ]]; then
+        row garage off "(not needed: --no-s3)"
     else
         row garage down "$SLUICE_S3_ENDPOINT$(port_open "$GARAGE_S3_PORT" && echo " (port used by $(port_owner "$GARAGE_S3_PORT"))")"
         rc=1
@@ -447,15 +455,15 @@ cmd_reset() {
 }
 
 case ${1:-} in
-up) cmd_up ;;
+up) cmd_up "${2:-}" ;;
 down) cmd_down ;;
-status) cmd_status ;;
+status) cmd_status "${2:-}" ;;
 reset) cmd_reset ;;
 # For the broker-outage test: take the Kafka API away and bring it back.
 stop-broker) stop nisshi nisshi ;;
 start-broker) ensure_nisshi ;;
 *)
-    echo "usage: $0 up|down|status|reset|stop-broker|start-broker" >&2
+    echo "usage: $0 up [--no-s3]|down|status [--no-s3]|reset|stop-broker|start-broker" >&2
     exit 2
     ;;
 esac
