@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{KafkaArgs, RedisArgs, RegistryArgs, StorageArgs};
+use crate::jobs::features::OnMispartitioned;
 use crate::jobs::{self, RunOptions};
+use crate::kafka::starting_offsets::OnDataLoss;
 use crate::registry::Registry;
 
 #[derive(Debug, Parser)]
@@ -87,13 +89,36 @@ pub enum Command {
         /// died move to the others.
         #[arg(long, env = "SLUICE_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
         session_timeout_ms: u64,
-        /// Exit once every assigned partition is read to its end.
+        /// Exit once the group has read every partition of the topic to its
+        /// end (waiting for partitions that members which died still hold).
         #[arg(long)]
         until_caught_up: bool,
+        /// When the committed offset is no longer in the topic (retention
+        /// deleted records the group never read): fail, or skip them, counting
+        /// and logging what was skipped.
+        #[arg(long, value_enum, default_value_t = OnDataLoss::Fail)]
+        on_data_loss: OnDataLoss,
+        /// features: a record that is not on its user's partition (murmur2 of
+        /// the key) stops the job, or goes to the dead-letter topic.
+        #[arg(long, value_enum, default_value_t = OnMispartitioned::Fail)]
+        on_mispartitioned: OnMispartitioned,
         #[command(flatten)]
         storage: StorageArgs,
         #[command(flatten)]
         redis: RedisArgs,
+    },
+    /// Rebuild one partition's features state from the topic's start: deletes
+    /// its checkpoints and feature objects and resets the group's offset to 0.
+    /// Run it with the job stopped; it refuses when the topic no longer holds
+    /// the partition's first records.
+    RebuildState {
+        #[arg(long)]
+        partition: i32,
+        /// Consumer group of the features job.
+        #[arg(long, default_value = jobs::features::JOB)]
+        group: String,
+        #[command(flatten)]
+        storage: StorageArgs,
     },
     /// Serve the embedded schema registry (Confluent REST subset).
     Registry {
@@ -154,6 +179,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             max_wait_ms,
             session_timeout_ms,
             until_caught_up,
+            on_data_loss,
+            on_mispartitioned,
             storage,
             redis,
         } => {
@@ -168,6 +195,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_wait: Duration::from_millis(max_wait_ms.max(1)),
                 session_timeout: Duration::from_millis(session_timeout_ms),
                 until_caught_up,
+                on_data_loss,
+                redis,
             };
             let storage = storage.open()?;
             let report = match job {
@@ -186,15 +215,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         kafka: cli.kafka.clone(),
                         registry: registry()?,
                         storage,
-                        redis_url: redis.redis_url,
-                        redis_prefix: redis.redis_prefix,
                         module,
                         options,
+                        on_mispartitioned,
                     };
                     serde_json::to_string(&job.run().await?)?
                 }
             };
             println!("{report}");
+        }
+        Command::RebuildState {
+            partition,
+            group,
+            storage,
+        } => {
+            let rebuild = jobs::rebuild::RebuildState {
+                kafka: cli.kafka.clone(),
+                storage: storage.open()?,
+                group,
+                partition,
+            };
+            println!("{}", serde_json::to_string(&rebuild.run().await?)?);
         }
         Command::Registry { listen, data_file } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -147,7 +147,9 @@ impl StorageArgs {
                 let dir = std::path::PathBuf::from(url.path());
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| url_error(format!("cannot create {}: {e}", dir.display())))?;
-                let store = LocalFileSystem::new_with_prefix(&dir)?;
+                // Files and their directories are fsynced before a put
+                // returns, so offsets are committed only over durable files.
+                let store = LocalFileSystem::new_with_prefix(&dir)?.with_fsync(true);
                 Ok(Storage {
                     store: Arc::new(store),
                     root: ObjectPath::default(),

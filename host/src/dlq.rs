@@ -1,11 +1,14 @@
 //! The dead-letter topic: a record that cannot be decoded, or that a guest
 //! rejects, is copied there unchanged (key, value, headers) with headers
 //! naming the job, the reason and where it came from; the job goes on.
+//!
+//! A batch's dead letters are queued as they are found and awaited together
+//! (`flush`) before the batch's offsets are committed, so a batch full of bad
+//! records costs one round of deliveries, not one round trip per record.
 
-use std::time::Duration;
-
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use crate::kafka::Consumed;
 
@@ -22,14 +25,14 @@ pub struct Error {
     source: rdkafka::error::KafkaError,
 }
 
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-
 pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
     source_topic: String,
     job: &'static str,
     sent: u64,
+    /// Queued deliveries not yet confirmed.
+    in_flight: Vec<DeliveryFuture>,
 }
 
 impl DeadLetters {
@@ -40,16 +43,37 @@ impl DeadLetters {
             source_topic: source_topic.to_string(),
             job,
             sent: 0,
+            in_flight: Vec::new(),
         }
     }
 
-    /// Records sent so far.
+    /// Records confirmed so far.
     pub fn sent(&self) -> u64 {
         self.sent
     }
 
-    /// Sends one record and waits until the broker has it: the caller commits
-    /// the record's offset only after this returns.
+    fn error(&self, source: KafkaError) -> Error {
+        Error {
+            topic: self.topic.clone(),
+            source,
+        }
+    }
+
+    /// Waits until the broker has every queued dead letter: the caller
+    /// commits the records' offsets only after this returns.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        let deliveries = std::mem::take(&mut self.in_flight);
+        for delivery in futures::future::join_all(deliveries).await {
+            match delivery {
+                Ok(Ok(_)) => self.sent += 1,
+                Ok(Err((source, _))) => return Err(self.error(source)),
+                Err(_canceled) => return Err(self.error(KafkaError::Canceled)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues one record for the dead-letter topic; `flush` confirms it.
     pub async fn send(&mut self, record: &Consumed, reason: &str) -> Result<(), Error> {
         tracing::warn!(
             job = self.job,
@@ -88,21 +112,27 @@ impl DeadLetters {
                 key: HEADER_SOURCE_OFFSET,
                 value: Some(&offset),
             });
-        let mut message: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        let topic = self.topic.clone();
+        let mut message: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
         if let Some(key) = &record.key {
             message = message.key(key);
         }
         if let Some(value) = &record.value {
             message = message.payload(value);
         }
-        self.producer
-            .send(message, SEND_TIMEOUT)
-            .await
-            .map_err(|(source, _)| Error {
-                topic: self.topic.clone(),
-                source,
-            })?;
-        self.sent += 1;
-        Ok(())
+        loop {
+            match self.producer.send_result(message) {
+                Ok(delivery) => {
+                    self.in_flight.push(delivery);
+                    return Ok(());
+                }
+                // The producer's queue is full: let deliveries drain, then retry.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    message = returned;
+                    self.flush().await?;
+                }
+                Err((source, _)) => return Err(self.error(source)),
+            }
+        }
     }
 }

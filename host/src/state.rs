@@ -1,12 +1,19 @@
 //! Keyed state owned by the host (the guest's `keyed-state` import), one map
 //! per source partition, checkpointed to object storage with the offset it
-//! reflects. A checkpoint is written after the outputs of a batch and before
-//! the offset commit, so on restart the checkpoint is never behind the
-//! committed offset: records below the checkpoint's offset are already in
-//! the state and are skipped, records above it are applied.
+//! reflects.
+//!
+//! A checkpoint is named by that offset
+//! (`_checkpoints/<group>/<topic>/partition=<P>/<offset, 20 digits>.json`)
+//! and written after a batch's outputs, before its offsets are committed. A
+//! partition resumes from the checkpoint named by the group's committed
+//! offset, exactly: a missing one, or only older ones, is refused rather
+//! than guessed. Whoever writes a given name writes the same content (a
+//! deterministic guest over the same records from the same state), so a
+//! member that lost its partitions and wakes up cannot move state backwards.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -17,21 +24,34 @@ use crate::config::Storage;
 pub enum Error {
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
+    /// No checkpoint matches the group's committed offset.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// The state of one partition and the next source offset it has not seen.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone)]
 pub struct PartitionState {
     pub next_offset: i64,
     pub values: HashMap<i64, i64>,
+}
+
+/// The stored form: keys in order, so equal state gives equal bytes.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    next_offset: i64,
+    values: BTreeMap<i64, i64>,
 }
 
 /// Checkpoints of one job's state under `<root>/_checkpoints/<name>/`.
 pub struct Checkpoints {
     storage: Storage,
     name: String,
+    /// Offsets of checkpoints this process wrote, per partition, oldest
+    /// first: deleted once a commit moves past them.
+    written: HashMap<i32, Vec<i64>>,
 }
 
 impl Checkpoints {
@@ -41,49 +61,157 @@ impl Checkpoints {
         Self {
             storage,
             name: name.to_string(),
+            written: HashMap::new(),
         }
     }
 
-    fn path(&self, partition: i32) -> ObjectPath {
+    fn folder(&self, partition: i32) -> ObjectPath {
         self.storage
-            .path(&format!("_checkpoints/{}/partition={partition}.json", self.name))
+            .path(&format!("_checkpoints/{}/partition={partition}", self.name))
     }
 
-    /// Where a partition's checkpoint lives, for messages.
+    fn path(&self, partition: i32, offset: i64) -> ObjectPath {
+        self.storage.path(&format!(
+            "_checkpoints/{}/partition={partition}/{offset:020}.json",
+            self.name
+        ))
+    }
+
+    /// Where a partition's checkpoints live, for messages.
     pub fn describe(&self, partition: i32) -> String {
-        format!("{}/{}", self.storage.url.trim_end_matches('/'), self.path(partition))
+        format!("{}/{}", self.storage.url.trim_end_matches('/'), self.folder(partition))
     }
 
-    /// The last checkpoint of a partition, or empty state from offset 0.
-    pub async fn load(&self, partition: i32) -> Result<PartitionState> {
-        let path = self.path(partition);
-        let error = |reason: String| Error::Checkpoint {
+    fn error(path: &ObjectPath, reason: impl ToString) -> Error {
+        Error::Checkpoint {
             path: path.to_string(),
-            reason,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Offsets of a partition's stored checkpoints, ascending.
+    pub async fn offsets(&self, partition: i32) -> Result<Vec<i64>> {
+        let folder = self.folder(partition);
+        let objects: Vec<_> = self
+            .storage
+            .store
+            .list(Some(&folder))
+            .try_collect()
+            .await
+            .map_err(|e| Self::error(&folder, e))?;
+        let mut offsets: Vec<i64> = objects
+            .iter()
+            .filter_map(|o| o.location.filename()?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        offsets.sort_unstable();
+        Ok(offsets)
+    }
+
+    /// The state a partition resumes with. `committed` is the group's
+    /// committed offset (`None` for a group that never committed): the
+    /// checkpoint named by it must exist; a group that never committed starts
+    /// empty at `first_offset`, provided no checkpoint claims otherwise, and
+    /// that empty state is checkpointed at once, so the group's first commit
+    /// has a checkpoint to match.
+    pub async fn resume(
+        &mut self,
+        partition: i32,
+        committed: Option<i64>,
+        first_offset: i64,
+    ) -> Result<PartitionState> {
+        let Some(offset) = committed else {
+            let stored = self.offsets(partition).await?;
+            if let Some(latest) = stored.last() {
+                return Err(Error::Mismatch(format!(
+                    "partition {partition}: the group has no committed offset, but a checkpoint at offset {latest} \
+                     exists ({}). Starting empty would count from scratch. Commit the checkpoint's offset for the \
+                     group (the backfill hand-off does), or delete that partition's checkpoints to rebuild it from \
+                     the topic.",
+                    self.describe(partition)
+                )));
+            }
+            let empty = PartitionState {
+                next_offset: first_offset,
+                values: HashMap::new(),
+            };
+            self.save(partition, &empty).await?;
+            return Ok(empty);
         };
+        let path = self.path(partition, offset);
         match self.storage.store.get(&path).await {
             Ok(object) => {
-                let bytes = object.bytes().await.map_err(|e| error(e.to_string()))?;
-                serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))
+                let bytes = object.bytes().await.map_err(|e| Self::error(&path, e))?;
+                let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| Self::error(&path, e))?;
+                Ok(PartitionState {
+                    next_offset: stored.next_offset,
+                    values: stored.values.into_iter().collect(),
+                })
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(PartitionState::default()),
-            Err(e) => Err(error(e.to_string())),
+            Err(object_store::Error::NotFound { .. }) => {
+                let stored = self.offsets(partition).await?;
+                let behind = stored.iter().rev().find(|o| **o < offset);
+                let found = match behind {
+                    Some(o) => format!("the newest checkpoint at or below it is at offset {o}, behind it"),
+                    None => "no checkpoint at or below it exists".to_string(),
+                };
+                Err(Error::Mismatch(format!(
+                    "partition {partition}: the group's committed offset is {offset} but {found} ({}). The state \
+                     would not match the offsets, so the job refuses to count. Recover with `sluice rebuild-state \
+                     --partition {partition}` (same --group/--topic/--output-url), which restarts that partition \
+                     from the topic's start when the topic still holds it.",
+                    self.describe(partition)
+                )))
+            }
+            Err(e) => Err(Self::error(&path, e)),
         }
     }
 
-    /// Replaces a partition's checkpoint atomically.
-    pub async fn save(&self, partition: i32, state: &PartitionState) -> Result<()> {
-        let path = self.path(partition);
-        let error = |reason: String| Error::Checkpoint {
-            path: path.to_string(),
-            reason,
+    /// Stores a partition's checkpoint under its offset.
+    pub async fn save(&mut self, partition: i32, state: &PartitionState) -> Result<()> {
+        let path = self.path(partition, state.next_offset);
+        let stored = Stored {
+            next_offset: state.next_offset,
+            values: state.values.iter().map(|(k, v)| (*k, *v)).collect(),
         };
-        let bytes = serde_json::to_vec(state).map_err(|e| error(e.to_string()))?;
+        let bytes = serde_json::to_vec(&stored).map_err(|e| Self::error(&path, e))?;
         self.storage
             .store
             .put(&path, PutPayload::from(bytes))
             .await
-            .map_err(|e| error(e.to_string()))?;
+            .map_err(|e| Self::error(&path, e))?;
+        self.written.entry(partition).or_default().push(state.next_offset);
         Ok(())
+    }
+
+    /// Deletes the checkpoints this process wrote below `committed`: the
+    /// group can no longer resume from them.
+    pub async fn forget_below(&mut self, partition: i32, committed: i64) -> Result<()> {
+        let Some(written) = self.written.get_mut(&partition) else {
+            return Ok(());
+        };
+        let stale: Vec<i64> = written.iter().copied().filter(|o| *o < committed).collect();
+        written.retain(|o| *o >= committed);
+        for offset in stale {
+            let path = self.path(partition, offset);
+            match self.storage.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Self::error(&path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every checkpoint of a partition (`sluice rebuild-state`).
+    pub async fn delete_partition(&self, partition: i32) -> Result<usize> {
+        let offsets = self.offsets(partition).await?;
+        for offset in &offsets {
+            let path = self.path(partition, *offset);
+            self.storage
+                .store
+                .delete(&path)
+                .await
+                .map_err(|e| Self::error(&path, e))?;
+        }
+        Ok(offsets.len())
     }
 }

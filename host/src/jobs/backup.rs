@@ -50,7 +50,8 @@ impl BackupJob {
     pub async fn run(self) -> Result<BackupReport> {
         let runtime = Runtime::new(Default::default())?;
         let mut guest = RawFilterGuest::load(&runtime, &self.module)?;
-        let mut consuming = Consuming::start(&self.kafka, self.options.clone(), JOB, BACKUP_USER, BACKUP_PASSWORD_VAR)?;
+        let mut consuming =
+            Consuming::start(&self.kafka, self.options.clone(), JOB, BACKUP_USER, BACKUP_PASSWORD_VAR).await?;
         let mut decoder = Decoder::new(&self.registry);
         let subject = crate::model::value_subject(&self.kafka.topic);
         let mut layout = self.latest_layout(&subject).await?;
@@ -97,7 +98,7 @@ impl BackupJob {
                     tracing::debug!(%path, "archived");
                 }
             }
-            consuming.commit(&batch).await?;
+            consuming.done(&batch).await?;
         }
         report.throughput = consuming.throughput(report.records);
         Ok(report)

@@ -10,19 +10,20 @@ use std::sync::Arc;
 
 use arrow_array::{Int32Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::avro::{Decoder, transaction_from_value};
 use crate::config::{KafkaArgs, Storage};
-use crate::kafka::Consumed;
-use crate::model::FeatureEvent;
+use crate::kafka::partitioner::partition_of;
+use crate::model::{FeatureEvent, transaction_key};
 use crate::registry::Registry;
 use crate::runtime::{FeatureOutcome, FeaturesGuest, Runtime, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
 use crate::state::{Checkpoints, PartitionState};
 
-use super::{Consuming, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, RunOptions, by_partition};
+use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, RunOptions, by_partition};
 
 pub const JOB: &str = "transactions-ml-features-job";
 /// The Parquet dataset of feature events.
@@ -34,20 +35,35 @@ pub struct FeaturesReport {
     #[serde(flatten)]
     pub throughput: super::Throughput,
     pub features: u64,
-    pub skipped_replayed: u64,
     pub dead_lettered: u64,
+    /// Records on another partition than their user's (see `OnMispartitioned`).
+    pub mispartitioned: u64,
     pub files: u64,
     pub redis_updates: u64,
+}
+
+/// What to do with a record that is not on its user's partition (a producer
+/// partitioned it with something other than murmur2 of the user id). Counts
+/// are partition-local, so such a record would be counted apart from the
+/// rest of its user's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OnMispartitioned {
+    /// Stop before writing anything for the batch, naming the user and both
+    /// partitions.
+    #[default]
+    Fail,
+    /// Send the record to the dead-letter topic with that reason and count
+    /// only the records on their user's partition.
+    DeadLetter,
 }
 
 pub struct FeaturesJob {
     pub kafka: KafkaArgs,
     pub registry: Registry,
     pub storage: Storage,
-    pub redis_url: String,
-    pub redis_prefix: String,
     pub module: PathBuf,
     pub options: RunOptions,
+    pub on_mispartitioned: OnMispartitioned,
 }
 
 impl FeaturesJob {
@@ -60,13 +76,14 @@ impl FeaturesJob {
             JOB,
             FEATURES_USER,
             FEATURES_PASSWORD_VAR,
-        )?;
+        )
+        .await?;
         let mut decoder = Decoder::new(&self.registry);
-        let mut redis = RedisSink::connect(&self.redis_url, &self.redis_prefix).await?;
+        let mut redis = RedisSink::connect(&self.options.redis.redis_url, &self.options.redis.redis_prefix).await?;
         let sink = ParquetSink::new(self.storage.clone(), DATASET);
-        let checkpoints = Checkpoints::new(
+        let mut checkpoints = Checkpoints::new(
             self.storage.clone(),
-            &format!("{}/{}", self.options.group, self.kafka.topic),
+            &checkpoint_name(&self.options.group, &self.kafka.topic),
         );
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
         let mut report = FeaturesReport::default();
@@ -78,49 +95,80 @@ impl FeaturesJob {
             }
             decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
             let readers = decoder.readers();
+            let partitions = consuming
+                .partition_count()
+                .ok_or_else(|| Error::Other(format!("the partition count of {} is unknown", self.kafka.topic)))?;
             let mut events = Vec::new();
             let mut touched = Vec::new();
             for (partition, records) in by_partition(&batch) {
+                let first_offset = records[0].offset;
                 let state = match states.entry(partition) {
                     Entry::Occupied(entry) => entry.into_mut(),
                     Entry::Vacant(entry) => {
-                        let state = checkpoints.load(partition).await?;
-                        consuming.check_resume_point(partition, state.next_offset, &checkpoints.describe(partition))?;
-                        entry.insert(state)
+                        let start = consuming
+                            .start_of(partition)
+                            .ok_or_else(|| Error::Other(format!("partition {partition} has no start")))?;
+                        entry.insert(checkpoints.resume(partition, start.committed, start.offset).await?)
                     }
                 };
-                // Records the checkpoint already reflects (a replay after a
-                // crash between checkpoint and commit) are not counted again.
-                let received = records.len();
-                let fresh: Vec<&Consumed> = records.into_iter().filter(|r| r.offset >= state.next_offset).collect();
-                report.skipped_replayed += (received - fresh.len()) as u64;
-                let Some(last) = fresh.last() else { continue };
-                let next_offset = last.offset + 1;
-                let first_offset = fresh[0].offset;
+                if first_offset < state.next_offset {
+                    return Err(Error::Other(format!(
+                        "partition {partition}: the state already reflects offsets below {} but the batch starts at \
+                         {first_offset}; refusing to count records twice",
+                        state.next_offset
+                    )));
+                }
+                // The batch's claim is committed: older checkpoints are stale.
+                checkpoints.forget_below(partition, first_offset).await?;
 
-                let mut inputs = Vec::with_capacity(fresh.len());
-                let mut input_records = Vec::with_capacity(fresh.len());
-                for record in &fresh {
+                let mut inputs = Vec::with_capacity(records.len());
+                let mut input_records = Vec::with_capacity(records.len());
+                for record in &records {
                     report.records += 1;
-                    match readers
+                    let decoded = readers
                         .decode(record.value.as_deref())
-                        .and_then(|(_, v)| transaction_from_value(&v))
-                    {
-                        Ok(tx) => {
-                            inputs.push(WitTransaction {
-                                user_id: tx.user_id,
-                                transaction_timestamp_millis: tx.transaction_timestamp_millis,
-                                amount: tx.amount,
-                                currency: tx.currency,
-                                counterpart_id: tx.counterpart_id,
-                            });
-                            input_records.push(*record);
-                        }
+                        .and_then(|(_, v)| transaction_from_value(&v));
+                    let tx = match decoded {
+                        Ok(tx) => tx,
                         Err(e) => {
                             consuming.dead_letters.send(record, &e.to_string()).await?;
                             report.dead_lettered += 1;
+                            continue;
+                        }
+                    };
+                    let home = partition_of(transaction_key(tx.user_id).as_bytes(), partitions);
+                    if home != partition {
+                        let reason = format!(
+                            "user {} is on partition {partition} (offset {}) but murmur2 of its key puts it on \
+                             partition {home}: a producer used another partitioner (librdkafka's default is \
+                             consistent_random; use murmur2_random, Java's default)",
+                            tx.user_id, record.offset
+                        );
+                        report.mispartitioned += 1;
+                        match self.on_mispartitioned {
+                            OnMispartitioned::Fail => {
+                                return Err(Error::Other(format!(
+                                    "{reason}. Per-user counts are partition-local and would be wrong, so the job \
+                                     stops before counting this partition's batch. Fix the producer and re-produce, or run with \
+                                     --on-mispartitioned=dead-letter to send such records to the dead-letter topic \
+                                     and count only the records on their user's partition."
+                                )));
+                            }
+                            OnMispartitioned::DeadLetter => {
+                                consuming.dead_letters.send(record, &reason).await?;
+                                report.dead_lettered += 1;
+                                continue;
+                            }
                         }
                     }
+                    inputs.push(WitTransaction {
+                        user_id: tx.user_id,
+                        transaction_timestamp_millis: tx.transaction_timestamp_millis,
+                        amount: tx.amount,
+                        currency: tx.currency,
+                        counterpart_id: tx.counterpart_id,
+                    });
+                    input_records.push(*record);
                 }
                 let outcomes = guest.process(&mut state.values, &inputs)?;
                 crate::fault::point("after-guest");
@@ -144,7 +192,7 @@ impl FeaturesJob {
                         }
                     }
                 }
-                state.next_offset = next_offset;
+                state.next_offset = records[records.len() - 1].offset + 1;
                 touched.push(partition);
                 if !partition_events.is_empty() {
                     sink.write(partition, first_offset, &feature_batch(&partition_events))
@@ -163,11 +211,16 @@ impl FeaturesJob {
                     crate::fault::point("mid-checkpoint");
                 }
             }
-            consuming.commit(&batch).await?;
+            consuming.done(&batch).await?;
         }
         report.throughput = consuming.throughput(report.records);
         Ok(report)
     }
+}
+
+/// The checkpoints' folder name of a group's state of a topic.
+pub fn checkpoint_name(group: &str, topic: &str) -> String {
+    format!("{group}/{topic}")
 }
 
 /// The Parquet schema of feature events: the Avro feature event plus its

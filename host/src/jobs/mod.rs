@@ -2,19 +2,24 @@
 //! knows about jobs.
 
 pub mod backup;
+pub mod claims;
 pub mod features;
 pub mod produce;
+pub mod rebuild;
 pub mod setup;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::config::KafkaArgs;
+use crate::config::{KafkaArgs, RedisArgs};
 use crate::dlq::DeadLetters;
-use crate::kafka::{Consumed, Source, producer};
+use crate::kafka::starting_offsets::{OnDataLoss, Start};
+use crate::kafka::{Commit, Consumed, Position, Source, producer};
+
+use self::claims::{Claims, Range};
 
 /// The consumer user of each job, created by `sluice setup`.
 pub const BACKUP_USER: &str = "transactions-backup-job-user";
@@ -35,18 +40,35 @@ pub struct RunOptions {
     pub max_wait: Duration,
     /// How long a member that died without leaving keeps its partitions.
     pub session_timeout: Duration,
-    /// Stop once every assigned partition is read to its end.
+    /// Stop once the group has read every partition of the topic to its end.
     pub until_caught_up: bool,
+    /// What to do when retention deleted records the group never read.
+    pub on_data_loss: OnDataLoss,
+    /// Where claims live (and, for features, the real-time store).
+    pub redis: RedisArgs,
 }
 
 /// What every consumer job shares: group membership as the job's user,
-/// batches, stop on signal or once caught up, offset commits and the
-/// dead-letter topic.
+/// batches, stop on signal or once caught up, the delivery protocol's
+/// commits and the dead-letter topic.
+///
+/// The protocol, per batch: `next_batch` claims the batch's range per
+/// partition (`claims`), adopting a range an earlier claim fixed, then
+/// commits its first offsets, which the group refuses to a member that lost
+/// the partitions; only then is the batch handed out. The job writes every
+/// output; `done` flushes the dead letters and marks the batch durable; its
+/// offsets are committed with the next batch's, or when the topic goes quiet,
+/// or at the stop.
 pub struct Consuming {
     source: Source,
+    claims: Claims,
     stop: watch::Receiver<bool>,
     options: RunOptions,
     pub dead_letters: DeadLetters,
+    /// Next offsets whose outputs are durable but not yet committed, and the
+    /// rebalance count they belong to (a rebalance voids them).
+    durable: HashMap<i32, i64>,
+    durable_rebalances: u64,
     /// When the first batch arrived and the last one was committed: the
     /// job's busy span, without the group join and the final idle wait.
     first_batch_at: Option<Instant>,
@@ -63,7 +85,7 @@ pub struct Throughput {
 
 impl Consuming {
     /// Joins the job's group as `user` (password from `password_var`).
-    pub fn start(
+    pub async fn start(
         kafka: &KafkaArgs,
         options: RunOptions,
         job: &'static str,
@@ -72,14 +94,30 @@ impl Consuming {
     ) -> Result<Self> {
         let credentials = kafka.credentials(user, password_var);
         let config = kafka.client_config(credentials.as_ref());
-        let source = Source::subscribe(config.clone(), &options.group, &kafka.topic, options.session_timeout)?;
+        let source = Source::subscribe(
+            config.clone(),
+            &options.group,
+            &kafka.topic,
+            options.session_timeout,
+            options.on_data_loss,
+        )?;
         let dead_letters = DeadLetters::new(producer::create(config)?, &kafka.dlq_topic, &kafka.topic, job);
+        let claims = Claims::connect(
+            &options.redis.redis_url,
+            &options.redis.redis_prefix,
+            &options.group,
+            &kafka.topic,
+        )
+        .await?;
         tracing::info!(job, topic = %kafka.topic, group = %options.group, "consuming");
         Ok(Self {
             source,
+            claims,
             stop: stop_signal(),
             options,
             dead_letters,
+            durable: HashMap::new(),
+            durable_rebalances: 0,
             first_batch_at: None,
             last_commit_at: None,
         })
@@ -99,58 +137,170 @@ impl Consuming {
         }
     }
 
-    /// The next batch, or `None` once the job should stop: on SIGINT/SIGTERM,
-    /// or when it was asked to stop at the end of the topic and got there.
+    /// The next claimed batch, or `None` once the job should stop: on
+    /// SIGINT/SIGTERM, or when it was asked to stop once the group has
+    /// caught up and it has. A batch the group refuses to let this member
+    /// claim (it lost its partitions) is dropped, never handed out.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<Consumed>>> {
         while !*self.stop.borrow() {
             let batch = self
                 .source
                 .next_batch(self.options.batch_size, self.options.idle, self.options.max_wait)
                 .await?;
-            if !batch.is_empty() {
-                self.first_batch_at.get_or_insert_with(Instant::now);
-                return Ok(Some(batch));
-            }
-            if self.options.until_caught_up {
-                match self.source.caught_up() {
-                    Ok(true) => break,
-                    Ok(false) => {}
-                    // The broker may be away for a while; ask again later.
-                    Err(e) => tracing::warn!(error = %e, "cannot tell whether caught up yet"),
+            if batch.is_empty() {
+                self.commit_durable().await?;
+                if self.options.until_caught_up {
+                    match self.source.group_caught_up() {
+                        Ok(true) => break,
+                        Ok(false) => {}
+                        // The broker may be away for a while; ask again later.
+                        Err(e) => tracing::warn!(error = %e, "cannot tell whether caught up yet"),
+                    }
                 }
+                continue;
             }
+            self.first_batch_at.get_or_insert_with(Instant::now);
+            let batch = self.agree(batch).await?;
+            if batch.is_empty() {
+                continue;
+            }
+            let mut positions = self.take_durable(&batch);
+            let firsts = first_offsets(&batch);
+            positions.extend(
+                firsts
+                    .iter()
+                    .map(|(&partition, &offset)| Position { partition, offset }),
+            );
+            if self.commit(&positions).await? == Commit::Fenced {
+                continue;
+            }
+            for (partition, first) in firsts {
+                self.claims.forget_below(partition, first).await?;
+            }
+            return Ok(Some(batch));
         }
+        self.commit_durable().await?;
         Ok(None)
     }
 
-    /// Commits the batch's offsets; call once all its outputs are durable.
-    pub async fn commit(&mut self, batch: &[Consumed]) -> Result<()> {
-        crate::fault::point("before-commit");
-        self.source.commit(&next_offsets(batch)).await?;
-        self.last_commit_at = Some(Instant::now());
+    /// Claims the batch's range of each partition and keeps what the agreed
+    /// ranges hold: records past an agreed end wait for the next batch; a
+    /// partition whose agreed end lies beyond its records waits whole until
+    /// the next batch completes the range.
+    async fn agree(&mut self, batch: Vec<Consumed>) -> Result<Vec<Consumed>> {
+        let ranges: Vec<Range> = ranges(&batch);
+        let agreed = self.claims.claim(&ranges).await?;
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        let mut incomplete = Vec::new();
+        for (range, end) in ranges.iter().zip(agreed) {
+            if end != range.end {
+                tracing::info!(
+                    partition = range.partition,
+                    first = range.first,
+                    end,
+                    "adopting the range an earlier claim fixed"
+                );
+            }
+            if end > range.end {
+                incomplete.push((range.partition, end));
+            }
+            ends.insert(range.partition, end);
+        }
+        let (kept, held): (Vec<Consumed>, Vec<Consumed>) = batch
+            .into_iter()
+            .partition(|r| r.offset < ends[&r.partition] && !incomplete.iter().any(|(p, _)| *p == r.partition));
+        if !held.is_empty() {
+            self.source.hold_back(held, &incomplete);
+        }
+        Ok(kept)
+    }
+
+    /// Call once every output of `batch` is written: flushes its dead
+    /// letters and marks its offsets durable (committed with the next claim,
+    /// when the topic goes quiet, or at the stop).
+    pub async fn done(&mut self, batch: &[Consumed]) -> Result<()> {
+        self.dead_letters.flush().await?;
+        self.durable_rebalances = self.source.rebalances();
+        for (partition, next) in next_offsets(batch) {
+            self.durable.insert(partition, next);
+        }
         Ok(())
     }
 
-    /// Refuses to resume a partition from a checkpoint beyond the
-    /// partition's end: the topic was recreated (offsets restarted) or the
-    /// checkpoint belongs to another cluster, and trusting it would skip
-    /// records silently.
-    pub fn check_resume_point(&self, partition: i32, next_offset: i64, checkpoint: &str) -> Result<()> {
-        let end = self.source.end_offset(partition)?;
-        if next_offset > end {
-            return Err(Error::Other(format!(
-                "the checkpoint of partition {partition} resumes at offset {next_offset} but the partition ends at \
-                 {end}: the topic was recreated or the checkpoint belongs to another cluster. Refusing to skip \
-                 records; remove {checkpoint} to rebuild that partition's state from the topic."
-            )));
+    /// Durable positions of partitions this batch does not claim. After a
+    /// rebalance they are dropped: the partitions may belong to another
+    /// member now, and the broker does not check which partitions a member
+    /// commits. Their next owner resumes from the last commit, under the
+    /// same claims.
+    fn take_durable(&mut self, batch: &[Consumed]) -> Vec<Position> {
+        if self.durable_rebalances != self.source.rebalances() {
+            self.durable.clear();
+        }
+        let claimed: HashSet<i32> = batch.iter().map(|r| r.partition).collect();
+        self.durable
+            .drain()
+            .filter(|(partition, _)| !claimed.contains(partition))
+            .map(|(partition, offset)| Position { partition, offset })
+            .collect()
+    }
+
+    async fn commit_durable(&mut self) -> Result<()> {
+        let positions = self.take_durable(&[]);
+        if self.commit(&positions).await? == Commit::Done {
+            for position in positions {
+                self.claims.forget_below(position.partition, position.offset).await?;
+            }
         }
         Ok(())
+    }
+
+    async fn commit(&mut self, positions: &[Position]) -> Result<Commit> {
+        if positions.is_empty() {
+            return Ok(Commit::Done);
+        }
+        crate::fault::point("before-commit");
+        let outcome = self.source.commit(positions).await?;
+        if outcome == Commit::Done {
+            self.last_commit_at = Some(Instant::now());
+        }
+        Ok(outcome)
+    }
+
+    /// Where an assigned partition started: its committed offset and more.
+    pub fn start_of(&self, partition: i32) -> Option<Start> {
+        self.source.start(partition)
+    }
+
+    /// Partitions of the topic, as of the last assignment.
+    pub fn partition_count(&self) -> Option<i32> {
+        self.source.partition_count()
     }
 
     /// True once after each rebalance (see `Source::assignment_changed`).
     pub fn assignment_changed(&mut self) -> bool {
         self.source.assignment_changed()
     }
+}
+
+/// The range of each partition in a batch: its first offset and one past
+/// its last.
+fn ranges(batch: &[Consumed]) -> Vec<Range> {
+    let mut ranges: BTreeMap<i32, Range> = BTreeMap::new();
+    for record in batch {
+        let range = ranges.entry(record.partition).or_insert(Range {
+            partition: record.partition,
+            first: record.offset,
+            end: record.offset + 1,
+        });
+        range.first = range.first.min(record.offset);
+        range.end = range.end.max(record.offset + 1);
+    }
+    ranges.into_values().collect()
+}
+
+/// The first offset of each partition in a batch.
+fn first_offsets(batch: &[Consumed]) -> BTreeMap<i32, i64> {
+    ranges(batch).into_iter().map(|r| (r.partition, r.first)).collect()
 }
 
 /// A receiver that turns true on SIGINT or SIGTERM: jobs finish the batch in

@@ -1,28 +1,39 @@
 //! A consumer-group member that hands out batches of records and commits
-//! offsets only when told to (after every output they cover is durable).
+//! offsets only when told to.
 //!
 //! Rebalances use the eager protocol: every rebalance revokes the whole
-//! assignment, and a partition assigned again is fetched from its committed
-//! offset. A batch being collected when a rebalance happens is therefore
-//! thrown away: its uncommitted records are fetched again by whoever owns
-//! their partition now, so no record is processed by two members.
+//! assignment, and an assigned partition starts where `starting_offsets`
+//! decides (the committed offset, checked against the retained range). A
+//! batch being collected when a rebalance happens is thrown away: its
+//! uncommitted records are fetched again by whoever owns their partition now.
+//!
+//! Records the caller holds back (past a claimed range's end, or a range to
+//! complete) wait in a carry-over for the next batch, and a partition with a
+//! claimed end gets exactly that range before its batch closes. A commit the
+//! group refuses means this member lost its partitions: everything it holds
+//! is dropped until the group assigns partitions again.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::starting_offsets::{self, OnDataLoss, Start};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("kafka consumer ({context}): {source}")]
     Kafka { context: String, source: KafkaError },
+    /// Continuing would be silently wrong (data loss, a recreated topic).
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -43,114 +54,336 @@ pub struct Consumed {
     pub offset: i64,
 }
 
+/// What a commit achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    Done,
+    /// The group refused it: this member no longer owns the partitions.
+    Fenced,
+}
+
+/// One partition's position in a commit: the next offset to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between attempts while the broker is unreachable.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long an assignment keeps asking an unreachable broker for offsets.
+const ASSIGN_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Counts rebalances, so the job can tell that its assignment changed.
+/// The current assignment as the rebalance callback decided it.
 #[derive(Default)]
+struct Assignment {
+    starts: HashMap<i32, Start>,
+    /// Why partitions of this assignment cannot be read exactly.
+    refusals: Vec<String>,
+    partition_count: Option<i32>,
+}
+
+/// Decides the start of every assigned partition, inside librdkafka's
+/// rebalance callback, before any record of the assignment is fetched.
 struct GroupContext {
-    rebalances: Arc<AtomicU64>,
+    topic: String,
+    on_data_loss: OnDataLoss,
+    rebalances: AtomicU64,
+    assignment: Mutex<Assignment>,
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            tracing::info!(partitions = ?partitions(list), "partitions revoked");
-        }
-        self.rebalances.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            tracing::info!(partitions = ?partitions(list), "partitions assigned");
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, list: &mut TopicPartitionList) {
+        let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            let assignment = self.plan(consumer, list);
+            tracing::info!(?partitions, "partitions assigned");
+            if let Err(e) = consumer.assign(list) {
+                tracing::error!(error = %e, "assign failed");
+            }
+            *self.lock() = assignment;
+        } else {
+            tracing::info!(?partitions, reason = ?RDKafkaErrorCode::from(err), "partitions revoked");
+            *self.lock() = Assignment::default();
+            if let Err(e) = consumer.unassign() {
+                tracing::error!(error = %e, "unassign failed");
+            }
         }
         self.rebalances.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-fn partitions(list: &TopicPartitionList) -> Vec<i32> {
-    list.elements().iter().map(|e| e.partition()).collect()
+impl GroupContext {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Assignment> {
+        // A panic while holding it cannot leave a half-made assignment.
+        self.assignment
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets each partition's start offset in `list` and records the plan.
+    fn plan(&self, consumer: &BaseConsumer<Self>, list: &mut TopicPartitionList) -> Assignment {
+        let mut assignment = Assignment::default();
+        let committed = match patiently("committed offsets", || {
+            consumer.committed_offsets(list.clone(), METADATA_TIMEOUT)
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                assignment
+                    .refusals
+                    .push(format!("cannot read the group's committed offsets: {e}"));
+                return assignment;
+            }
+        };
+        assignment.partition_count = patiently("metadata", || {
+            consumer.fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
+        })
+        .ok()
+        .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32));
+        for element in list.elements_for_topic(&self.topic) {
+            let partition = element.partition();
+            let group_commit = committed
+                .find_partition(&self.topic, partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let watermarks = patiently("watermarks", || {
+                consumer.fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+            });
+            let decided = watermarks
+                .map_err(|e| format!("partition {partition}: cannot read its offsets: {e}"))
+                .and_then(|w| starting_offsets::decide(&self.topic, partition, group_commit, w, self.on_data_loss));
+            match decided {
+                Ok(start) => {
+                    assignment.starts.insert(partition, start);
+                }
+                Err(refusal) => assignment.refusals.push(refusal),
+            }
+        }
+        for mut element in list.elements_for_topic(&self.topic) {
+            if let Some(start) = assignment.starts.get(&element.partition()) {
+                let _ = element.set_offset(Offset::Offset(start.offset));
+            }
+        }
+        assignment
+    }
+}
+
+/// Retries a broker request while the broker is unreachable.
+fn patiently<T>(
+    what: &str,
+    mut request: impl FnMut() -> rdkafka::error::KafkaResult<T>,
+) -> rdkafka::error::KafkaResult<T> {
+    let deadline = Instant::now() + ASSIGN_PATIENCE;
+    loop {
+        match request() {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, what, "retrying");
+                std::thread::sleep(RETRY_PAUSE);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 pub struct Source {
     consumer: StreamConsumer<GroupContext>,
+    context: Arc<GroupContext>,
     topic: String,
-    /// Next offset to read per partition, from what this process consumed.
-    next: HashMap<i32, i64>,
-    rebalances: Arc<AtomicU64>,
     /// Rebalance count the caller last saw (see `assignment_changed`).
     seen_rebalances: u64,
+    /// Rebalance count `next_batch` last saw.
+    batch_rebalances: u64,
+    /// Claimed ranges to complete before a batch closes: partition -> end.
+    claimed: HashMap<i32, i64>,
+    /// Records that belong to the next batch (past a claimed segment's end).
+    carry: VecDeque<Consumed>,
+    /// Since when this member knows it lost its partitions.
+    fenced_since: Option<Instant>,
+    session_timeout: Duration,
 }
 
 impl Source {
     /// Joins `group` and subscribes to `topic`; offsets are committed by
-    /// `commit` only, reading starts at the earliest retained record when the
-    /// group has no committed offset.
-    pub fn subscribe(mut config: ClientConfig, group: &str, topic: &str, session_timeout: Duration) -> Result<Self> {
+    /// `commit` only.
+    pub fn subscribe(
+        mut config: ClientConfig,
+        group: &str,
+        topic: &str,
+        session_timeout: Duration,
+        on_data_loss: OnDataLoss,
+    ) -> Result<Self> {
         config
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            // Starts are decided at assignment; an offset that falls out of
+            // the retained range while reading is an error, never a jump.
+            .set(
+                "auto.offset.reset",
+                match on_data_loss {
+                    OnDataLoss::Fail => "error",
+                    OnDataLoss::Continue => "earliest",
+                },
+            )
             .set("enable.partition.eof", "false")
             // Eager rebalancing; see the module comment.
             .set("partition.assignment.strategy", "roundrobin")
             // How long a member that died without leaving keeps its partitions.
             .set("session.timeout.ms", session_timeout.as_millis().to_string());
-        let context = GroupContext::default();
-        let rebalances = context.rebalances.clone();
+        let context = GroupContext {
+            topic: topic.to_string(),
+            on_data_loss,
+            rebalances: AtomicU64::new(0),
+            assignment: Mutex::new(Assignment::default()),
+        };
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(context).map_err(kafka("create"))?;
+        let context = consumer.context().clone();
         consumer
             .subscribe(&[topic])
             .map_err(kafka(format!("subscribe to {topic}")))?;
         Ok(Self {
             consumer,
+            context,
             topic: topic.to_string(),
-            next: HashMap::new(),
-            rebalances,
             seen_rebalances: 0,
+            batch_rebalances: 0,
+            claimed: HashMap::new(),
+            carry: VecDeque::new(),
+            fenced_since: None,
+            session_timeout,
         })
     }
 
     /// True once after each rebalance: partitions may have moved, so state
     /// held for them must be reloaded from their checkpoints.
     pub fn assignment_changed(&mut self) -> bool {
-        let now = self.rebalances.load(Ordering::SeqCst);
+        let now = self.context.rebalances.load(Ordering::SeqCst);
         let changed = now != self.seen_rebalances;
         self.seen_rebalances = now;
         changed
     }
 
+    /// Rebalances seen so far (by librdkafka's callback).
+    pub fn rebalances(&self) -> u64 {
+        self.context.rebalances.load(Ordering::SeqCst)
+    }
+
+    /// Where an assigned partition started (its committed offset and more).
+    pub fn start(&self, partition: i32) -> Option<Start> {
+        self.context.lock().starts.get(&partition).copied()
+    }
+
+    /// Partitions of the topic, as of the last assignment.
+    pub fn partition_count(&self) -> Option<i32> {
+        self.context.lock().partition_count
+    }
+
+    /// Records skipped at assignment because retention deleted them.
+    pub fn skipped_by_data_loss(&self) -> i64 {
+        self.context.lock().starts.values().map(|s| s.skipped).sum()
+    }
+
+    fn refusals(&self) -> Result<()> {
+        let assignment = self.context.lock();
+        if assignment.refusals.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Refused(assignment.refusals.join("\n")))
+    }
+
+    /// Forgets everything held since the last rebalance.
+    fn on_rebalance(&mut self) {
+        self.carry.clear();
+        self.claimed.clear();
+        self.fenced_since = None;
+    }
+
+    /// Gives records back for the next batch, in order, ahead of any carried
+    /// ones; `claimed` ends make the next batch complete those ranges.
+    pub fn hold_back(&mut self, records: Vec<Consumed>, claimed: &[(i32, i64)]) {
+        for record in records.into_iter().rev() {
+            self.carry.push_front(record);
+        }
+        self.claimed.extend(claimed.iter().copied());
+    }
+
     /// Up to `max` records, returned when `max` is reached, when no record
-    /// has arrived for `idle`, or once the batch is `max_wait` old. Empty
-    /// when the topic is quiet. A rebalance during collection discards the
-    /// records collected so far (see the module comment).
+    /// has arrived for `idle`, or once the batch is `max_wait` old; a claimed
+    /// range held back is always completed first. Empty when the
+    /// topic is quiet. A rebalance during collection discards the records
+    /// collected so far (see the module comment).
     pub async fn next_batch(&mut self, max: usize, idle: Duration, max_wait: Duration) -> Result<Vec<Consumed>> {
-        let mut batch = Vec::new();
+        let mut batch: Vec<Consumed> = Vec::new();
+        // Partitions whose further records belong to the next batch.
+        let mut closed: HashSet<i32> = HashSet::new();
+        for record in std::mem::take(&mut self.carry) {
+            self.admit(record, &mut batch, &mut closed);
+        }
         let started = Instant::now();
-        let mut generation = self.rebalances.load(Ordering::SeqCst);
-        while batch.len() < max && started.elapsed() < max_wait {
-            let received = tokio::time::timeout(idle, self.consumer.recv()).await;
+        let mut warned_at = Instant::now();
+        loop {
+            self.refusals()?;
+            if self.claimed.is_empty() && (batch.len() >= max || started.elapsed() >= max_wait) {
+                break;
+            }
+            if let Some(since) = self.fenced_since
+                && since.elapsed() > self.session_timeout * 3
+            {
+                return Err(Error::Refused(
+                    "this member's commits were refused and the group has not assigned partitions again; \
+                     exiting so a restart rejoins cleanly"
+                        .into(),
+                ));
+            }
+            let received = tokio::time::timeout(idle, self.consumer.recv())
+                .await
+                .map(|r| r.map(|message| owned(&message)));
             // Rebalance callbacks run inside `recv`. Records collected before
             // one may belong to partitions that moved: drop them (they are
             // fetched again from the committed offsets). A message `recv`
             // returned after the rebalance is already from the new assignment.
-            let now = self.rebalances.load(Ordering::SeqCst);
-            if now != generation {
-                tracing::info!(
-                    discarded = batch.len(),
-                    "rebalance during batch: its records are fetched again"
-                );
+            let now = self.context.rebalances.load(Ordering::SeqCst);
+            if now != self.batch_rebalances {
+                if !batch.is_empty() {
+                    tracing::info!(
+                        discarded = batch.len(),
+                        "rebalance during batch: its records are fetched again"
+                    );
+                }
                 batch.clear();
-                self.next.clear();
-                generation = now;
+                closed.clear();
+                self.batch_rebalances = now;
+                self.on_rebalance();
+                self.refusals()?;
             }
             let message = match received {
-                Err(_elapsed) => break,
+                Err(_elapsed) => {
+                    if self.claimed.is_empty() {
+                        break;
+                    }
+                    if warned_at.elapsed() > Duration::from_secs(10) {
+                        warned_at = Instant::now();
+                        tracing::warn!(claimed = ?self.claimed, "waiting for the records of claimed segments");
+                    }
+                    continue;
+                }
                 Ok(Ok(message)) => message,
+                Ok(Err(KafkaError::MessageConsumption(
+                    code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange),
+                ))) => {
+                    return Err(Error::Refused(format!(
+                        "{}: the next offset to read is no longer in the topic ({code}): retention deleted records \
+                         before this job read them. Refusing to skip them; recover them from the archive, or run \
+                         with --on-data-loss=continue to skip them knowingly.",
+                        self.topic
+                    )));
+                }
                 // The client reconnects by itself (broker restarts, network
                 // blips); errors here are reports, not the end of the stream.
                 Ok(Err(e)) => {
@@ -159,54 +392,64 @@ impl Source {
                     continue;
                 }
             };
-            let headers = message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let record = Consumed {
-                key: message.key().map(<[u8]>::to_vec),
-                value: message.payload().map(<[u8]>::to_vec),
-                headers,
-                timestamp_millis: message.timestamp().to_millis(),
-                partition: message.partition(),
-                offset: message.offset(),
-            };
-            self.next.insert(record.partition, record.offset + 1);
-            batch.push(record);
+            if self.fenced_since.is_some() {
+                continue;
+            }
+            self.admit(message, &mut batch, &mut closed);
         }
         Ok(batch)
     }
 
-    /// Commits, synchronously, the next offset to read of each partition,
-    /// retrying while the broker is unreachable. Returns false when the
-    /// commit was refused because the group rebalanced meanwhile: the
-    /// partitions' new owners replay from the last committed offsets, which
-    /// the deterministic outputs make harmless.
-    pub async fn commit(&mut self, next_offsets: &HashMap<i32, i64>) -> Result<bool> {
-        if next_offsets.is_empty() {
-            return Ok(true);
+    /// Adds a record to the batch, or to the carry-over when it lies past a
+    /// claimed range's end.
+    fn admit(&mut self, record: Consumed, batch: &mut Vec<Consumed>, closed: &mut HashSet<i32>) {
+        let partition = record.partition;
+        if closed.contains(&partition) {
+            self.carry.push_back(record);
+            return;
+        }
+        if let Some(&end) = self.claimed.get(&partition) {
+            if record.offset >= end {
+                self.claimed.remove(&partition);
+                closed.insert(partition);
+                self.carry.push_back(record);
+                return;
+            }
+            if record.offset + 1 >= end {
+                self.claimed.remove(&partition);
+                closed.insert(partition);
+            }
+        }
+        batch.push(record);
+    }
+
+    /// Commits, synchronously, `positions`, retrying while the broker is
+    /// unreachable. A refusal by the group (a rebalance, an expired session)
+    /// means this member lost its partitions: it returns `Fenced` and drops
+    /// everything it holds until the group assigns partitions again.
+    pub async fn commit(&mut self, positions: &[Position]) -> Result<Commit> {
+        if positions.is_empty() {
+            return Ok(Commit::Done);
         }
         let mut list = TopicPartitionList::new();
-        for (&partition, &offset) in next_offsets {
-            list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+        for position in positions {
+            list.add_partition_offset(&self.topic, position.partition, Offset::Offset(position.offset))
                 .map_err(kafka("offset list"))?;
         }
         loop {
+            if self.consumer.assignment_lost() {
+                return Ok(self.fenced("librdkafka reports the assignment lost"));
+            }
             match self.consumer.commit(&list, CommitMode::Sync) {
-                Ok(()) => return Ok(true),
+                Ok(()) => return Ok(Commit::Done),
                 Err(KafkaError::ConsumerCommit(
-                    RDKafkaErrorCode::RebalanceInProgress
+                    code @ (RDKafkaErrorCode::RebalanceInProgress
                     | RDKafkaErrorCode::IllegalGeneration
                     | RDKafkaErrorCode::UnknownMemberId
-                    | RDKafkaErrorCode::AssignmentLost,
-                )) => {
-                    tracing::warn!("commit refused: the group rebalanced; the new owners replay from the last commit");
-                    return Ok(false);
-                }
+                    | RDKafkaErrorCode::FencedInstanceId
+                    | RDKafkaErrorCode::AssignmentLost
+                    | RDKafkaErrorCode::State),
+                )) => return Ok(self.fenced(&code.to_string())),
                 Err(e) => {
                     tracing::warn!(error = %e, "commit failed; retrying");
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -215,44 +458,76 @@ impl Source {
         }
     }
 
-    /// The high watermark (next offset to be written) of a partition.
-    pub fn end_offset(&self, partition: i32) -> Result<i64> {
-        let (_, high) = self
-            .consumer
-            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
-            .map_err(kafka("watermarks"))?;
-        Ok(high)
+    fn fenced(&mut self, reason: &str) -> Commit {
+        tracing::warn!(
+            reason,
+            "commit refused: this member lost its partitions; dropping what it holds until the group assigns \
+             partitions again"
+        );
+        self.carry.clear();
+        self.claimed.clear();
+        self.fenced_since.get_or_insert_with(Instant::now);
+        Commit::Fenced
     }
 
-    /// True when this member has partitions and has read each of them up to
-    /// its high watermark.
-    pub fn caught_up(&self) -> Result<bool> {
-        let assignment = self.consumer.assignment().map_err(kafka("assignment"))?;
-        if assignment.count() == 0 {
+    /// True when the group has consumed every partition of the topic to its
+    /// high watermark: each partition's committed offset is at its end,
+    /// whoever owns it. A partition held by a member whose
+    /// session has not expired yet keeps this false until that member
+    /// commits or its partitions move.
+    pub fn group_caught_up(&self) -> Result<bool> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
+            .map_err(kafka("metadata"))?;
+        let mut list = TopicPartitionList::new();
+        for topic in metadata.topics() {
+            for partition in topic.partitions() {
+                list.add_partition(&self.topic, partition.id());
+            }
+        }
+        if list.count() == 0 {
             return Ok(false);
         }
         let committed = self
             .consumer
-            .committed(METADATA_TIMEOUT)
+            .committed_offsets(list.clone(), METADATA_TIMEOUT)
             .map_err(kafka("committed offsets"))?;
-        for element in assignment.elements() {
+        for element in list.elements() {
             let partition = element.partition();
             let (low, high) = self
                 .consumer
                 .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
                 .map_err(kafka("watermarks"))?;
-            let next = self.next.get(&partition).copied().or_else(|| {
-                committed
-                    .find_partition(&self.topic, partition)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    })
-            });
+            let next = committed
+                .find_partition(&self.topic, partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
             if next.unwrap_or(low) < high {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+}
+
+fn owned<M: Message>(message: &M) -> Consumed {
+    let headers = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Consumed {
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers,
+        timestamp_millis: message.timestamp().to_millis(),
+        partition: message.partition(),
+        offset: message.offset(),
     }
 }

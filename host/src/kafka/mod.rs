@@ -3,7 +3,9 @@
 
 pub mod admin;
 pub mod consumer;
+pub mod partitioner;
 pub mod producer;
 pub mod security;
+pub mod starting_offsets;
 
-pub use consumer::{Consumed, Source};
+pub use consumer::{Commit, Consumed, Position, Source};

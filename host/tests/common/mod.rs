@@ -203,22 +203,47 @@ pub async fn redis() -> redis::aio::MultiplexedConnection {
         .expect("redis")
 }
 
-/// Produces raw (key, value) records as the admin user and waits for them.
+/// Produces raw (key, value) records as the admin user, partitioned with
+/// murmur2 as sluice's producer does, and waits for them.
 pub async fn produce_raw(topic: &str, records: &[(String, Vec<u8>)]) {
+    produce_raw_with(topic, records, "murmur2_random").await;
+}
+
+/// Produces raw (key, value) records with a given librdkafka `partitioner`,
+/// all queued at once, then waits until the broker has every one.
+pub async fn produce_raw_with(topic: &str, records: &[(String, Vec<u8>)], partitioner: &str) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let args = kafka_args(topic);
     let credentials = args.admin_credentials();
     let producer: FutureProducer = args
         .client_config(credentials.as_ref())
-        .set("partitioner", "murmur2_random")
+        .set("partitioner", partitioner)
+        .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("producer");
-    for (key, value) in records {
-        producer
-            .send(FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(30))
-            .await
-            .expect("delivered");
+    let deliveries: Vec<_> = records
+        .iter()
+        .map(|(key, value)| {
+            producer
+                .send_result(FutureRecord::to(topic).key(key).payload(value))
+                .map_err(|(e, _)| e)
+                .expect("queued")
+        })
+        .collect();
+    for delivery in futures::future::join_all(deliveries).await {
+        delivery.expect("delivery").map_err(|(e, _)| e).expect("delivered");
     }
+}
+
+/// A transaction as the registered schema `id` frames it on the topic.
+pub fn transaction_value(id: u32, transaction: &sluice::model::Transaction) -> Vec<u8> {
+    let schema = apache_avro::Schema::parse_str(sluice::model::TRANSACTION_SCHEMA).expect("schema");
+    let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .expect("writer")
+        .write_ser_to_vec(transaction)
+        .expect("avro");
+    framed(id, body)
 }
 
 /// Confluent framing: magic byte, 4-byte big-endian schema id, Avro body.
@@ -321,11 +346,7 @@ impl Running {
 
     /// SIGTERM, then the exit status and stdout.
     pub fn terminate(self) -> (std::process::ExitStatus, String) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        signal(self.child.id(), "TERM");
         let output = self.child.wait_with_output().expect("wait");
         (output.status, String::from_utf8_lossy(&output.stdout).into_owned())
     }
@@ -403,9 +424,9 @@ pub fn job_args(job: &str, topic: &str, group: &str, output_url: &str) -> Vec<St
     args
 }
 
-/// Waits until `group` has committed every partition of `topic` up to its
-/// high watermark.
-pub fn wait_group_caught_up(topic: &str, group: &str, timeout: Duration) {
+/// The partitions of `topic` that `group` has not committed up to their
+/// high watermark, as (partition, committed, high watermark).
+pub fn group_lag(topic: &str, group: &str) -> Vec<(i32, i64, i64)> {
     let args = kafka_args(topic);
     let credentials = args.admin_credentials();
     let mut config = args.client_config(credentials.as_ref());
@@ -415,28 +436,34 @@ pub fn wait_group_caught_up(topic: &str, group: &str, timeout: Duration) {
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
     let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut list = TopicPartitionList::new();
+    for &p in &partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed");
+    partitions
+        .iter()
+        .filter_map(|&p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            (at < high).then_some((p, at, high))
+        })
+        .collect()
+}
+
+/// Waits until `group` has committed every partition of `topic` up to its
+/// high watermark.
+pub fn wait_group_caught_up(topic: &str, group: &str, timeout: Duration) {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let mut list = TopicPartitionList::new();
-        for &p in &partitions {
-            list.add_partition(topic, p);
-        }
-        let committed = consumer
-            .committed_offsets(list, Duration::from_secs(10))
-            .expect("committed");
-        let behind: Vec<(i32, i64, i64)> = partitions
-            .iter()
-            .filter_map(|&p| {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .expect("watermarks");
-                let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => o,
-                    _ => 0,
-                };
-                (at < high).then_some((p, at, high))
-            })
-            .collect();
+        let behind = group_lag(topic, group);
         if behind.is_empty() {
             return;
         }
@@ -446,4 +473,13 @@ pub fn wait_group_caught_up(topic: &str, group: &str, timeout: Duration) {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// Sends a signal (`STOP`, `CONT`, `TERM`…) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
 }

@@ -1,0 +1,126 @@
+//! Claims: the range of each batch, agreed once per (partition, first
+//! offset) before any output of it is written, so that every member that
+//! ever writes an output named by that first offset writes the same records
+//! (see README "Delivery guarantees").
+//!
+//! A claim is created only if none exists (Redis `HSETNX`, one script call
+//! per batch): the first member to claim a start offset fixes the end; a
+//! later one (the next owner after a crash, or a member that stalled and
+//! woke up) adopts it. The batch's first offsets are then committed to the
+//! group, which the broker refuses to a member that lost its partitions, so
+//! a claim is never acted on by a member that no longer owns the partition.
+//! Claims below a partition's committed offset are deleted: nobody resumes
+//! there again. (Kafka offset-commit metadata would be the natural home, but
+//! nisshi stores it without returning it.)
+//!
+//! Keys: `<prefix>:claims:<group>:<topic>:<partition>`, a hash from first
+//! offset to end. Production Redis needs persistence (AOF) for claims to
+//! survive a Redis restart.
+
+use std::collections::HashMap;
+
+use redis::Script;
+use redis::aio::MultiplexedConnection;
+
+use crate::sinks::redis::Error;
+
+/// KEYS: one hash per partition. ARGV: (first offset, end) per key. Returns
+/// the agreed end of each.
+const CLAIM: &str = r"
+local agreed = {}
+for i, key in ipairs(KEYS) do
+  local first, end_ = ARGV[2 * i - 1], ARGV[2 * i]
+  redis.call('HSETNX', key, first, end_)
+  agreed[i] = tonumber(redis.call('HGET', key, first))
+end
+return agreed
+";
+
+/// One partition's range in a batch: `[first, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub partition: i32,
+    pub first: i64,
+    pub end: i64,
+}
+
+pub struct Claims {
+    connection: MultiplexedConnection,
+    url: String,
+    key_prefix: String,
+    script: Script,
+    /// First offsets this process claimed, per partition.
+    made: HashMap<i32, Vec<i64>>,
+}
+
+impl Claims {
+    /// Claims of `group` on `topic`, under `<prefix>:claims:`.
+    pub async fn connect(url: &str, prefix: &str, group: &str, topic: &str) -> Result<Self, Error> {
+        let error = |source| Error::Redis {
+            url: url.to_string(),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(error)?;
+        let connection = client.get_multiplexed_async_connection().await.map_err(error)?;
+        Ok(Self {
+            connection,
+            url: url.to_string(),
+            key_prefix: format!("{prefix}:claims:{group}:{topic}"),
+            script: Script::new(CLAIM),
+            made: HashMap::new(),
+        })
+    }
+
+    fn key(&self, partition: i32) -> String {
+        format!("{}:{partition}", self.key_prefix)
+    }
+
+    /// Claims `ranges`; returns the agreed end of each (its own, or the one
+    /// an earlier claim of the same first offset fixed).
+    pub async fn claim(&mut self, ranges: &[Range]) -> Result<Vec<i64>, Error> {
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.script.prepare_invoke();
+        for range in ranges {
+            invocation
+                .key(self.key(range.partition))
+                .arg(range.first)
+                .arg(range.end);
+        }
+        let agreed: Vec<i64> = invocation
+            .invoke_async(&mut self.connection)
+            .await
+            .map_err(|source| Error::Redis {
+                url: self.url.clone(),
+                source,
+            })?;
+        for range in ranges {
+            self.made.entry(range.partition).or_default().push(range.first);
+        }
+        Ok(agreed)
+    }
+
+    /// Deletes the claims this process made below `committed`.
+    pub async fn forget_below(&mut self, partition: i32, committed: i64) -> Result<(), Error> {
+        let Some(made) = self.made.get_mut(&partition) else {
+            return Ok(());
+        };
+        let stale: Vec<i64> = made.iter().copied().filter(|o| *o < committed).collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        made.retain(|o| *o >= committed);
+        let key = self.key(partition);
+        redis::cmd("HDEL")
+            .arg(&key)
+            .arg(&stale)
+            .query_async::<i64>(&mut self.connection)
+            .await
+            .map_err(|source| Error::Redis {
+                url: self.url.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+}

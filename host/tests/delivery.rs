@@ -1,0 +1,350 @@
+//! Exactly-once against what production brings beyond crashes: members that
+//! stall past their session and wake up mid-batch (zombies), producers that
+//! partition users differently, members that die while another catches up,
+//! state that does not match the committed offsets, and batches full of
+//! dead letters.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::verify::verify_outputs;
+use common::*;
+use redis::AsyncCommands;
+use sluice::kafka::partitioner::partition_of;
+use sluice::registry::Registry;
+
+/// A crash or stall point must be reached within this long.
+const REACH: Duration = Duration::from_secs(90);
+/// `job_args` gives members a 6 s session; a stall lasts longer than that.
+const STALL: Duration = Duration::from_secs(9);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zombies_that_wake_up_mid_batch_cannot_corrupt_outputs() {
+    let topic = unique("zombies");
+    let dlq = format!("{topic}-dlq");
+    sluice_ok(&["--topic", &topic, "--dlq-topic", &dlq, "setup", "--partitions", "4"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let records = 54_000u64;
+    let producer = spawn_producer(&topic, records, 1500);
+
+    // Two members per job; one of each stalls three times, each time past its
+    // session, right after claiming a batch or while writing it.
+    let mut members = Vec::new();
+    let mut stallers = Vec::new();
+    for job in ["backup", "features"] {
+        let group = format!("{topic}-{job}");
+        let args = job_args(job, &topic, &group, &url);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        members.push(spawn_sluice(&args, &[]));
+        let mut zombie = spawn_sluice(
+            &args,
+            &[("SLUICE_STALL_AT", "after-guest:2,after-upload:5,after-guest:9")],
+        );
+        stallers.push(std::thread::spawn(move || {
+            for stall in 1..=3 {
+                assert!(
+                    zombie.wait_for("stall point", REACH),
+                    "stall {stall} never reached:\n{}",
+                    zombie.log()
+                );
+                let pid = zombie.child.id();
+                signal(pid, "STOP");
+                // The stall itself (a GC pause, a frozen VM), past the session.
+                std::thread::sleep(STALL);
+                signal(pid, "CONT");
+            }
+            zombie
+        }));
+    }
+    let zombies: Vec<Running> = stallers.into_iter().map(|s| s.join().expect("staller")).collect();
+    assert!(producer.child.wait_with_output().expect("producer").status.success());
+    for job in ["backup", "features"] {
+        wait_group_caught_up(&topic, &format!("{topic}-{job}"), Duration::from_secs(180));
+    }
+    let mut fenced = 0;
+    for mut member in members.into_iter().chain(zombies) {
+        let log = member.log();
+        fenced += log.matches("lost its partitions").count();
+        let (status, stdout) = member.terminate();
+        assert!(status.success(), "clean stop: {status} {stdout}\n{log}");
+    }
+    assert!(
+        fenced > 0,
+        "no zombie ever had a commit refused: the scenario did not happen"
+    );
+    verify_outputs(&topic, &url, records).await;
+}
+
+/// Half of each user's records come from a producer with librdkafka's
+/// default partitioner (CRC32), half from one with murmur2 (Java's default
+/// and sluice's). By default the features job refuses, naming the user and
+/// both partitions; with `--on-mispartitioned=dead-letter` the misplaced
+/// records go to the dead-letter topic and every count is exact over the
+/// rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn mispartitioned_records_are_refused_or_dead_lettered_never_miscounted() {
+    let topic = unique("mixed-partitioners");
+    let dlq = format!("{topic}-dlq");
+    sluice_ok(&["--topic", &topic, "--dlq-topic", &dlq, "setup", "--partitions", "4"]);
+    let registry = Registry::new(&env("SLUICE_REGISTRY_URL")).expect("registry");
+    let id = registry
+        .latest(&sluice::model::value_subject(&topic))
+        .await
+        .expect("registered")
+        .id;
+    let (mut java, mut crc) = (Vec::new(), Vec::new());
+    for i in 0..4000i64 {
+        let user = (i % 200) as i32;
+        let value = transaction_value(
+            id,
+            &sluice::model::Transaction {
+                user_id: user,
+                transaction_timestamp_millis: 1_700_000_000_000 + i,
+                amount: 1.0,
+                currency: "EUR".into(),
+                counterpart_id: 7,
+            },
+        );
+        let half = if i % 2 == 0 { &mut java } else { &mut crc };
+        half.push((user.to_string(), value));
+    }
+    produce_raw_with(&topic, &java, "murmur2_random").await;
+    produce_raw_with(&topic, &crc, "consistent_random").await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let module_path = module("features");
+    let group = format!("{topic}-features");
+    let prefix = format!("sluice:test:{topic}");
+    let refused = sluice(&[
+        "--topic",
+        &topic,
+        "--dlq-topic",
+        &dlq,
+        "run",
+        "--job",
+        "features",
+        "--module",
+        &module_path,
+        "--group",
+        &group,
+        "--until-caught-up",
+        "--output-url",
+        &url,
+        "--redis-prefix",
+        &prefix,
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "must refuse: {stderr}");
+    assert!(
+        stderr.contains("user ") && stderr.contains("is on partition") && stderr.contains("puts it on partition"),
+        "the refusal names the user and both partitions: {stderr}"
+    );
+
+    // The same group, now sending misplaced records to the dead letters.
+    let report = run_job("features", &topic, &url, &["--on-mispartitioned", "dead-letter"]);
+    let topic_records = read_topic(&topic);
+    let mut expected: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut misplaced = 0;
+    for record in &topic_records {
+        let key = record.key.as_deref().expect("key");
+        if partition_of(key, 4) == record.partition {
+            let user: i32 = std::str::from_utf8(key).expect("utf8").parse().expect("user id");
+            *expected.entry(user).or_default() += 1;
+        } else {
+            misplaced += 1;
+        }
+    }
+    assert!(misplaced > 0, "the CRC32 half must misplace some users");
+    assert!(
+        report["mispartitioned"].as_u64().expect("count") >= misplaced,
+        "{report}"
+    );
+    let letters = read_topic(&dlq);
+    let reasons: Vec<&String> = letters
+        .iter()
+        .filter_map(|l| l.headers.get("sluice.reason"))
+        .filter(|r| r.contains("murmur2"))
+        .collect();
+    assert_eq!(
+        reasons.len() as u64,
+        misplaced,
+        "each misplaced record dead-lettered once"
+    );
+    let mut redis = redis().await;
+    for (user, count) in &expected {
+        let stored: Option<i64> = redis
+            .hget(format!("{prefix}:user:{user}"), "total_transactions_count")
+            .await
+            .expect("hget");
+        assert_eq!(
+            stored,
+            Some(*count),
+            "count of user {user} over its well-placed records"
+        );
+    }
+}
+
+/// A member holding partitions dies; a `--until-caught-up` run started
+/// within the dead member's session must not stop after its own half: it
+/// waits until the group has read every partition.
+#[tokio::test(flavor = "multi_thread")]
+async fn until_caught_up_waits_for_the_partitions_of_dead_members() {
+    let topic = unique("caught-up");
+    let dlq = format!("{topic}-dlq");
+    sluice_ok(&["--topic", &topic, "--dlq-topic", &dlq, "setup", "--partitions", "4"]);
+    produce(&topic, 4000, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let group = format!("{topic}-backup");
+    let args = job_args("backup", &topic, &group, &url);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut doomed = spawn_sluice(&args, &[("SLUICE_CRASH_AT", "after-upload:1")]);
+    assert!(doomed.wait_for("crash point", REACH), "{}", doomed.log());
+    doomed.kill();
+
+    let report = run_job("backup", &topic, &url, &["--session-timeout-ms", "6000"]);
+    let lag = group_lag(&topic, &group);
+    assert!(
+        lag.is_empty(),
+        "the run exited with partitions unread: {lag:?} ({report})"
+    );
+    let archived = read_dataset(&storage_args(&url).open().expect("storage"), &topic).await;
+    let rows: usize = archived.iter().map(|(_, b)| b.num_rows()).sum();
+    assert_eq!(rows, 4000, "every record archived once");
+}
+
+/// The features state must match the group's offsets exactly: a missing
+/// checkpoint, or one behind the committed offset, stops the job with the
+/// partition, both offsets and the recovery command; `sluice rebuild-state`
+/// recovers, and every count is exact afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_or_stale_checkpoint_is_refused_and_rebuild_state_recovers() {
+    let topic = unique("checkpoints");
+    setup_topic(&topic);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let group = format!("{topic}-features");
+    produce(&topic, 2000, 0);
+    run_job("features", &topic, &url, &[]);
+    produce(&topic, 2000, 2000);
+    let folder = |p: i32| dir.path().join(format!("_checkpoints/{group}/{topic}/partition={p}"));
+    let checkpoint_files = |p: i32| -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(folder(p))
+            .map(|d| d.map(|e| e.expect("entry").path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    };
+
+    // Missing: partition 0's checkpoints are gone.
+    std::fs::remove_dir_all(folder(0)).expect("remove");
+    let run = || {
+        let module_path = module("features");
+        let dlq = format!("{topic}-dlq");
+        let prefix = format!("sluice:test:{topic}");
+        sluice(&[
+            "--topic",
+            &topic,
+            "--dlq-topic",
+            &dlq,
+            "run",
+            "--job",
+            "features",
+            "--module",
+            &module_path,
+            "--group",
+            &group,
+            "--until-caught-up",
+            "--output-url",
+            &url,
+            "--redis-prefix",
+            &prefix,
+        ])
+    };
+    let output = run();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("partition 0")
+            && stderr.contains("no checkpoint at or below it")
+            && stderr.contains("sluice rebuild-state"),
+        "{stderr}"
+    );
+    let rebuild = |p: &str| {
+        sluice_ok(&[
+            "--topic",
+            &topic,
+            "rebuild-state",
+            "--partition",
+            p,
+            "--group",
+            &group,
+            "--output-url",
+            &url,
+        ])
+    };
+    rebuild("0");
+
+    // Behind: partition 1's only checkpoint now claims an older offset.
+    let newest = checkpoint_files(1).pop().expect("a checkpoint of partition 1");
+    std::fs::rename(&newest, folder(1).join(format!("{:020}.json", 1))).expect("rename");
+    let output = run();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("partition 1") && stderr.contains("is at offset 1, behind it"),
+        "{stderr}"
+    );
+    rebuild("1");
+
+    let output = run();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    run_job("backup", &topic, &url, &[]);
+    verify_outputs(&topic, &url, 4000).await;
+}
+
+/// Dead letters are produced in bulk and flushed once per batch: 10,000
+/// malformed records among good ones all reach the dead-letter topic and the
+/// good ones the archive. (`make bench` compares the time with a clean run.)
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_malformed_records_are_dead_lettered_in_bulk() {
+    let topic = unique("bulk-dlq");
+    setup_topic(&topic);
+    let registry = Registry::new(&env("SLUICE_REGISTRY_URL")).expect("registry");
+    let id = registry
+        .latest(&sluice::model::value_subject(&topic))
+        .await
+        .expect("registered")
+        .id;
+    let mut records = Vec::new();
+    for i in 0..12_000i64 {
+        let user = (i % 100) as i32;
+        let value = if i % 6 == 0 {
+            transaction_value(
+                id,
+                &sluice::model::Transaction {
+                    user_id: user,
+                    transaction_timestamp_millis: 1_700_000_000_000 + i,
+                    amount: 3.5,
+                    currency: "EUR".into(),
+                    counterpart_id: 1,
+                },
+            )
+        } else {
+            framed(id, vec![0xff]) // a truncated Avro body
+        };
+        records.push((user.to_string(), value));
+    }
+    produce_raw(&topic, &records).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let report = run_job("backup", &topic, &url, &[]);
+    assert_eq!(report["archived"], 2000, "{report}");
+    assert_eq!(report["dead_lettered"], 10_000, "{report}");
+    let letters = read_topic(&format!("{topic}-dlq"));
+    assert_eq!(letters.len(), 10_000);
+}
