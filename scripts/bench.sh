@@ -44,5 +44,39 @@ for job in backup features; do
     p=$(field records_per_s <<<"$peer_json")
     python3 -c 'import sys; s, p = float(sys.argv[2]), float(sys.argv[3]); print(f"{sys.argv[1]:<9} {s:14.0f} {p:14.0f} {s / p:7.2f}x")' "$job" "$s" "$p"
 done
+
+# Dead letters in bulk: the backup job over the same good records with
+# 10,000 malformed ones mixed in, against the clean run above.
+BAD=${BENCH_BAD:-10000}
+GOOD=${BENCH_DLQ_GOOD:-50000}
+printf '\n%-22s %10s %10s %12s\n' run records seconds time_ratio
+clean_s=""
+for kind in clean dirty; do
+    t=bench-dlq-$kind-$(date +%s)
+    "$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" setup --partitions 6 >/dev/null
+    "$SLUICE_BIN" --topic "$t" produce --module modules/producer.wasm --count "$GOOD" >/dev/null
+    if [[ $kind == dirty ]]; then
+        "$VENV/bin/python" - "$t" "$BAD" <<'PY'
+import os, sys
+from confluent_kafka import Producer
+topic, bad = sys.argv[1], int(sys.argv[2])
+p = Producer({"bootstrap.servers": os.environ["SLUICE_BROKERS"], "security.protocol": "SASL_PLAINTEXT",
+              "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": os.environ["SLUICE_ADMIN_USER"],
+              "sasl.password": os.environ["SLUICE_ADMIN_PASSWORD"], "partitioner": "murmur2_random"})
+for i in range(bad):
+    p.produce(topic, key=str(i % 1000), value=b"\x00\x00\x00\x00\x01\xff")  # truncated Avro body
+    p.poll(0)
+p.flush()
+PY
+    fi
+    json=$("$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" run --job backup --module modules/backup.wasm \
+        --group "$t-backup" --until-caught-up --output-url "file://$out/$t" 2>/dev/null)
+    secs=$(field seconds <<<"$json")
+    recs=$(field records <<<"$json")
+    [[ -n $clean_s ]] || clean_s=$secs
+    python3 -c 'import sys; print(f"{sys.argv[1]:<22} {int(sys.argv[2]):10d} {float(sys.argv[3]):10.2f} {float(sys.argv[3]) / float(sys.argv[4]):11.2f}x")' \
+        "backup $kind" "$recs" "$secs" "$clean_s"
+done
+
 redis-cli --scan --pattern "bench:$topic:*" | xargs -r -n 500 redis-cli del >/dev/null
 redis-cli --scan --pattern "peer:user:*" | xargs -r -n 500 redis-cli del >/dev/null

@@ -129,6 +129,9 @@ impl DeadLetters {
                 // The producer's queue is full: let deliveries drain, then retry.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     message = returned;
+                    if self.in_flight.is_empty() {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
                     self.flush().await?;
                 }
                 Err((source, _)) => return Err(self.error(source)),

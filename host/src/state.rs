@@ -110,9 +110,7 @@ impl Checkpoints {
     /// The state a partition resumes with. `committed` is the group's
     /// committed offset (`None` for a group that never committed): the
     /// checkpoint named by it must exist; a group that never committed starts
-    /// empty at `first_offset`, provided no checkpoint claims otherwise, and
-    /// that empty state is checkpointed at once, so the group's first commit
-    /// has a checkpoint to match.
+    /// empty at `first_offset`, provided no checkpoint claims otherwise.
     pub async fn resume(
         &mut self,
         partition: i32,
@@ -130,12 +128,10 @@ impl Checkpoints {
                     self.describe(partition)
                 )));
             }
-            let empty = PartitionState {
+            return Ok(PartitionState {
                 next_offset: first_offset,
                 values: HashMap::new(),
-            };
-            self.save(partition, &empty).await?;
-            return Ok(empty);
+            });
         };
         let path = self.path(partition, offset);
         match self.storage.store.get(&path).await {

@@ -154,11 +154,11 @@ async fn outage_of_the_broker_for_30s_loses_nothing() {
     verify_outputs(&topic, &url, 10_000).await;
 }
 
-/// A topic deleted and created again restarts its offsets at 0; a checkpoint
-/// from before must not make the features job skip the new records. The job
-/// stops with an error that names the checkpoint instead.
+/// A topic deleted and created again restarts its offsets at 0; the group's
+/// committed offsets from before must not make the features job skip the new
+/// records. The job stops with an error that says so instead.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_checkpoint_beyond_the_partition_end_is_refused() {
+async fn a_committed_offset_beyond_the_partition_end_is_refused() {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
 
@@ -216,7 +216,7 @@ async fn a_checkpoint_beyond_the_partition_end_is_refused() {
         "the job must not resume from a stale checkpoint: {stderr}"
     );
     assert!(
-        stderr.contains("the topic was recreated") && stderr.contains("_checkpoints"),
+        stderr.contains("the topic was recreated") && stderr.contains("beyond the partition's end"),
         "{stderr}"
     );
 }

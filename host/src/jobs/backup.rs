@@ -58,6 +58,9 @@ impl BackupJob {
         let sink = ParquetSink::new(self.storage.clone(), &self.kafka.topic);
         let mut report = BackupReport::default();
         while let Some(batch) = consuming.next_batch().await? {
+            if !consuming.fence(&batch).await? {
+                continue;
+            }
             decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
             let mut uncovered = uncovered_writers(&decoder, &batch, &layout);
             if !uncovered.is_empty() {

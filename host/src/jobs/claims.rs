@@ -24,17 +24,25 @@ use redis::aio::MultiplexedConnection;
 
 use crate::sinks::redis::Error;
 
-/// KEYS: one hash per partition. ARGV: (first offset, end) per key. Returns
-/// the agreed end of each.
+/// KEYS: one hash per partition. ARGV: (first offset, end) per key, then the
+/// hash's time to live in seconds. Returns the agreed end of each.
 const CLAIM: &str = r"
 local agreed = {}
+local ttl = ARGV[2 * #KEYS + 1]
 for i, key in ipairs(KEYS) do
   local first, end_ = ARGV[2 * i - 1], ARGV[2 * i]
   redis.call('HSETNX', key, first, end_)
+  redis.call('EXPIRE', key, ttl)
   agreed[i] = tonumber(redis.call('HGET', key, first))
 end
 return agreed
 ";
+
+/// A partition's claims expire when it has been idle this long: claims left
+/// by crashed members and zombies do not pile up. Far longer than any stall
+/// a member survives (its session would have expired) and than the topic's
+/// retention, after which nobody resumes from those offsets.
+const CLAIM_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
 /// One partition's range in a batch: `[first, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +96,7 @@ impl Claims {
                 .arg(range.first)
                 .arg(range.end);
         }
+        invocation.arg(CLAIM_TTL_SECONDS);
         let agreed: Vec<i64> = invocation
             .invoke_async(&mut self.connection)
             .await

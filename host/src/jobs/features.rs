@@ -86,20 +86,25 @@ impl FeaturesJob {
             &checkpoint_name(&self.options.group, &self.kafka.topic),
         );
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
+        // The offset of each partition's newest checkpoint known to exist.
+        let mut saved_at: HashMap<i32, i64> = HashMap::new();
         let mut report = FeaturesReport::default();
         while let Some(batch) = consuming.next_batch().await? {
             if consuming.assignment_changed() {
                 // Partitions may have moved: state is reloaded from the
                 // checkpoints, which the previous owners wrote last.
                 states.clear();
+                saved_at.clear();
             }
             decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
             let readers = decoder.readers();
             let partitions = consuming
                 .partition_count()
                 .ok_or_else(|| Error::Other(format!("the partition count of {} is unknown", self.kafka.topic)))?;
-            let mut events = Vec::new();
-            let mut touched = Vec::new();
+            // Before the fence commits the batch's first offsets, each
+            // partition's state as of its first offset must be checkpointed
+            // under that offset: a fresh partition, an offset gap or skipped
+            // records leave the last checkpoint under another name.
             for (partition, records) in by_partition(&batch) {
                 let first_offset = records[0].offset;
                 let state = match states.entry(partition) {
@@ -108,7 +113,11 @@ impl FeaturesJob {
                         let start = consuming
                             .start_of(partition)
                             .ok_or_else(|| Error::Other(format!("partition {partition} has no start")))?;
-                        entry.insert(checkpoints.resume(partition, start.committed, start.offset).await?)
+                        let state = checkpoints.resume(partition, start.committed, start.offset).await?;
+                        if let Some(committed) = start.committed {
+                            saved_at.insert(partition, committed);
+                        }
+                        entry.insert(state)
                     }
                 };
                 if first_offset < state.next_offset {
@@ -118,7 +127,23 @@ impl FeaturesJob {
                         state.next_offset
                     )));
                 }
-                // The batch's claim is committed: older checkpoints are stale.
+                if saved_at.get(&partition) != Some(&first_offset) {
+                    state.next_offset = first_offset;
+                    checkpoints.save(partition, state).await?;
+                    saved_at.insert(partition, first_offset);
+                }
+            }
+            if !consuming.fence(&batch).await? {
+                continue;
+            }
+            let mut events = Vec::new();
+            let mut touched = Vec::new();
+            for (partition, records) in by_partition(&batch) {
+                let first_offset = records[0].offset;
+                let Some(state) = states.get_mut(&partition) else {
+                    continue;
+                };
+                // The fence committed the first offset: older checkpoints are stale.
                 checkpoints.forget_below(partition, first_offset).await?;
 
                 let mut inputs = Vec::with_capacity(records.len());
@@ -208,6 +233,7 @@ impl FeaturesJob {
             for partition in touched {
                 if let Some(state) = states.get(&partition) {
                     checkpoints.save(partition, state).await?;
+                    saved_at.insert(partition, state.next_offset);
                     crate::fault::point("mid-checkpoint");
                 }
             }

@@ -53,12 +53,11 @@ pub struct RunOptions {
 /// commits and the dead-letter topic.
 ///
 /// The protocol, per batch: `next_batch` claims the batch's range per
-/// partition (`claims`), adopting a range an earlier claim fixed, then
+/// partition (`claims`), adopting a range an earlier claim fixed; `fence`
 /// commits its first offsets, which the group refuses to a member that lost
-/// the partitions; only then is the batch handed out. The job writes every
-/// output; `done` flushes the dead letters and marks the batch durable; its
-/// offsets are committed with the next batch's, or when the topic goes quiet,
-/// or at the stop.
+/// the partitions; only then does the job write its outputs. `done` flushes
+/// the dead letters and marks the batch durable; its offsets are committed
+/// with the next batch's fence, when the topic goes quiet, or at the stop.
 pub struct Consuming {
     source: Source,
     claims: Claims,
@@ -139,13 +138,17 @@ impl Consuming {
 
     /// The next claimed batch, or `None` once the job should stop: on
     /// SIGINT/SIGTERM, or when it was asked to stop once the group has
-    /// caught up and it has. A batch the group refuses to let this member
-    /// claim (it lost its partitions) is dropped, never handed out.
+    /// caught up and it has. Call `fence` before writing any of its outputs.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<Consumed>>> {
         while !*self.stop.borrow() {
             let batch = self
                 .source
-                .next_batch(self.options.batch_size, self.options.idle, self.options.max_wait)
+                .next_batch(
+                    self.options.batch_size,
+                    self.options.idle,
+                    self.options.max_wait,
+                    &self.stop,
+                )
                 .await?;
             if batch.is_empty() {
                 self.commit_durable().await?;
@@ -164,23 +167,31 @@ impl Consuming {
             if batch.is_empty() {
                 continue;
             }
-            let mut positions = self.take_durable(&batch);
-            let firsts = first_offsets(&batch);
-            positions.extend(
-                firsts
-                    .iter()
-                    .map(|(&partition, &offset)| Position { partition, offset }),
-            );
-            if self.commit(&positions).await? == Commit::Fenced {
-                continue;
-            }
-            for (partition, first) in firsts {
-                self.claims.forget_below(partition, first).await?;
-            }
             return Ok(Some(batch));
         }
         self.commit_durable().await?;
         Ok(None)
+    }
+
+    /// Commits the claimed batch's first offsets (with the durable positions
+    /// of other partitions). The broker refuses this to a member that lost
+    /// its partitions: then the batch must be dropped unwritten (`false`).
+    /// Whatever a job needs to resume from a first offset (a checkpoint
+    /// named by it) must exist before this call.
+    pub async fn fence(&mut self, batch: &[Consumed]) -> Result<bool> {
+        let mut positions = self.take_durable(batch);
+        positions.extend(
+            first_offsets(batch)
+                .into_iter()
+                .map(|(partition, offset)| Position { partition, offset }),
+        );
+        if self.commit(&positions).await? == Commit::Fenced {
+            return Ok(false);
+        }
+        for position in positions {
+            self.claims.forget_below(position.partition, position.offset).await?;
+        }
+        Ok(true)
     }
 
     /// Claims the batch's range of each partition and keeps what the agreed

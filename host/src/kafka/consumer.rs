@@ -72,8 +72,11 @@ pub struct Position {
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between attempts while the broker is unreachable.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
-/// How long an assignment keeps asking an unreachable broker for offsets.
+/// How long an assignment keeps asking an unreachable broker for offsets, in
+/// all (it runs inside the rebalance callback).
 const ASSIGN_PATIENCE: Duration = Duration::from_secs(60);
+/// How often a wait for a claimed range checks that the range can complete.
+const CLAIM_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// The current assignment as the rebalance callback decided it.
 #[derive(Default)]
@@ -106,7 +109,14 @@ impl ConsumerContext for GroupContext {
             }
             *self.lock() = assignment;
         } else {
-            tracing::info!(?partitions, reason = ?RDKafkaErrorCode::from(err), "partitions revoked");
+            if consumer.assignment_lost() {
+                tracing::warn!(
+                    ?partitions,
+                    "partitions revoked: this member lost its partitions (its session expired)"
+                );
+            } else {
+                tracing::info!(?partitions, "partitions revoked");
+            }
             *self.lock() = Assignment::default();
             if let Err(e) = consumer.unassign() {
                 tracing::error!(error = %e, "unassign failed");
@@ -127,7 +137,10 @@ impl GroupContext {
     /// Sets each partition's start offset in `list` and records the plan.
     fn plan(&self, consumer: &BaseConsumer<Self>, list: &mut TopicPartitionList) -> Assignment {
         let mut assignment = Assignment::default();
-        let committed = match patiently("committed offsets", || {
+        // One deadline for every request of the plan: it runs inside the
+        // rebalance callback, which must end well inside max.poll.interval.ms.
+        let deadline = Instant::now() + ASSIGN_PATIENCE;
+        let committed = match patiently(deadline, "committed offsets", || {
             consumer.committed_offsets(list.clone(), METADATA_TIMEOUT)
         }) {
             Ok(c) => c,
@@ -138,11 +151,16 @@ impl GroupContext {
                 return assignment;
             }
         };
-        assignment.partition_count = patiently("metadata", || {
+        match patiently(deadline, "metadata", || {
             consumer.fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
-        })
-        .ok()
-        .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32));
+        }) {
+            Ok(metadata) => {
+                assignment.partition_count = metadata.topics().first().map(|t| t.partitions().len() as i32);
+            }
+            Err(e) => assignment
+                .refusals
+                .push(format!("cannot read the metadata of {}: {e}", self.topic)),
+        }
         for element in list.elements_for_topic(&self.topic) {
             let partition = element.partition();
             let group_commit = committed
@@ -151,7 +169,7 @@ impl GroupContext {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            let watermarks = patiently("watermarks", || {
+            let watermarks = patiently(deadline, "watermarks", || {
                 consumer.fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
             });
             let decided = watermarks
@@ -173,12 +191,12 @@ impl GroupContext {
     }
 }
 
-/// Retries a broker request while the broker is unreachable.
+/// Retries a broker request while the broker is unreachable, until `deadline`.
 fn patiently<T>(
+    deadline: Instant,
     what: &str,
     mut request: impl FnMut() -> rdkafka::error::KafkaResult<T>,
 ) -> rdkafka::error::KafkaResult<T> {
-    let deadline = Instant::now() + ASSIGN_PATIENCE;
     loop {
         match request() {
             Ok(value) => return Ok(value),
@@ -224,13 +242,7 @@ impl Source {
             .set("enable.auto.offset.store", "false")
             // Starts are decided at assignment; an offset that falls out of
             // the retained range while reading is an error, never a jump.
-            .set(
-                "auto.offset.reset",
-                match on_data_loss {
-                    OnDataLoss::Fail => "error",
-                    OnDataLoss::Continue => "earliest",
-                },
-            )
+            .set("auto.offset.reset", "error")
             .set("enable.partition.eof", "false")
             // Eager rebalancing; see the module comment.
             .set("partition.assignment.strategy", "roundrobin")
@@ -315,22 +327,44 @@ impl Source {
 
     /// Up to `max` records, returned when `max` is reached, when no record
     /// has arrived for `idle`, or once the batch is `max_wait` old; a claimed
-    /// range held back is always completed first. Empty when the
-    /// topic is quiet. A rebalance during collection discards the records
-    /// collected so far (see the module comment).
-    pub async fn next_batch(&mut self, max: usize, idle: Duration, max_wait: Duration) -> Result<Vec<Consumed>> {
+    /// range held back is always completed first (meanwhile the other
+    /// partitions' records wait for the next batch once the batch is full or
+    /// old). Empty when the topic is quiet, or when `stop` turns true while
+    /// a claimed range is incomplete. A rebalance during collection discards
+    /// the records collected so far (see the module comment).
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        idle: Duration,
+        max_wait: Duration,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Vec<Consumed>> {
         let mut batch: Vec<Consumed> = Vec::new();
         // Partitions whose further records belong to the next batch.
         let mut closed: HashSet<i32> = HashSet::new();
         for record in std::mem::take(&mut self.carry) {
-            self.admit(record, &mut batch, &mut closed);
+            self.admit(record, &mut batch, &mut closed, false);
         }
         let started = Instant::now();
-        let mut warned_at = Instant::now();
+        let mut checked_at = Instant::now();
         loop {
             self.refusals()?;
-            if self.claimed.is_empty() && (batch.len() >= max || started.elapsed() >= max_wait) {
+            let full = batch.len() >= max || started.elapsed() >= max_wait;
+            if self.claimed.is_empty() && full {
                 break;
+            }
+            if !self.claimed.is_empty() {
+                if *stop.borrow() {
+                    // The collected records are uncommitted: fetched again later.
+                    self.carry.clear();
+                    self.claimed.clear();
+                    return Ok(Vec::new());
+                }
+                if checked_at.elapsed() > CLAIM_CHECK_EVERY {
+                    checked_at = Instant::now();
+                    tracing::warn!(claimed = ?self.claimed, "waiting for the records of claimed ranges");
+                    self.check_claims_reachable()?;
+                }
             }
             if let Some(since) = self.fenced_since
                 && since.elapsed() > self.session_timeout * 3
@@ -363,24 +397,16 @@ impl Source {
                 self.refusals()?;
             }
             let message = match received {
-                Err(_elapsed) => {
-                    if self.claimed.is_empty() {
-                        break;
-                    }
-                    if warned_at.elapsed() > Duration::from_secs(10) {
-                        warned_at = Instant::now();
-                        tracing::warn!(claimed = ?self.claimed, "waiting for the records of claimed segments");
-                    }
-                    continue;
-                }
+                Err(_elapsed) if self.claimed.is_empty() => break,
+                Err(_elapsed) => continue,
                 Ok(Ok(message)) => message,
                 Ok(Err(KafkaError::MessageConsumption(
                     code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange),
                 ))) => {
                     return Err(Error::Refused(format!(
                         "{}: the next offset to read is no longer in the topic ({code}): retention deleted records \
-                         before this job read them. Refusing to skip them; recover them from the archive, or run \
-                         with --on-data-loss=continue to skip them knowingly.",
+                         before this job read them. Nothing after the last commit was written; a restart refuses \
+                         them with a count, or skips and counts them with --on-data-loss=continue.",
                         self.topic
                     )));
                 }
@@ -395,30 +421,57 @@ impl Source {
             if self.fenced_since.is_some() {
                 continue;
             }
-            self.admit(message, &mut batch, &mut closed);
+            self.admit(message, &mut batch, &mut closed, full);
         }
         Ok(batch)
     }
 
+    /// A claimed range always ended at a record that existed; one reaching
+    /// past the partition's end was made for another incarnation of the
+    /// topic, and waiting for it would wait forever.
+    fn check_claims_reachable(&self) -> Result<()> {
+        for (&partition, &end) in &self.claimed {
+            let high = match self.consumer.fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT) {
+                Ok((_, high)) => high,
+                Err(e) => {
+                    tracing::warn!(error = %e, partition, "cannot read the partition's end; asking again later");
+                    continue;
+                }
+            };
+            if end > high {
+                return Err(Error::Refused(format!(
+                    "partition {partition} of {}: a claim ends at offset {end}, beyond the partition's end {high}; \
+                     it was made before the topic was recreated. Delete the group's claims \
+                     (<redis prefix>:claims:<group>:{}:{partition}) to start over.",
+                    self.topic, self.topic
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Adds a record to the batch, or to the carry-over when it lies past a
-    /// claimed range's end.
-    fn admit(&mut self, record: Consumed, batch: &mut Vec<Consumed>, closed: &mut HashSet<i32>) {
+    /// claimed range's end, or when the batch is `full` and only claimed
+    /// ranges are still being completed.
+    fn admit(&mut self, record: Consumed, batch: &mut Vec<Consumed>, closed: &mut HashSet<i32>, full: bool) {
         let partition = record.partition;
-        if closed.contains(&partition) {
+        let Some(&end) = self.claimed.get(&partition) else {
+            if full || closed.contains(&partition) {
+                self.carry.push_back(record);
+            } else {
+                batch.push(record);
+            }
+            return;
+        };
+        if record.offset >= end {
+            self.claimed.remove(&partition);
+            closed.insert(partition);
             self.carry.push_back(record);
             return;
         }
-        if let Some(&end) = self.claimed.get(&partition) {
-            if record.offset >= end {
-                self.claimed.remove(&partition);
-                closed.insert(partition);
-                self.carry.push_back(record);
-                return;
-            }
-            if record.offset + 1 >= end {
-                self.claimed.remove(&partition);
-                closed.insert(partition);
-            }
+        if record.offset + 1 >= end {
+            self.claimed.remove(&partition);
+            closed.insert(partition);
         }
         batch.push(record);
     }
