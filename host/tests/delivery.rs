@@ -348,3 +348,78 @@ async fn ten_thousand_malformed_records_are_dead_lettered_in_bulk() {
     let letters = read_topic(&format!("{topic}-dlq"));
     assert_eq!(letters.len(), 10_000);
 }
+
+/// Retention deletes records a stopped group never read: the job fails by
+/// default, naming the partition and how many records are gone; with
+/// `--on-data-loss=continue` it skips exactly those and reports how many.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_deleted_before_the_group_read_them_are_refused_or_counted() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let topic = unique("data-loss");
+    setup_topic(&topic);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let group = format!("{topic}-backup");
+    produce(&topic, 1000, 0);
+    run_job("backup", &topic, &url, &[]);
+    produce(&topic, 1000, 1000);
+
+    // Retention passes the group's offset of partition 0 by 100 records.
+    let lag = group_lag(&topic, &group);
+    let &(partition, committed, high) = lag
+        .iter()
+        .find(|(p, _, _)| *p == 0)
+        .expect("partition 0 has new records");
+    assert!(high - committed > 100, "{lag:?}");
+    let args = kafka_args(&topic);
+    let credentials = args.admin_credentials();
+    let admin: AdminClient<DefaultClientContext> = args.client_config(credentials.as_ref()).create().expect("admin");
+    let mut cut = TopicPartitionList::new();
+    cut.add_partition_offset(&topic, partition, Offset::Offset(committed + 100))
+        .expect("offset");
+    admin
+        .delete_records(&cut, &AdminOptions::new())
+        .await
+        .expect("delete records");
+
+    let module_path = module("backup");
+    let dlq = format!("{topic}-dlq");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--topic",
+            &topic,
+            "--dlq-topic",
+            &dlq,
+            "run",
+            "--job",
+            "backup",
+            "--module",
+            &module_path,
+            "--group",
+            &group,
+            "--until-caught-up",
+            "--output-url",
+            &url,
+        ];
+        args.extend(extra);
+        sluice(&args)
+    };
+    let refused = run(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("partition 0") && stderr.contains("100 records were deleted"),
+        "{stderr}"
+    );
+
+    let output = run(&["--on-data-loss", "continue"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary = report(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(summary["skipped_by_data_loss"], 100, "{summary}");
+    let archived = read_dataset(&storage_args(&url).open().expect("storage"), &topic).await;
+    let rows: usize = archived.iter().map(|(_, b)| b.num_rows()).sum();
+    assert_eq!(rows, 1900, "everything but the 100 deleted records");
+}

@@ -74,12 +74,15 @@ pub struct Consuming {
     last_commit_at: Option<Instant>,
 }
 
-/// How long a job was busy, for its report.
+/// How long a job was busy and what it could not read, for its report.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct Throughput {
     /// From the first batch received to the last batch committed.
     pub seconds: f64,
     pub records_per_s: f64,
+    /// Records retention deleted before the group read them, skipped with
+    /// `--on-data-loss=continue`.
+    pub skipped_by_data_loss: u64,
 }
 
 impl Consuming {
@@ -124,15 +127,20 @@ impl Consuming {
 
     /// The busy span and rate over `records`.
     pub fn throughput(&self, records: u64) -> Throughput {
+        let skipped_by_data_loss = self.source.skipped_by_data_loss();
         match (self.first_batch_at, self.last_commit_at) {
             (Some(first), Some(last)) => {
                 let seconds = last.duration_since(first).as_secs_f64();
                 Throughput {
                     seconds,
                     records_per_s: records as f64 / seconds.max(1e-9),
+                    skipped_by_data_loss,
                 }
             }
-            _ => Throughput::default(),
+            _ => Throughput {
+                skipped_by_data_loss,
+                ..Throughput::default()
+            },
         }
     }
 

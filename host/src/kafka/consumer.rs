@@ -94,6 +94,10 @@ struct GroupContext {
     on_data_loss: OnDataLoss,
     rebalances: AtomicU64,
     assignment: Mutex<Assignment>,
+    /// Records skipped because retention deleted them, by (partition,
+    /// committed offset): a rebalance that plans the same skip again does
+    /// not count it twice.
+    skipped: Mutex<HashMap<(i32, i64), u64>>,
 }
 
 impl ClientContext for GroupContext {}
@@ -177,6 +181,12 @@ impl GroupContext {
                 .and_then(|w| starting_offsets::decide(&self.topic, partition, group_commit, w, self.on_data_loss));
             match decided {
                 Ok(start) => {
+                    if let (Some(committed), skipped @ 1..) = (start.committed, start.skipped) {
+                        self.skipped
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert((partition, committed), skipped as u64);
+                    }
                     assignment.starts.insert(partition, start);
                 }
                 Err(refusal) => assignment.refusals.push(refusal),
@@ -253,6 +263,7 @@ impl Source {
             on_data_loss,
             rebalances: AtomicU64::new(0),
             assignment: Mutex::new(Assignment::default()),
+            skipped: Mutex::new(HashMap::new()),
         };
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(context).map_err(kafka("create"))?;
         let context = consumer.context().clone();
@@ -296,9 +307,15 @@ impl Source {
         self.context.lock().partition_count
     }
 
-    /// Records skipped at assignment because retention deleted them.
-    pub fn skipped_by_data_loss(&self) -> i64 {
-        self.context.lock().starts.values().map(|s| s.skipped).sum()
+    /// Records skipped so far because retention deleted them before the
+    /// group read them (`--on-data-loss=continue`).
+    pub fn skipped_by_data_loss(&self) -> u64 {
+        self.context
+            .skipped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .sum()
     }
 
     fn refusals(&self) -> Result<()> {
