@@ -121,10 +121,10 @@ impl Checkpoints {
             let stored = self.offsets(partition).await?;
             if let Some(latest) = stored.last() {
                 return Err(Error::Mismatch(format!(
-                    "partition {partition}: the group has no committed offset, but a checkpoint at offset {latest} \
-                     exists ({}). Starting empty would count from scratch. Commit the checkpoint's offset for the \
-                     group (the backfill hand-off does), or delete that partition's checkpoints to rebuild it from \
-                     the topic.",
+                    "partition {partition}: the group has no committed offset (its offsets were deleted, or the \
+                     topic was recreated), but a checkpoint at offset {latest} exists ({}). Starting empty would \
+                     count from scratch. Commit the checkpoint's offset for the group (the backfill hand-off does), \
+                     or delete that partition's checkpoints to rebuild it from the topic.",
                     self.describe(partition)
                 )));
             }

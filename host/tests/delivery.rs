@@ -13,7 +13,6 @@ use common::verify::verify_outputs;
 use common::*;
 use redis::AsyncCommands;
 use sluice::kafka::partitioner::partition_of;
-use sluice::registry::Registry;
 
 /// A crash or stall point must be reached within this long.
 const REACH: Duration = Duration::from_secs(90);
@@ -23,10 +22,8 @@ const STALL: Duration = Duration::from_secs(9);
 #[tokio::test(flavor = "multi_thread")]
 async fn zombies_that_wake_up_mid_batch_cannot_corrupt_outputs() {
     let topic = unique("zombies");
-    let dlq = format!("{topic}-dlq");
-    sluice_ok(&["--topic", &topic, "--dlq-topic", &dlq, "setup", "--partitions", "4"]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("file://{}", dir.path().display());
+    setup_topic_with(&topic, 4);
+    let (_lake, url) = local_lake();
     let records = 54_000u64;
     let producer = spawn_producer(&topic, records, 1500);
 
@@ -89,14 +86,8 @@ async fn zombies_that_wake_up_mid_batch_cannot_corrupt_outputs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn mispartitioned_records_are_refused_or_dead_lettered_never_miscounted() {
     let topic = unique("mixed-partitioners");
-    let dlq = format!("{topic}-dlq");
-    sluice_ok(&["--topic", &topic, "--dlq-topic", &dlq, "setup", "--partitions", "4"]);
-    let registry = Registry::new(&env("SLUICE_REGISTRY_URL")).expect("registry");
-    let id = registry
-        .latest(&sluice::model::value_subject(&topic))
-        .await
-        .expect("registered")
-        .id;
+    setup_topic_with(&topic, 4);
+    let id = registered_id(&topic).await;
     let (mut java, mut crc) = (Vec::new(), Vec::new());
     for i in 0..4000i64 {
         let user = (i % 200) as i32;
@@ -116,29 +107,9 @@ async fn mispartitioned_records_are_refused_or_dead_lettered_never_miscounted() 
     produce_raw_with(&topic, &java, "murmur2_random").await;
     produce_raw_with(&topic, &crc, "consistent_random").await;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("file://{}", dir.path().display());
-    let module_path = module("features");
-    let group = format!("{topic}-features");
+    let (_lake, url) = local_lake();
     let prefix = format!("sluice:test:{topic}");
-    let refused = sluice(&[
-        "--topic",
-        &topic,
-        "--dlq-topic",
-        &dlq,
-        "run",
-        "--job",
-        "features",
-        "--module",
-        &module_path,
-        "--group",
-        &group,
-        "--until-caught-up",
-        "--output-url",
-        &url,
-        "--redis-prefix",
-        &prefix,
-    ]);
+    let refused = run_job_output("features", &topic, &url, &[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "must refuse: {stderr}");
     assert!(
@@ -165,7 +136,7 @@ async fn mispartitioned_records_are_refused_or_dead_lettered_never_miscounted() 
         report["mispartitioned"].as_u64().expect("count") >= misplaced,
         "{report}"
     );
-    let letters = read_topic(&dlq);
+    let letters = read_topic(&format!("{topic}-dlq"));
     let reasons: Vec<&String> = letters
         .iter()
         .filter_map(|l| l.headers.get("sluice.reason"))
@@ -196,11 +167,9 @@ async fn mispartitioned_records_are_refused_or_dead_lettered_never_miscounted() 
 #[tokio::test(flavor = "multi_thread")]
 async fn until_caught_up_waits_for_the_partitions_of_dead_members() {
     let topic = unique("caught-up");
-    let dlq = format!("{topic}-dlq");
-    sluice_ok(&["--topic", &topic, "--dlq-topic", &dlq, "setup", "--partitions", "4"]);
+    setup_topic_with(&topic, 4);
     produce(&topic, 4000, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("file://{}", dir.path().display());
+    let (_lake, url) = local_lake();
     let group = format!("{topic}-backup");
     let args = job_args("backup", &topic, &group, &url);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -227,8 +196,7 @@ async fn until_caught_up_waits_for_the_partitions_of_dead_members() {
 async fn a_missing_or_stale_checkpoint_is_refused_and_rebuild_state_recovers() {
     let topic = unique("checkpoints");
     setup_topic(&topic);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("file://{}", dir.path().display());
+    let (dir, url) = local_lake();
     let group = format!("{topic}-features");
     produce(&topic, 2000, 0);
     run_job("features", &topic, &url, &[]);
@@ -244,29 +212,7 @@ async fn a_missing_or_stale_checkpoint_is_refused_and_rebuild_state_recovers() {
 
     // Missing: partition 0's checkpoints are gone.
     std::fs::remove_dir_all(folder(0)).expect("remove");
-    let run = || {
-        let module_path = module("features");
-        let dlq = format!("{topic}-dlq");
-        let prefix = format!("sluice:test:{topic}");
-        sluice(&[
-            "--topic",
-            &topic,
-            "--dlq-topic",
-            &dlq,
-            "run",
-            "--job",
-            "features",
-            "--module",
-            &module_path,
-            "--group",
-            &group,
-            "--until-caught-up",
-            "--output-url",
-            &url,
-            "--redis-prefix",
-            &prefix,
-        ])
-    };
+    let run = || run_job_output("features", &topic, &url, &[]);
     let output = run();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
@@ -316,12 +262,7 @@ async fn a_missing_or_stale_checkpoint_is_refused_and_rebuild_state_recovers() {
 async fn ten_thousand_malformed_records_are_dead_lettered_in_bulk() {
     let topic = unique("bulk-dlq");
     setup_topic(&topic);
-    let registry = Registry::new(&env("SLUICE_REGISTRY_URL")).expect("registry");
-    let id = registry
-        .latest(&sluice::model::value_subject(&topic))
-        .await
-        .expect("registered")
-        .id;
+    let id = registered_id(&topic).await;
     let mut records = Vec::new();
     for i in 0..12_000i64 {
         let user = (i % 100) as i32;
@@ -342,8 +283,7 @@ async fn ten_thousand_malformed_records_are_dead_lettered_in_bulk() {
         records.push((user.to_string(), value));
     }
     produce_raw(&topic, &records).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("file://{}", dir.path().display());
+    let (_lake, url) = local_lake();
     let report = run_job("backup", &topic, &url, &[]);
     assert_eq!(report["archived"], 2000, "{report}");
     assert_eq!(report["dead_lettered"], 10_000, "{report}");
@@ -362,8 +302,7 @@ async fn records_deleted_before_the_group_read_them_are_refused_or_counted() {
 
     let topic = unique("data-loss");
     setup_topic(&topic);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("file://{}", dir.path().display());
+    let (_lake, url) = local_lake();
     let group = format!("{topic}-backup");
     produce(&topic, 1000, 0);
     run_job("backup", &topic, &url, &[]);
@@ -387,28 +326,7 @@ async fn records_deleted_before_the_group_read_them_are_refused_or_counted() {
         .await
         .expect("delete records");
 
-    let module_path = module("backup");
-    let dlq = format!("{topic}-dlq");
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "--topic",
-            &topic,
-            "--dlq-topic",
-            &dlq,
-            "run",
-            "--job",
-            "backup",
-            "--module",
-            &module_path,
-            "--group",
-            &group,
-            "--until-caught-up",
-            "--output-url",
-            &url,
-        ];
-        args.extend(extra);
-        sluice(&args)
-    };
+    let run = |extra: &[&str]| run_job_output("backup", &topic, &url, extra);
     let refused = run(&[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");

@@ -64,14 +64,8 @@ pub struct Claims {
 impl Claims {
     /// Claims of `group` on `topic`, under `<prefix>:claims:`.
     pub async fn connect(url: &str, prefix: &str, group: &str, topic: &str) -> Result<Self, Error> {
-        let error = |source| Error::Redis {
-            url: url.to_string(),
-            source,
-        };
-        let client = redis::Client::open(url).map_err(error)?;
-        let connection = client.get_multiplexed_async_connection().await.map_err(error)?;
         Ok(Self {
-            connection,
+            connection: crate::sinks::redis::connect(url).await?,
             url: url.to_string(),
             key_prefix: format!("{prefix}:claims:{group}:{topic}"),
             script: Script::new(CLAIM),

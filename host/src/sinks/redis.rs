@@ -55,14 +55,8 @@ pub struct RedisSink {
 
 impl RedisSink {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
-        let error = |source| Error::Redis {
-            url: url.to_string(),
-            source,
-        };
-        let client = redis::Client::open(url).map_err(error)?;
-        let connection = client.get_multiplexed_async_connection().await.map_err(error)?;
         Ok(Self {
-            connection,
+            connection: connect(url).await?,
             prefix: prefix.to_string(),
             url: url.to_string(),
             script: Script::new(FENCED_WRITE),
@@ -103,6 +97,16 @@ impl RedisSink {
         }
         Ok(written)
     }
+}
+
+/// A connection to the Redis at `url`, shared by every command on it.
+pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
+    let error = |source| Error::Redis {
+        url: url.to_string(),
+        source,
+    };
+    let client = redis::Client::open(url).map_err(error)?;
+    client.get_multiplexed_async_connection().await.map_err(error)
 }
 
 pub fn user_key(prefix: &str, user_id: i32) -> String {

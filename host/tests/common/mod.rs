@@ -254,8 +254,9 @@ pub fn framed(schema_id: u32, body: Vec<u8>) -> Vec<u8> {
     value
 }
 
-/// Runs a consumer job to the end of the topic and returns its report.
-pub fn run_job(job: &str, topic: &str, output_url: &str, extra: &[&str]) -> serde_json::Value {
+/// Runs a consumer job to the end of the topic in group `<topic>-<job>`,
+/// whatever its outcome.
+pub fn run_job_output(job: &str, topic: &str, output_url: &str, extra: &[&str]) -> Output {
     let dlq = format!("{topic}-dlq");
     let group = format!("{topic}-{job}");
     let prefix = format!("sluice:test:{topic}");
@@ -276,13 +277,58 @@ pub fn run_job(job: &str, topic: &str, output_url: &str, extra: &[&str]) -> serd
         args.extend(["--redis-prefix", &prefix]);
     }
     args.extend(extra);
-    report(&sluice_ok(&args))
+    sluice(&args)
+}
+
+/// Runs a consumer job to the end of the topic, insists it succeeded and
+/// returns its report.
+pub fn run_job(job: &str, topic: &str, output_url: &str, extra: &[&str]) -> serde_json::Value {
+    let output = run_job_output(job, topic, output_url, extra);
+    assert!(
+        output.status.success(),
+        "{job} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    report(&String::from_utf8_lossy(&output.stdout))
 }
 
 /// `sluice setup` for a test topic with its own dead-letter topic.
 pub fn setup_topic(topic: &str) {
+    setup_topic_with(topic, 2);
+}
+
+/// `sluice setup` for a test topic of `partitions` partitions with its own
+/// dead-letter topic `<topic>-dlq`.
+pub fn setup_topic_with(topic: &str, partitions: u32) {
     let dlq = format!("{topic}-dlq");
-    sluice_ok(&["--topic", topic, "--dlq-topic", &dlq, "setup", "--partitions", "2"]);
+    let partitions = partitions.to_string();
+    sluice_ok(&[
+        "--topic",
+        topic,
+        "--dlq-topic",
+        &dlq,
+        "setup",
+        "--partitions",
+        &partitions,
+    ]);
+}
+
+/// A fresh `file://` lake: the directory (deleted when dropped) and its URL.
+pub fn local_lake() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    (dir, url)
+}
+
+/// The id of the latest value schema registered for `topic`.
+pub async fn registered_id(topic: &str) -> u32 {
+    let registry = sluice::registry::Registry::new(&env("SLUICE_REGISTRY_URL")).expect("registry");
+    registry
+        .latest(&sluice::model::value_subject(topic))
+        .await
+        .expect("registered")
+        .id
 }
 
 /// A sluice process running in the background, its stderr read line by line.
