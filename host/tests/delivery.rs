@@ -343,3 +343,44 @@ async fn records_deleted_before_the_group_read_them_are_refused_or_counted() {
     let rows: usize = archived.iter().map(|(_, b)| b.num_rows()).sum();
     assert_eq!(rows, 1900, "everything but the 100 deleted records");
 }
+
+/// `file://` outputs are durable before offsets are committed: every
+/// Parquet object and checkpoint is fsynced, and so is the directory that
+/// names it. Seen from the system calls, with strace.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_outputs_and_their_directories_are_fsynced() {
+    let topic = unique("fsync");
+    setup_topic(&topic);
+    produce(&topic, 500, 0);
+    let (lake, url) = local_lake();
+    let trace = lake.path().join("strace.txt");
+    let args = job_run_args("features", &topic, &url, &[]);
+    let output = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .args(&args)
+        .output()
+        .expect("strace (the machine's strace package) runs sluice");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let calls = std::fs::read_to_string(&trace).expect("trace");
+    // Lines read `fsync(7</path/of/the/file>) = 0`; a staged file's name
+    // may carry a suffix until it is renamed into place.
+    let synced_paths: Vec<&str> = calls
+        .lines()
+        .filter(|l| l.contains("sync(") && l.ends_with(" = 0"))
+        .filter_map(|l| l.split_once('<')?.1.split_once('>').map(|(path, _)| path))
+        .collect();
+    let synced = |wanted: &dyn Fn(&str) -> bool| synced_paths.iter().any(|p| wanted(p));
+    assert!(
+        synced(&|p| p.contains(".parquet")),
+        "no Parquet object fsynced:\n{calls}"
+    );
+    assert!(synced(&|p| p.contains(".json")), "no checkpoint fsynced:\n{calls}");
+    assert!(
+        synced(
+            &|p| p.ends_with("transactions_features/partition=0") || p.ends_with("transactions_features/partition=1")
+        ),
+        "the objects' directory was not fsynced:\n{calls}"
+    );
+}

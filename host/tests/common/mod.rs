@@ -254,30 +254,40 @@ pub fn framed(schema_id: u32, body: Vec<u8>) -> Vec<u8> {
     value
 }
 
-/// Runs a consumer job to the end of the topic in group `<topic>-<job>`,
-/// whatever its outcome.
-pub fn run_job_output(job: &str, topic: &str, output_url: &str, extra: &[&str]) -> Output {
-    let dlq = format!("{topic}-dlq");
-    let group = format!("{topic}-{job}");
-    let prefix = format!("sluice:test:{topic}");
-    let module_path = module(job);
-    let mut args = vec![
+/// The arguments that run a consumer job to the end of the topic in group
+/// `<topic>-<job>`.
+pub fn job_run_args(job: &str, topic: &str, output_url: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--topic",
         topic,
         "--dlq-topic",
-        &dlq,
+        &format!("{topic}-dlq"),
         "run",
         "--job",
         job,
         "--module",
-        &module_path,
-    ];
-    args.extend(["--group", &group, "--until-caught-up", "--output-url", output_url]);
+        &module(job),
+        "--group",
+        &format!("{topic}-{job}"),
+        "--until-caught-up",
+        "--output-url",
+        output_url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     if job == "features" {
-        args.extend(["--redis-prefix", &prefix]);
+        args.extend(["--redis-prefix".into(), format!("sluice:test:{topic}")]);
     }
-    args.extend(extra);
-    sluice(&args)
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs a consumer job to the end of the topic in group `<topic>-<job>`,
+/// whatever its outcome.
+pub fn run_job_output(job: &str, topic: &str, output_url: &str, extra: &[&str]) -> Output {
+    let args = job_run_args(job, topic, output_url, extra);
+    sluice(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Runs a consumer job to the end of the topic, insists it succeeded and
