@@ -119,7 +119,15 @@ impl Checkpoints {
     ) -> Result<PartitionState> {
         let Some(offset) = committed else {
             let stored = self.offsets(partition).await?;
-            if let Some(latest) = stored.last() {
+            // Empty checkpoints are what a first batch saves before its fence;
+            // a refused fence or a crash leaves them without a commit.
+            let mut meaningful = Vec::new();
+            for offset in stored {
+                if !self.load(partition, offset).await?.values.is_empty() {
+                    meaningful.push(offset);
+                }
+            }
+            if let Some(latest) = meaningful.last() {
                 return Err(Error::Mismatch(format!(
                     "partition {partition}: the group has no committed offset (its offsets were deleted, or the \
                      topic was recreated), but a checkpoint at offset {latest} exists ({}). Starting empty would \
@@ -135,14 +143,7 @@ impl Checkpoints {
         };
         let path = self.path(partition, offset);
         match self.storage.store.get(&path).await {
-            Ok(object) => {
-                let bytes = object.bytes().await.map_err(|e| Self::error(&path, e))?;
-                let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| Self::error(&path, e))?;
-                Ok(PartitionState {
-                    next_offset: stored.next_offset,
-                    values: stored.values.into_iter().collect(),
-                })
-            }
+            Ok(object) => Self::decode(&path, object).await,
             Err(object_store::Error::NotFound { .. }) => {
                 let stored = self.offsets(partition).await?;
                 let behind = stored.iter().rev().find(|o| **o < offset);
@@ -160,6 +161,22 @@ impl Checkpoints {
             }
             Err(e) => Err(Self::error(&path, e)),
         }
+    }
+
+    async fn decode(path: &ObjectPath, object: object_store::GetResult) -> Result<PartitionState> {
+        let bytes = object.bytes().await.map_err(|e| Self::error(path, e))?;
+        let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| Self::error(path, e))?;
+        Ok(PartitionState {
+            next_offset: stored.next_offset,
+            values: stored.values.into_iter().collect(),
+        })
+    }
+
+    /// The checkpoint of a partition stored under `offset`.
+    async fn load(&self, partition: i32, offset: i64) -> Result<PartitionState> {
+        let path = self.path(partition, offset);
+        let object = self.storage.store.get(&path).await.map_err(|e| Self::error(&path, e))?;
+        Self::decode(&path, object).await
     }
 
     /// Stores a partition's checkpoint under its offset.
@@ -209,5 +226,59 @@ impl Checkpoints {
                 .map_err(|e| Self::error(&path, e))?;
         }
         Ok(offsets.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StorageArgs;
+
+    fn checkpoints(dir: &std::path::Path) -> Checkpoints {
+        let storage = StorageArgs {
+            output_url: format!("file://{}", dir.display()),
+            s3_endpoint: None,
+            s3_path_style: true,
+            s3_region: "us-east-1".into(),
+        }
+        .open()
+        .expect("storage");
+        Checkpoints::new(storage, "group/topic")
+    }
+
+    fn state(next_offset: i64, values: &[(i64, i64)]) -> PartitionState {
+        PartitionState {
+            next_offset,
+            values: values.iter().copied().collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn resumes_exactly_at_the_committed_offset_or_refuses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut checkpoints = checkpoints(dir.path());
+        checkpoints.save(0, &state(10, &[(7, 3)])).await.expect("save");
+        let resumed = checkpoints.resume(0, Some(10), 0).await.expect("resume");
+        assert_eq!(resumed.values.get(&7), Some(&3));
+        let behind = checkpoints.resume(0, Some(25), 0).await.expect_err("behind");
+        assert!(behind.to_string().contains("is at offset 10, behind it"), "{behind}");
+        let missing = checkpoints.resume(1, Some(25), 0).await.expect_err("missing");
+        assert!(
+            missing.to_string().contains("no checkpoint at or below it"),
+            "{missing}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_without_commits_ignores_empty_checkpoints_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut checkpoints = checkpoints(dir.path());
+        // What a first batch saves before a fence that was then refused.
+        checkpoints.save(0, &state(40, &[])).await.expect("save");
+        let resumed = checkpoints.resume(0, None, 40).await.expect("empty start");
+        assert_eq!((resumed.next_offset, resumed.values.len()), (40, 0));
+        checkpoints.save(0, &state(90, &[(1, 5)])).await.expect("save");
+        let refused = checkpoints.resume(0, None, 40).await.expect_err("counts exist");
+        assert!(refused.to_string().contains("no committed offset"), "{refused}");
     }
 }

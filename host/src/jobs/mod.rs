@@ -220,7 +220,9 @@ impl Consuming {
                     "adopting the range an earlier claim fixed"
                 );
             }
-            if end > range.end {
+            // Short of the agreed end: wait for the rest, unless the batch
+            // already saw past it (the range's last offsets are gone).
+            if end > range.end && !self.source.claim_completed(range.partition) {
                 incomplete.push((range.partition, end));
             }
             ends.insert(range.partition, end);

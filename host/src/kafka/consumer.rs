@@ -229,6 +229,8 @@ pub struct Source {
     batch_rebalances: u64,
     /// Claimed ranges to complete before a batch closes: partition -> end.
     claimed: HashMap<i32, i64>,
+    /// Partitions whose claimed range the last batch completed.
+    completed: HashSet<i32>,
     /// Records that belong to the next batch (past a claimed segment's end).
     carry: VecDeque<Consumed>,
     /// Since when this member knows it lost its partitions.
@@ -277,6 +279,7 @@ impl Source {
             seen_rebalances: 0,
             batch_rebalances: 0,
             claimed: HashMap::new(),
+            completed: HashSet::new(),
             carry: VecDeque::new(),
             fenced_since: None,
             session_timeout,
@@ -330,7 +333,15 @@ impl Source {
     fn on_rebalance(&mut self) {
         self.carry.clear();
         self.claimed.clear();
+        self.completed.clear();
         self.fenced_since = None;
+    }
+
+    /// True when the last batch completed a claimed range of `partition`:
+    /// every record below its end that the partition holds is in the batch
+    /// (the last offsets may be gone, leaving the batch short of the end).
+    pub fn claim_completed(&self, partition: i32) -> bool {
+        self.completed.contains(&partition)
     }
 
     /// Gives records back for the next batch, in order, ahead of any carried
@@ -359,6 +370,7 @@ impl Source {
         let mut batch: Vec<Consumed> = Vec::new();
         // Partitions whose further records belong to the next batch.
         let mut closed: HashSet<i32> = HashSet::new();
+        self.completed.clear();
         for record in std::mem::take(&mut self.carry) {
             self.admit(record, &mut batch, &mut closed, false);
         }
@@ -427,6 +439,20 @@ impl Source {
                         self.topic
                     )));
                 }
+                // librdkafka skips records it cannot read past these errors:
+                // committing after them would lose those records silently.
+                Ok(Err(KafkaError::MessageConsumption(
+                    code @ (RDKafkaErrorCode::BadMessage
+                    | RDKafkaErrorCode::BadCompression
+                    | RDKafkaErrorCode::NotImplemented
+                    | RDKafkaErrorCode::MessageSizeTooLarge),
+                ))) => {
+                    return Err(Error::Refused(format!(
+                        "{}: the client could not read a record set ({code}) and would skip it; refusing to commit \
+                         past unread records. Nothing after the last commit was written.",
+                        self.topic
+                    )));
+                }
                 // The client reconnects by itself (broker restarts, network
                 // blips); errors here are reports, not the end of the stream.
                 Ok(Err(e)) => {
@@ -482,12 +508,14 @@ impl Source {
         };
         if record.offset >= end {
             self.claimed.remove(&partition);
+            self.completed.insert(partition);
             closed.insert(partition);
             self.carry.push_back(record);
             return;
         }
         if record.offset + 1 >= end {
             self.claimed.remove(&partition);
+            self.completed.insert(partition);
             closed.insert(partition);
         }
         batch.push(record);
