@@ -124,6 +124,17 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// Deletes every object under `prefix`; returns how many there were.
+    pub async fn delete_under(&self, prefix: &ObjectPath) -> Result<usize> {
+        use futures::TryStreamExt;
+        use object_store::ObjectStoreExt;
+        let objects: Vec<_> = self.store.list(Some(prefix)).try_collect().await?;
+        for object in &objects {
+            self.store.delete(&object.location).await?;
+        }
+        Ok(objects.len())
+    }
+
     /// The object at `relative` (a `/`-separated path) under the root.
     pub fn path(&self, relative: &str) -> ObjectPath {
         let root = self.root.as_ref();

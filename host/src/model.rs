@@ -29,7 +29,17 @@ pub struct Transaction {
 /// client (and `kcat -K`) reads it and all of a user's records share a
 /// partition.
 pub fn transaction_key(user_id: i32) -> String {
-    user_id.to_string()
+    let mut key = String::new();
+    write_transaction_key(user_id, &mut key);
+    key
+}
+
+/// `transaction_key` into a reused buffer (per-record checks, no allocation).
+pub fn write_transaction_key(user_id: i32, key: &mut String) {
+    use std::fmt::Write;
+    key.clear();
+    // Writing to a String cannot fail.
+    let _ = write!(key, "{user_id}");
 }
 
 /// One ML feature event with its lineage: the source record it was computed

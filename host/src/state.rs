@@ -216,16 +216,11 @@ impl Checkpoints {
 
     /// Deletes every checkpoint of a partition (`sluice rebuild-state`).
     pub async fn delete_partition(&self, partition: i32) -> Result<usize> {
-        let offsets = self.offsets(partition).await?;
-        for offset in &offsets {
-            let path = self.path(partition, *offset);
-            self.storage
-                .store
-                .delete(&path)
-                .await
-                .map_err(|e| Self::error(&path, e))?;
-        }
-        Ok(offsets.len())
+        let folder = self.folder(partition);
+        self.storage
+            .delete_under(&folder)
+            .await
+            .map_err(|e| Self::error(&folder, e))
     }
 }
 

@@ -183,8 +183,7 @@ async fn until_caught_up_waits_for_the_partitions_of_dead_members() {
         lag.is_empty(),
         "the run exited with partitions unread: {lag:?} ({report})"
     );
-    let archived = read_dataset(&storage_args(&url).open().expect("storage"), &topic).await;
-    let rows: usize = archived.iter().map(|(_, b)| b.num_rows()).sum();
+    let rows = archived_rows(&url, &topic).await;
     assert_eq!(rows, 4000, "every record archived once");
 }
 
@@ -339,8 +338,7 @@ async fn records_deleted_before_the_group_read_them_are_refused_or_counted() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let summary = report(&String::from_utf8_lossy(&output.stdout));
     assert_eq!(summary["skipped_by_data_loss"], 100, "{summary}");
-    let archived = read_dataset(&storage_args(&url).open().expect("storage"), &topic).await;
-    let rows: usize = archived.iter().map(|(_, b)| b.num_rows()).sum();
+    let rows = archived_rows(&url, &topic).await;
     assert_eq!(rows, 1900, "everything but the 100 deleted records");
 }
 

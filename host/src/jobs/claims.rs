@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use redis::Script;
 use redis::aio::MultiplexedConnection;
 
-use crate::sinks::redis::Error;
+use crate::sinks::redis::{Error, redis_error};
 
 /// KEYS: one hash per partition. ARGV: (first offset, end) per key, then the
 /// hash's time to live in seconds. Returns the agreed end of each.
@@ -94,10 +94,7 @@ impl Claims {
         let agreed: Vec<i64> = invocation
             .invoke_async(&mut self.connection)
             .await
-            .map_err(|source| Error::Redis {
-                url: self.url.clone(),
-                source,
-            })?;
+            .map_err(redis_error(&self.url))?;
         for range in ranges {
             self.made.entry(range.partition).or_default().push(range.first);
         }
@@ -120,10 +117,7 @@ impl Claims {
             .arg(&stale)
             .query_async::<i64>(&mut self.connection)
             .await
-            .map_err(|source| Error::Redis {
-                url: self.url.clone(),
-                source,
-            })?;
+            .map_err(redis_error(&self.url))?;
         Ok(())
     }
 }

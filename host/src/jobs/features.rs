@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::avro::{Decoder, transaction_from_value};
 use crate::config::{KafkaArgs, Storage};
 use crate::kafka::partitioner::partition_of;
-use crate::model::{FeatureEvent, transaction_key};
+use crate::model::{FeatureEvent, write_transaction_key};
 use crate::registry::Registry;
 use crate::runtime::{FeatureOutcome, FeaturesGuest, Runtime, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
@@ -89,6 +89,8 @@ impl FeaturesJob {
         // The offset of each partition's newest checkpoint known to exist.
         let mut saved_at: HashMap<i32, i64> = HashMap::new();
         let mut report = FeaturesReport::default();
+        // Reused for each record's key (the partitioning check).
+        let mut key = String::new();
         while let Some(batch) = consuming.next_batch().await? {
             if consuming.assignment_changed() {
                 // Partitions may have moved: state is reloaded from the
@@ -161,7 +163,8 @@ impl FeaturesJob {
                             continue;
                         }
                     };
-                    let home = partition_of(transaction_key(tx.user_id).as_bytes(), partitions);
+                    write_transaction_key(tx.user_id, &mut key);
+                    let home = partition_of(key.as_bytes(), partitions);
                     if home != partition {
                         let reason = format!(
                             "user {} is on partition {partition} (offset {}) but murmur2 of its key puts it on \

@@ -242,8 +242,8 @@ impl Consuming {
     pub async fn done(&mut self, batch: &[Consumed]) -> Result<()> {
         self.dead_letters.flush().await?;
         self.durable_rebalances = self.source.rebalances();
-        for (partition, next) in next_offsets(batch) {
-            self.durable.insert(partition, next);
+        for range in ranges(batch) {
+            self.durable.insert(range.partition, range.end);
         }
         Ok(())
     }
@@ -354,16 +354,6 @@ pub fn by_partition(batch: &[Consumed]) -> BTreeMap<i32, Vec<&Consumed>> {
         groups.entry(record.partition).or_default().push(record);
     }
     groups
-}
-
-/// The next offset to commit per partition: one past the last record.
-pub fn next_offsets(batch: &[Consumed]) -> HashMap<i32, i64> {
-    let mut next = HashMap::new();
-    for record in batch {
-        let entry = next.entry(record.partition).or_insert(record.offset + 1);
-        *entry = (*entry).max(record.offset + 1);
-    }
-    next
 }
 
 /// Everything a job can fail with.

@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -67,20 +65,7 @@ impl RebuildState {
         })?;
 
         let prefix = self.storage.path(&format!("{DATASET}/partition={}", self.partition));
-        let objects: Vec<_> = self
-            .storage
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(crate::config::Error::ObjectStore)?;
-        for object in &objects {
-            self.storage
-                .store
-                .delete(&object.location)
-                .await
-                .map_err(crate::config::Error::ObjectStore)?;
-        }
+        let feature_objects_deleted = self.storage.delete_under(&prefix).await?;
         let mut checkpoints = Checkpoints::new(self.storage.clone(), &checkpoint_name(&self.group, topic));
         let checkpoints_deleted = checkpoints.delete_partition(self.partition).await?;
         // The state the reset offset resumes with: empty, at offset 0.
@@ -91,7 +76,7 @@ impl RebuildState {
             partition: self.partition,
             reset_to_offset: 0,
             checkpoints_deleted,
-            feature_objects_deleted: objects.len(),
+            feature_objects_deleted,
         })
     }
 }

@@ -89,10 +89,7 @@ impl RedisSink {
             let n: usize = invocation
                 .invoke_async(&mut self.connection)
                 .await
-                .map_err(|source| Error::Redis {
-                    url: self.url.clone(),
-                    source,
-                })?;
+                .map_err(redis_error(&self.url))?;
             written += n;
         }
         Ok(written)
@@ -101,12 +98,19 @@ impl RedisSink {
 
 /// A connection to the Redis at `url`, shared by every command on it.
 pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
-    let error = |source| Error::Redis {
+    let client = redis::Client::open(url).map_err(redis_error(url))?;
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(redis_error(url))
+}
+
+/// Wraps a Redis failure with the server it happened on.
+pub fn redis_error(url: &str) -> impl FnOnce(redis::RedisError) -> Error + '_ {
+    move |source| Error::Redis {
         url: url.to_string(),
         source,
-    };
-    let client = redis::Client::open(url).map_err(error)?;
-    client.get_multiplexed_async_connection().await.map_err(error)
+    }
 }
 
 pub fn user_key(prefix: &str, user_id: i32) -> String {

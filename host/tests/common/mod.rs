@@ -195,6 +195,16 @@ pub async fn read_dataset(storage: &Storage, dataset: &str) -> Vec<(String, Reco
     batches
 }
 
+/// How many rows the archive of `topic` under `url` holds.
+pub async fn archived_rows(url: &str, topic: &str) -> usize {
+    let storage = storage_args(url).open().expect("storage");
+    read_dataset(&storage, topic)
+        .await
+        .iter()
+        .map(|(_, b)| b.num_rows())
+        .sum()
+}
+
 pub async fn redis() -> redis::aio::MultiplexedConnection {
     redis::Client::open(env("SLUICE_REDIS_URL"))
         .expect("redis url")
