@@ -5,7 +5,8 @@
 # records/s for both and the ratio. Needs the services (`make services`) and
 # the guests (`make guests`); run with `make bench`.
 #
-# Environment: BENCH_COUNT (records, 200000), PEER_SCRIPT (path to peer.py),
+# Environment: BENCH_COUNT (records, 200000), BENCH_BACKFILL_COUNT (archived
+# records for the backfill row, 5000000; 0 skips it), PEER_SCRIPT (path to peer.py),
 # SLUICE_BIN (default $CARGO_TARGET_DIR/release/sluice or target/release/sluice).
 set -euo pipefail
 
@@ -18,10 +19,10 @@ VENV=$ROOT/.sluice/peer-venv
 
 [[ -f $PEER_SCRIPT ]] || { echo "bench: peer baseline not found at $PEER_SCRIPT (set PEER_SCRIPT)" >&2; exit 1; }
 [[ -x $SLUICE_BIN ]] || { echo "bench: $SLUICE_BIN not found; run 'make build'" >&2; exit 1; }
-if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import confluent_kafka, fastavro, pyarrow, redis' 2>/dev/null; then
-    echo "bench: installing the peer's requirements into $VENV" >&2
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import confluent_kafka, fastavro, pyarrow, redis, duckdb' 2>/dev/null; then
+    echo "bench: installing the peer's requirements and DuckDB into $VENV" >&2
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet -r "$(dirname "$PEER_SCRIPT")/requirements.txt"
+    "$VENV/bin/pip" install --quiet -r "$(dirname "$PEER_SCRIPT")/requirements.txt" duckdb
 fi
 
 topic=bench-$(date +%s)
@@ -77,6 +78,56 @@ PY
     python3 -c 'import sys; print(f"{sys.argv[1]:<22} {int(sys.argv[2]):10d} {float(sys.argv[3]):10.2f} {float(sys.argv[3]) / float(sys.argv[4]):11.2f}x")' \
         "backup $kind" "$recs" "$secs" "$clean_s"
 done
+
+# Backfill: the features module over an archive of BENCH_BACKFILL_COUNT
+# records written by the backup job, against DuckDB computing the same
+# running count per user (a window function in offset order) over the same
+# files. Both are whole processes timed by this script from start to exit,
+# each reading the archive and writing its Parquet result.
+BACKFILL=${BENCH_BACKFILL_COUNT:-5000000}
+if ((BACKFILL > 0)); then
+    t=bench-backfill-$(date +%s)
+    "$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" setup --partitions 6 >/dev/null
+    "$SLUICE_BIN" --topic "$t" produce --module modules/producer.wasm --count "$BACKFILL" --batch 10000 >/dev/null
+    "$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" run --job backup --module modules/backup.wasm \
+        --group "$t-backup" --until-caught-up --output-url "file://$out/archive" >/dev/null 2>&1
+    objects=$(find "$out/archive/$t" -name '*.parquet' | wc -l)
+    now() { date +%s.%N; }
+    start=$(now)
+    sluice_json=$("$SLUICE_BIN" --topic "$t" backfill --module modules/features.wasm \
+        --from "file://$out/archive" --output-url "file://$out/backfill" 2>/dev/null)
+    sluice_s=$(python3 -c 'import sys; print(float(sys.argv[2]) - float(sys.argv[1]))' "$start" "$(now)")
+    start=$(now)
+    "$VENV/bin/python" - "$out/archive/$t" "$out/duckdb.parquet" <<'PY'
+import sys, duckdb
+archive, result = sys.argv[1], sys.argv[2]
+# Users are partition-local and object names are zero-padded first offsets,
+# so (filename, row) orders each user's records by offset, as sluice does.
+duckdb.sql(f"""
+COPY (
+  SELECT user_id,
+         count(*) OVER (PARTITION BY user_id ORDER BY filename, file_row_number
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS total_transactions_count,
+         transaction_timestamp_millis AS as_of_timestamp_millis
+  FROM read_parquet('{archive}/*/*.parquet', filename = true, file_row_number = true)
+) TO '{result}' (FORMAT parquet, COMPRESSION snappy)
+""")
+PY
+    duck_s=$(python3 -c 'import sys; print(float(sys.argv[2]) - float(sys.argv[1]))' "$start" "$(now)")
+    # Both computed the same thing: the same rows, the same last count per user.
+    "$VENV/bin/python" - "$out/backfill/transactions_features" "$out/duckdb.parquet" <<'PY'
+import sys, duckdb
+ours, theirs = sys.argv[1], sys.argv[2]
+q = "SELECT count(*), sum(m), count(DISTINCT user_id) FROM (SELECT user_id, max(total_transactions_count) m FROM read_parquet('{}') GROUP BY user_id)"
+a = duckdb.sql(q.format(f"{ours}/*/*.parquet")).fetchall()
+b = duckdb.sql(q.format(theirs)).fetchall()
+assert a == b, f"sluice {a} != duckdb {b}"
+PY
+    records=$(field records <<<"$sluice_json")
+    printf '\n%-9s %10s %8s %14s %14s %8s\n' run records objects sluice_rec_s duckdb_rec_s ratio
+    python3 -c 'import sys; n, o, s, d = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]); print(f"{\"backfill\":<9} {n:10d} {o:8d} {n / s:14.0f} {n / d:14.0f} {d / s:7.2f}x")' \
+        "$records" "$objects" "$sluice_s" "$duck_s"
+fi
 
 redis-cli --scan --pattern "bench:$topic:*" | xargs -r -n 500 redis-cli del >/dev/null
 redis-cli --scan --pattern "peer:user:*" | xargs -r -n 500 redis-cli del >/dev/null

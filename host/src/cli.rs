@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{KafkaArgs, RedisArgs, RegistryArgs, StorageArgs};
+use crate::jobs::backfill::Shard;
 use crate::jobs::features::OnMispartitioned;
 use crate::jobs::{self, RunOptions};
 use crate::kafka::starting_offsets::OnDataLoss;
@@ -107,6 +108,50 @@ pub enum Command {
         #[command(flatten)]
         redis: RedisArgs,
     },
+    /// Replay the backup archive through a features module: the same rows as
+    /// the live job, to Parquet only (no Kafka, no Redis).
+    Backfill {
+        #[arg(long)]
+        module: PathBuf,
+        /// The backup archive's root: the backup job's --output-url.
+        #[arg(long)]
+        from: String,
+        /// Only the partitions p with p % n == i, for one of n workers.
+        #[arg(long, default_value = "0/1")]
+        shard: Shard,
+        /// Only transactions at or after this event time (RFC 3339, or
+        /// milliseconds since the epoch); counts start at zero there.
+        #[arg(long, value_parser = parse_event_time)]
+        since: Option<i64>,
+        /// Only transactions before this event time.
+        #[arg(long, value_parser = parse_event_time)]
+        until: Option<i64>,
+        /// Write the final state as this consumer group's hand-off
+        /// checkpoint under --output-url, where the live features job of
+        /// that group continues from it.
+        #[arg(long)]
+        handoff_group: Option<String>,
+        /// Partitions replayed at once (default: the machine's cores).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        /// Features rows per output object, at least (whole archive objects
+        /// per object; part of the backfill's identity, fixed across resumes).
+        #[arg(long, default_value_t = 1_000_000)]
+        rows_per_object: usize,
+        /// A record that is not on its user's partition stops the backfill,
+        /// or is left out of the counts and counted in the report.
+        #[arg(long, value_enum, default_value_t = OnMispartitioned::Fail)]
+        on_mispartitioned: OnMispartitioned,
+        /// Count on when the archive misses offsets between two objects.
+        #[arg(long)]
+        allow_gaps: bool,
+        /// Forget earlier progress: delete this output's backfill progress and
+        /// features of the shard's partitions, and replay from the start.
+        #[arg(long)]
+        restart: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
     /// Rebuild one partition's features state from the topic's start: deletes
     /// its checkpoints and feature objects and resets the group's offset to 0.
     /// Run it with the job stopped; it refuses when the topic no longer holds
@@ -128,6 +173,20 @@ pub enum Command {
         #[arg(long, env = "SLUICE_REGISTRY_DATA", default_value = ".sluice/registry.json")]
         data_file: PathBuf,
     },
+}
+
+/// An event time: milliseconds since the epoch, or RFC 3339
+/// (`2026-11-01T00:00:00Z`).
+fn parse_event_time(raw: &str) -> Result<i64, String> {
+    if let Ok(millis) = raw.parse::<i64>() {
+        return Ok(millis);
+    }
+    let time = humantime::parse_rfc3339_weak(raw)
+        .map_err(|e| format!("{raw:?} is neither milliseconds nor an RFC 3339 time: {e}"))?;
+    let since_epoch = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{raw:?} is before 1970"))?;
+    i64::try_from(since_epoch.as_millis()).map_err(|_| format!("{raw:?} is too far in the future"))
 }
 
 /// Runs a parsed command line; prints the command's report on stdout.
@@ -197,6 +256,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 until_caught_up,
                 on_data_loss,
                 redis,
+                handoffs: Default::default(),
             };
             let storage = storage.open()?;
             let report = match job {
@@ -223,6 +283,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             println!("{report}");
+        }
+        Command::Backfill {
+            module,
+            from,
+            shard,
+            since,
+            until,
+            handoff_group,
+            parallelism,
+            rows_per_object,
+            on_mispartitioned,
+            allow_gaps,
+            restart,
+            storage,
+        } => {
+            let archive = StorageArgs {
+                output_url: from,
+                ..storage.clone()
+            };
+            let backfill = jobs::backfill::Backfill {
+                module,
+                archive: archive.open()?,
+                output: storage.open()?,
+                topic: cli.kafka.topic.clone(),
+                shard,
+                since,
+                until,
+                handoff_group,
+                parallelism: parallelism
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                rows_per_object,
+                on_mispartitioned,
+                allow_gaps,
+                restart,
+            };
+            println!("{}", serde_json::to_string(&backfill.run().await?)?);
         }
         Command::RebuildState {
             partition,

@@ -10,6 +10,7 @@ pub mod dlq;
 pub mod fault;
 pub mod jobs;
 pub mod kafka;
+pub mod lineage;
 pub mod model;
 pub mod registry;
 pub mod runtime;

@@ -45,6 +45,22 @@ struct Stored {
     values: BTreeMap<i64, i64>,
 }
 
+/// What the backfill leaves in a live group's checkpoints
+/// (`partition=<P>/handoff.json`): the partition's state as of `offset` is
+/// the checkpoint of that name, and a live job in the group that has no
+/// committed offset for the partition starts there instead of at the
+/// topic's start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub offset: i64,
+    /// The archive the state was computed from.
+    pub archive: String,
+    /// The features module that computed it.
+    pub module_sha256: String,
+}
+
+const HANDOFF_FILE: &str = "handoff.json";
+
 /// Checkpoints of one job's state under `<root>/_checkpoints/<name>/`.
 pub struct Checkpoints {
     storage: Storage,
@@ -75,6 +91,67 @@ impl Checkpoints {
             "_checkpoints/{}/partition={partition}/{offset:020}.json",
             self.name
         ))
+    }
+
+    /// The newest checkpoint of a partition under this name, if any. Every
+    /// stored one counts as written by this process, so `forget_below`
+    /// deletes them once superseded (a crash may have left older ones).
+    pub async fn latest(&mut self, partition: i32) -> Result<Option<PartitionState>> {
+        let offsets = self.offsets(partition).await?;
+        let Some(offset) = offsets.last().copied() else {
+            return Ok(None);
+        };
+        let state = self.load(partition, offset).await?;
+        self.written.entry(partition).or_default().extend(offsets);
+        Ok(Some(state))
+    }
+
+    /// Saves `state` as a partition's checkpoint and marks it as the hand-off
+    /// point for a live job (see `Handoff`).
+    pub async fn save_handoff(&mut self, partition: i32, state: &PartitionState, handoff: &Handoff) -> Result<()> {
+        self.save(partition, state).await?;
+        let path = self.folder(partition).join(HANDOFF_FILE);
+        let bytes = serde_json::to_vec(handoff).map_err(|e| Self::error(&path, e))?;
+        self.storage
+            .store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| Self::error(&path, e))?;
+        Ok(())
+    }
+
+    /// The hand-off offset of every partition the backfill left one for.
+    pub async fn handoffs(&self) -> Result<BTreeMap<i32, i64>> {
+        let root = self.storage.path(&format!("_checkpoints/{}", self.name));
+        let objects: Vec<_> = self
+            .storage
+            .store
+            .list(Some(&root))
+            .try_collect()
+            .await
+            .map_err(|e| Self::error(&root, e))?;
+        let mut handoffs = BTreeMap::new();
+        for object in objects.iter().filter(|o| o.location.filename() == Some(HANDOFF_FILE)) {
+            let partition = object
+                .location
+                .parts()
+                .filter_map(|p| p.as_ref().strip_prefix("partition=")?.parse::<i32>().ok())
+                .next_back();
+            let Some(partition) = partition else { continue };
+            let path = &object.location;
+            let bytes = self
+                .storage
+                .store
+                .get(path)
+                .await
+                .map_err(|e| Self::error(path, e))?
+                .bytes()
+                .await
+                .map_err(|e| Self::error(path, e))?;
+            let handoff: Handoff = serde_json::from_slice(&bytes).map_err(|e| Self::error(path, e))?;
+            handoffs.insert(partition, handoff.offset);
+        }
+        Ok(handoffs)
     }
 
     /// Where a partition's checkpoints live, for messages.
@@ -262,6 +339,32 @@ mod tests {
             missing.to_string().contains("no checkpoint at or below it"),
             "{missing}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_handoff_names_its_checkpoint_per_partition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut checkpoints = checkpoints(dir.path());
+        let handoff = |offset| Handoff {
+            offset,
+            archive: "file:///archive".into(),
+            module_sha256: "ab".into(),
+        };
+        checkpoints
+            .save_handoff(0, &state(120, &[(4, 9)]), &handoff(120))
+            .await
+            .expect("handoff 0");
+        checkpoints
+            .save_handoff(3, &state(7, &[(5, 1)]), &handoff(7))
+            .await
+            .expect("handoff 3");
+        let found = checkpoints.handoffs().await.expect("handoffs");
+        assert_eq!(found, BTreeMap::from([(0, 120), (3, 7)]));
+        // The live job loads it as the checkpoint of the hand-off offset.
+        let resumed = checkpoints.resume(0, Some(120), 0).await.expect("resume");
+        assert_eq!(resumed.values.get(&4), Some(&9));
+        // The hand-off file is no checkpoint offset.
+        assert_eq!(checkpoints.offsets(3).await.expect("offsets"), vec![7]);
     }
 
     #[tokio::test]

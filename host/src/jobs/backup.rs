@@ -1,6 +1,8 @@
 //! transactions-job-backup: every record of the topic to Parquet, columns
 //! exactly the registered value schema (latest version, so records of older
-//! writers take defaults and fields newer writers add are kept).
+//! writers take defaults and fields newer writers add are kept). Each object
+//! carries its rows' source partition and offsets in its key-value metadata
+//! (`lineage`), which the backfill reads.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use crate::avro::{DecodeError, Decoder, Readers, schema_id};
 use crate::columnar::{ColumnarSchema, RowsBuilder, columnar_schema};
 use crate::config::{KafkaArgs, Storage};
 use crate::kafka::Consumed;
+use crate::lineage::ArchiveLineage;
 use crate::registry::Registry;
 use crate::runtime::{RawFilterGuest, RawRecord, Runtime, Verdict};
 use crate::sinks::parquet::ParquetSink;
@@ -70,17 +73,24 @@ impl BackupJob {
                 uncovered = uncovered_writers(&decoder, &batch, &layout);
             }
             let readers = decoder.readers();
+            let partitions = consuming
+                .partition_count()
+                .ok_or_else(|| Error::Other(format!("the partition count of {} is unknown", self.kafka.topic)))?;
             for (partition, records) in by_partition(&batch) {
                 let raw: Vec<RawRecord> = records.iter().map(|r| raw_record(r)).collect();
                 let verdicts = guest.process(&raw)?;
                 crate::fault::point("after-guest");
                 drop(raw);
                 let mut rows = RowsBuilder::new(layout.columns.clone());
+                let mut offsets = Vec::with_capacity(records.len());
                 for (record, verdict) in records.iter().zip(verdicts) {
                     report.records += 1;
                     let reason = match verdict {
                         Verdict::Keep => match archive_row(&readers, &uncovered, &mut rows, record) {
-                            Ok(()) => continue,
+                            Ok(()) => {
+                                offsets.push(record.offset);
+                                continue;
+                            }
                             Err(reason) => reason,
                         },
                         Verdict::Drop => {
@@ -92,14 +102,19 @@ impl BackupJob {
                     consuming.dead_letters.send(record, &reason).await?;
                     report.dead_lettered += 1;
                 }
-                if !rows.is_empty() {
-                    report.archived += rows.len() as u64;
-                    let first_offset = records[0].offset;
-                    let path = sink.write(partition, first_offset, &rows.finish()).await?;
-                    crate::fault::point("after-upload");
-                    report.files += 1;
-                    tracing::debug!(%path, "archived");
-                }
+                // An object is written even when no record survived: its
+                // lineage says the range was consumed, so the backfill can
+                // tell a dead-lettered or filtered range from a lost object.
+                report.archived += rows.len() as u64;
+                let first_offset = records[0].offset;
+                let consumed = first_offset..records[records.len() - 1].offset + 1;
+                let lineage = ArchiveLineage::new(&self.kafka.topic, partition, partitions, consumed, &offsets);
+                let path = sink
+                    .write(partition, first_offset, &rows.finish(), lineage.to_metadata())
+                    .await?;
+                crate::fault::point("after-upload");
+                report.files += 1;
+                tracing::debug!(%path, "archived");
             }
             consuming.done(&batch).await?;
         }

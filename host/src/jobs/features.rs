@@ -10,19 +10,19 @@ use std::sync::Arc;
 
 use arrow_array::{Int32Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::avro::{Decoder, transaction_from_value};
 use crate::config::{KafkaArgs, Storage};
-use crate::kafka::partitioner::partition_of;
-use crate::model::{FeatureEvent, write_transaction_key};
+use crate::model::FeatureEvent;
 use crate::registry::Registry;
-use crate::runtime::{FeatureOutcome, FeaturesGuest, Runtime, WitTransaction};
+use crate::runtime::{FeaturesGuest, Runtime, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
 use crate::state::{Checkpoints, PartitionState};
 
+pub use super::counting::OnMispartitioned;
+use super::counting::{Placement, count, mispartitioned_refusal};
 use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, RunOptions, by_partition};
 
 pub const JOB: &str = "transactions-ml-features-job";
@@ -42,21 +42,6 @@ pub struct FeaturesReport {
     pub redis_updates: u64,
 }
 
-/// What to do with a record that is not on its user's partition (a producer
-/// partitioned it with something other than murmur2 of the user id). Counts
-/// are partition-local, so such a record would be counted apart from the
-/// rest of its user's records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
-pub enum OnMispartitioned {
-    /// Stop before writing anything for the batch, naming the user and both
-    /// partitions.
-    #[default]
-    Fail,
-    /// Send the record to the dead-letter topic with that reason and count
-    /// only the records on their user's partition.
-    DeadLetter,
-}
-
 pub struct FeaturesJob {
     pub kafka: KafkaArgs,
     pub registry: Registry,
@@ -70,9 +55,18 @@ impl FeaturesJob {
     pub async fn run(self) -> Result<FeaturesReport> {
         let runtime = Runtime::new(Default::default())?;
         let mut guest = FeaturesGuest::load(&runtime, &self.module)?;
+        let mut checkpoints = Checkpoints::new(
+            self.storage.clone(),
+            &checkpoint_name(&self.options.group, &self.kafka.topic),
+        );
+        let mut options = self.options.clone();
+        options.handoffs = checkpoints.handoffs().await?;
+        if !options.handoffs.is_empty() {
+            tracing::info!(handoffs = ?options.handoffs, "a backfill left state for this group");
+        }
         let mut consuming = Consuming::start(
             &self.kafka,
-            self.options.clone(),
+            options,
             JOB,
             FEATURES_USER,
             FEATURES_PASSWORD_VAR,
@@ -81,16 +75,10 @@ impl FeaturesJob {
         let mut decoder = Decoder::new(&self.registry);
         let mut redis = RedisSink::connect(&self.options.redis.redis_url, &self.options.redis.redis_prefix).await?;
         let sink = ParquetSink::new(self.storage.clone(), DATASET);
-        let mut checkpoints = Checkpoints::new(
-            self.storage.clone(),
-            &checkpoint_name(&self.options.group, &self.kafka.topic),
-        );
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
         // The offset of each partition's newest checkpoint known to exist.
         let mut saved_at: HashMap<i32, i64> = HashMap::new();
         let mut report = FeaturesReport::default();
-        // Reused for each record's key (the partitioning check).
-        let mut key = String::new();
         while let Some(batch) = consuming.next_batch().await? {
             if consuming.assignment_changed() {
                 // Partitions may have moved: state is reloaded from the
@@ -103,6 +91,7 @@ impl FeaturesJob {
             let partitions = consuming
                 .partition_count()
                 .ok_or_else(|| Error::Other(format!("the partition count of {} is unknown", self.kafka.topic)))?;
+            let mut placement = Placement::new(partitions);
             // Before the fence commits the batch's first offsets, each
             // partition's state as of its first offset must be checkpointed
             // under that offset: a fresh partition, an offset gap or skipped
@@ -163,25 +152,10 @@ impl FeaturesJob {
                             continue;
                         }
                     };
-                    write_transaction_key(tx.user_id, &mut key);
-                    let home = partition_of(key.as_bytes(), partitions);
-                    if home != partition {
-                        let reason = format!(
-                            "user {} is on partition {partition} (offset {}) but murmur2 of its key puts it on \
-                             partition {home}: a producer used another partitioner (librdkafka's default is \
-                             consistent_random; use murmur2_random, Java's default)",
-                            tx.user_id, record.offset
-                        );
+                    if let Some(reason) = placement.misplaced(tx.user_id, partition, record.offset) {
                         report.mispartitioned += 1;
                         match self.on_mispartitioned {
-                            OnMispartitioned::Fail => {
-                                return Err(Error::Other(format!(
-                                    "{reason}. Per-user counts are partition-local and would be wrong, so the job \
-                                     stops before counting this partition's batch. Fix the producer and re-produce, or run with \
-                                     --on-mispartitioned=dead-letter to send such records to the dead-letter topic \
-                                     and count only the records on their user's partition."
-                                )));
-                            }
+                            OnMispartitioned::Fail => return Err(mispartitioned_refusal(&reason)),
                             OnMispartitioned::DeadLetter => {
                                 consuming.dead_letters.send(record, &reason).await?;
                                 report.dead_lettered += 1;
@@ -198,32 +172,18 @@ impl FeaturesJob {
                     });
                     input_records.push(*record);
                 }
-                let outcomes = guest.process(&mut state.values, &inputs)?;
+                let offsets: Vec<i64> = input_records.iter().map(|r| r.offset).collect();
+                let counted = count(&mut guest, state, partition, &offsets, &inputs)?;
                 crate::fault::point("after-guest");
-                let mut partition_events = Vec::with_capacity(outcomes.len());
-                for (record, outcome) in input_records.iter().zip(outcomes) {
-                    match outcome {
-                        FeatureOutcome::Emit(f) => partition_events.push(FeatureEvent {
-                            user_id: f.user_id,
-                            total_transactions_count: f.total_transactions_count,
-                            as_of_timestamp_millis: f.as_of_timestamp_millis,
-                            source_partition: partition,
-                            source_offset: record.offset,
-                        }),
-                        FeatureOutcome::Skip => {}
-                        FeatureOutcome::Reject(reason) => {
-                            consuming
-                                .dead_letters
-                                .send(record, &format!("rejected by guest: {reason}"))
-                                .await?;
-                            report.dead_lettered += 1;
-                        }
-                    }
+                for (index, reason) in &counted.rejected {
+                    consuming.dead_letters.send(input_records[*index], reason).await?;
+                    report.dead_lettered += 1;
                 }
+                let partition_events = counted.events;
                 state.next_offset = records[records.len() - 1].offset + 1;
                 touched.push(partition);
                 if !partition_events.is_empty() {
-                    sink.write(partition, first_offset, &feature_batch(&partition_events))
+                    sink.write(partition, first_offset, &feature_batch(&partition_events), Vec::new())
                         .await?;
                     crate::fault::point("after-upload");
                     report.files += 1;

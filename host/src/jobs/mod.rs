@@ -1,8 +1,10 @@
 //! The jobs users run. A job wires a source, a guest and sinks; nothing else
 //! knows about jobs.
 
+pub mod backfill;
 pub mod backup;
 pub mod claims;
+pub mod counting;
 pub mod features;
 pub mod produce;
 pub mod rebuild;
@@ -46,6 +48,9 @@ pub struct RunOptions {
     pub on_data_loss: OnDataLoss,
     /// Where claims live (and, for features, the real-time store).
     pub redis: RedisArgs,
+    /// Offsets at which a backfill left this group's state, per partition:
+    /// where a partition the group never committed starts.
+    pub handoffs: BTreeMap<i32, i64>,
 }
 
 /// What every consumer job shares: group membership as the job's user,
@@ -102,6 +107,7 @@ impl Consuming {
             &kafka.topic,
             options.session_timeout,
             options.on_data_loss,
+            options.handoffs.clone(),
         )?;
         let dead_letters = DeadLetters::new(producer::create(config)?, &kafka.dlq_topic, &kafka.topic, job);
         let claims = Claims::connect(

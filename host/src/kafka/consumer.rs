@@ -13,7 +13,7 @@
 //! group refuses means this member lost its partitions: everything it holds
 //! is dropped until the group assigns partitions again.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -92,6 +92,9 @@ struct Assignment {
 struct GroupContext {
     topic: String,
     on_data_loss: OnDataLoss,
+    /// Where the backfill left the group's state, per partition: the start
+    /// of a partition the group never committed.
+    handoffs: BTreeMap<i32, i64>,
     rebalances: AtomicU64,
     assignment: Mutex<Assignment>,
     /// Records skipped because retention deleted them, by (partition,
@@ -178,7 +181,10 @@ impl GroupContext {
             });
             let decided = watermarks
                 .map_err(|e| format!("partition {partition}: cannot read its offsets: {e}"))
-                .and_then(|w| starting_offsets::decide(&self.topic, partition, group_commit, w, self.on_data_loss));
+                .and_then(|w| {
+                    let handoff = self.handoffs.get(&partition).copied();
+                    starting_offsets::decide(&self.topic, partition, group_commit, handoff, w, self.on_data_loss)
+                });
             match decided {
                 Ok(start) => {
                     if let (Some(committed), skipped @ 1..) = (start.committed, start.skipped) {
@@ -247,6 +253,7 @@ impl Source {
         topic: &str,
         session_timeout: Duration,
         on_data_loss: OnDataLoss,
+        handoffs: BTreeMap<i32, i64>,
     ) -> Result<Self> {
         config
             .set("group.id", group)
@@ -263,6 +270,7 @@ impl Source {
         let context = GroupContext {
             topic: topic.to_string(),
             on_data_loss,
+            handoffs,
             rebalances: AtomicU64::new(0),
             assignment: Mutex::new(Assignment::default()),
             skipped: Mutex::new(HashMap::new()),

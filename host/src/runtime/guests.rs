@@ -133,6 +133,45 @@ impl RawFilterGuest {
     }
 }
 
+/// A features component compiled and linked once, from which each worker
+/// instantiates its own guest (the backfill runs one per partition worker).
+pub struct FeaturesModule {
+    pre: features::FeaturesPre<StoreData>,
+    path: std::path::PathBuf,
+}
+
+impl FeaturesModule {
+    pub fn compile(runtime: &Runtime, path: &Path) -> Result<Self> {
+        let component = runtime.compile(path)?;
+        let mut linker = runtime.linker()?;
+        features::sluice::pipeline::keyed_state::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |d| d)
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        let wrong_world = |e: wasmtime::Error| Error::WrongWorld {
+            path: path.display().to_string(),
+            world: "features",
+            reason: format!("{e:#}"),
+        };
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(features::FeaturesPre::new)
+            .map_err(wrong_world)?;
+        Ok(Self {
+            pre,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A guest in a store of its own.
+    pub fn instantiate(&self, runtime: &Runtime) -> Result<FeaturesGuest> {
+        let mut store = GuestStore::new(runtime, &self.path);
+        let bindings = self
+            .pre
+            .instantiate(&mut store.store)
+            .map_err(|e| store.wrong_world("features", e))?;
+        Ok(FeaturesGuest { store, bindings })
+    }
+}
+
 /// The features guest (`features` world), which reads and writes the host's
 /// keyed state.
 pub struct FeaturesGuest {
@@ -142,14 +181,7 @@ pub struct FeaturesGuest {
 
 impl FeaturesGuest {
     pub fn load(runtime: &Runtime, path: &Path) -> Result<Self> {
-        let component = runtime.compile(path)?;
-        let mut linker = runtime.linker()?;
-        features::sluice::pipeline::keyed_state::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |d| d)
-            .map_err(|e| Error::Engine(e.to_string()))?;
-        let mut store = GuestStore::new(runtime, path);
-        let bindings = features::Features::instantiate(&mut store.store, &component, &linker)
-            .map_err(|e| store.wrong_world("features", e))?;
-        Ok(Self { store, bindings })
+        FeaturesModule::compile(runtime, path)?.instantiate(runtime)
     }
 
     /// One outcome per transaction, in order. `state` is the keyed state of

@@ -16,7 +16,7 @@ use wasmtime::{Config, Engine};
 pub use bindings::features::sluice::pipeline::types::{Feature, FeatureOutcome, Transaction as WitTransaction};
 pub use bindings::generator::sluice::pipeline::types::Transaction as GeneratedTransaction;
 pub use bindings::raw_filter::sluice::pipeline::types::{RawRecord, Verdict};
-pub use guests::{FeaturesGuest, GeneratorGuest, RawFilterGuest};
+pub use guests::{FeaturesGuest, FeaturesModule, GeneratorGuest, RawFilterGuest};
 use store_data::StoreData;
 
 #[derive(Debug, thiserror::Error)]

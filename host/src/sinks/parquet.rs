@@ -10,6 +10,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use crate::config::Storage;
@@ -55,11 +56,18 @@ impl ParquetSink {
         self.storage.path(&name)
     }
 
-    /// Encodes `batch` and puts it at its deterministic name; returns the
-    /// object path. The put is atomic: readers see the whole file or none.
-    pub async fn write(&self, partition: i32, first_offset: i64, batch: &RecordBatch) -> Result<ObjectPath> {
+    /// Encodes `batch` with `metadata` in the file's key-value metadata and
+    /// puts it at its deterministic name; returns the object path. The put
+    /// is atomic: readers see the whole file or none.
+    pub async fn write(
+        &self,
+        partition: i32,
+        first_offset: i64,
+        batch: &RecordBatch,
+        metadata: Vec<KeyValue>,
+    ) -> Result<ObjectPath> {
         let path = self.object_path(partition, first_offset);
-        let bytes = encode(batch).map_err(|source| Error::Encode {
+        let bytes = encode(batch, metadata).map_err(|source| Error::Encode {
             path: path.to_string(),
             source,
         })?;
@@ -77,8 +85,11 @@ impl ParquetSink {
 }
 
 /// Snappy, the codec every Parquet reader (Spark, DuckDB, Trino) takes.
-fn encode(batch: &RecordBatch) -> std::result::Result<Vec<u8>, parquet::errors::ParquetError> {
-    let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+fn encode(batch: &RecordBatch, metadata: Vec<KeyValue>) -> std::result::Result<Vec<u8>, parquet::errors::ParquetError> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_key_value_metadata((!metadata.is_empty()).then_some(metadata))
+        .build();
     let mut buffer = Vec::with_capacity(batch.get_array_memory_size() / 2);
     let mut writer = ArrowWriter::try_new(&mut buffer, batch.schema(), Some(properties))?;
     writer.write(batch)?;

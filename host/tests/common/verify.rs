@@ -193,3 +193,56 @@ pub async fn verify_outputs(topic: &str, output_url: &str, records: u64) -> BTre
     }
     counts
 }
+
+/// A features row: user, count, as-of time, source partition, source offset.
+pub type FeatureRow = (i32, i32, i64, i32, i64);
+
+/// Every row of the features dataset under `url`, sorted.
+pub async fn feature_rows(url: &str) -> Vec<FeatureRow> {
+    let storage = storage_args(url).open().expect("storage");
+    let mut rows = Vec::new();
+    for (_, b) in read_dataset(&storage, sluice::jobs::features::DATASET).await {
+        let users = column::<Int32Type>(&b, "user_id");
+        let totals = column::<Int32Type>(&b, "total_transactions_count");
+        let times = column::<Int64Type>(&b, "as_of_timestamp_millis");
+        let partitions = column::<Int32Type>(&b, "source_partition");
+        let offsets = column::<Int64Type>(&b, "source_offset");
+        for i in 0..b.num_rows() {
+            rows.push((
+                users.value(i),
+                totals.value(i),
+                times.value(i),
+                partitions.value(i),
+                offsets.value(i),
+            ));
+        }
+    }
+    rows.sort_unstable();
+    rows
+}
+
+/// The features rows the topic's records call for, computed here without
+/// sluice: each record's running count of its user in offset order.
+pub fn expected_feature_rows(topic: &str) -> Vec<FeatureRow> {
+    let schema = apache_avro::Schema::parse_str(sluice::model::TRANSACTION_SCHEMA).expect("schema");
+    let mut records = read_topic(topic);
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let mut counts: BTreeMap<i32, i32> = BTreeMap::new();
+    let mut rows: Vec<FeatureRow> = records
+        .iter()
+        .map(|r| {
+            let value = r.value.as_deref().expect("value");
+            let decoded = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+                .build()
+                .expect("reader")
+                .read_value(&mut &value[5..])
+                .expect("avro");
+            let tx = sluice::avro::transaction_from_value(&decoded).expect("transaction");
+            let count = counts.entry(tx.user_id).or_default();
+            *count += 1;
+            (tx.user_id, *count, tx.transaction_timestamp_millis, r.partition, r.offset)
+        })
+        .collect();
+    rows.sort_unstable();
+    rows
+}

@@ -1,0 +1,236 @@
+//! The backup archive as the backfill reads it: the objects of each source
+//! partition with their lineage (from the Parquet footers), and each object's
+//! transactions with their source offsets.
+
+use std::collections::BTreeMap;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Int32Type, Int64Type};
+use arrow_array::{Array, RecordBatch};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+
+use crate::config::Storage;
+use crate::lineage::ArchiveLineage;
+use crate::runtime::WitTransaction;
+
+use super::{Error, Result, Shard};
+
+/// Footers read at once while surveying.
+const SURVEY_CONCURRENCY: usize = 16;
+/// Bytes fetched from an object's end in one request: the footer of an
+/// archive object usually fits.
+const FOOTER_GUESS: u64 = 64 << 10;
+/// Rows per decoded Arrow batch.
+const READ_BATCH_ROWS: usize = 65_536;
+/// The archive columns the features module reads.
+const COLUMNS: [&str; 5] = [
+    "user_id",
+    "transaction_timestamp_millis",
+    "amount",
+    "currency",
+    "counterpart_id",
+];
+
+/// One archive object and what its footer says.
+#[derive(Debug, Clone)]
+pub struct ArchiveObject {
+    pub path: ObjectPath,
+    pub lineage: ArchiveLineage,
+}
+
+/// The archive objects of the shard's partitions, each partition's in the
+/// order of the offsets they consumed.
+pub async fn survey(archive: &Storage, topic: &str, shard: Shard) -> Result<BTreeMap<i32, Vec<ArchiveObject>>> {
+    let prefix = archive.path(topic);
+    let listed: Vec<_> = archive
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| Error::Other(format!("listing the archive {}: {e}", archive.url)))?;
+    let mut wanted = Vec::new();
+    for object in listed {
+        if !object.location.as_ref().ends_with(".parquet") {
+            continue;
+        }
+        let Some(partition) = partition_folder(&object.location) else {
+            continue;
+        };
+        if shard.holds(partition) {
+            wanted.push((partition, object));
+        }
+    }
+    let objects: Vec<(i32, ArchiveObject)> = futures::stream::iter(wanted)
+        .map(|(partition, meta)| async move {
+            let metadata = read_footer(archive, &meta.location, meta.size)
+                .await
+                .map_err(|reason| Error::Other(format!("reading the footer of {}: {reason}", meta.location)))?;
+            let file = metadata.file_metadata();
+            let lineage = ArchiveLineage::from_metadata(file.key_value_metadata())
+                .map_err(|e| Error::Other(format!("{}: {e}", meta.location)))?;
+            if lineage.partition != partition || lineage.topic != topic {
+                return Err(Error::Other(format!(
+                    "{}: its lineage says topic {} partition {}, its folder partition {partition} of {topic}",
+                    meta.location, lineage.topic, lineage.partition
+                )));
+            }
+            if lineage.rows() as i64 != file.num_rows() {
+                return Err(Error::Other(format!(
+                    "{}: {} rows but its lineage lists {} offsets",
+                    meta.location,
+                    file.num_rows(),
+                    lineage.rows()
+                )));
+            }
+            Ok((
+                partition,
+                ArchiveObject {
+                    path: meta.location,
+                    lineage,
+                },
+            ))
+        })
+        .buffer_unordered(SURVEY_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut partitions: BTreeMap<i32, Vec<ArchiveObject>> = BTreeMap::new();
+    for (partition, object) in objects {
+        partitions.entry(partition).or_default().push(object);
+    }
+    for objects in partitions.values_mut() {
+        objects.sort_by_key(|o| (o.lineage.consumed.start, o.lineage.consumed.end));
+    }
+    Ok(partitions)
+}
+
+/// An object's Parquet metadata, from ranged reads of its end (the last 8
+/// bytes are the metadata's length and `PAR1`).
+async fn read_footer(storage: &Storage, path: &ObjectPath, size: u64) -> std::result::Result<ParquetMetaData, String> {
+    const TAIL: u64 = 8;
+    if size < TAIL {
+        return Err(format!("{size} bytes is too short for Parquet"));
+    }
+    let get = |range: std::ops::Range<u64>| async move {
+        storage.store.get_range(path, range).await.map_err(|e| e.to_string())
+    };
+    let suffix_start = size.saturating_sub(FOOTER_GUESS);
+    let suffix = get(suffix_start..size).await?;
+    let tail = &suffix[suffix.len() - TAIL as usize..];
+    if &tail[4..] != b"PAR1" {
+        return Err("not a Parquet file (no PAR1 at its end)".into());
+    }
+    let length = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    let start = size
+        .checked_sub(TAIL + length)
+        .ok_or_else(|| format!("metadata of {length} bytes does not fit in {size}"))?;
+    let metadata = if start >= suffix_start {
+        suffix.slice((start - suffix_start) as usize..suffix.len() - TAIL as usize)
+    } else {
+        get(start..size - TAIL).await?
+    };
+    ParquetMetaDataReader::decode_metadata(&metadata).map_err(|e| e.to_string())
+}
+
+/// The `P` of a `…/partition=P/…` object path.
+fn partition_folder(path: &ObjectPath) -> Option<i32> {
+    path.parts()
+        .filter_map(|p| p.as_ref().strip_prefix("partition=")?.parse().ok())
+        .next_back()
+}
+
+/// Offset ranges no archive object consumed, between the first and the
+/// last object of a partition.
+pub fn gaps(objects: &[ArchiveObject]) -> Vec<std::ops::Range<i64>> {
+    let mut gaps = Vec::new();
+    let mut covered: Option<i64> = None;
+    for object in objects {
+        let consumed = &object.lineage.consumed;
+        if let Some(end) = covered {
+            if consumed.start > end {
+                gaps.push(end..consumed.start);
+            }
+        }
+        covered = Some(covered.map_or(consumed.end, |end| end.max(consumed.end)));
+    }
+    gaps
+}
+
+/// The transactions of one archive object, in row (= offset) order, with
+/// each row's source offset from the lineage.
+pub struct Transactions {
+    pub offsets: Vec<i64>,
+    pub rows: Vec<WitTransaction>,
+}
+
+/// Decodes an object's bytes into transactions (the five columns the
+/// features module reads; other columns are not decoded).
+pub fn transactions(path: &ObjectPath, bytes: Bytes, lineage: &ArchiveLineage) -> Result<Transactions> {
+    let bad = |reason: String| Error::Other(format!("{path}: {reason}"));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(e.to_string()))?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), COLUMNS);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut rows = Vec::with_capacity(lineage.rows());
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        append_rows(&batch, &mut rows).map_err(bad)?;
+    }
+    if rows.len() != lineage.rows() {
+        return Err(bad(format!(
+            "{} rows but its lineage lists {} offsets",
+            rows.len(),
+            lineage.rows()
+        )));
+    }
+    Ok(Transactions {
+        offsets: lineage.row_offsets().collect(),
+        rows,
+    })
+}
+
+fn append_rows(batch: &RecordBatch, rows: &mut Vec<WitTransaction>) -> std::result::Result<(), String> {
+    let column = |name: &str| {
+        let array = batch
+            .column_by_name(name)
+            .ok_or_else(|| format!("the archive has no column {name}"))?;
+        if array.null_count() > 0 {
+            return Err(format!("column {name} holds nulls; a transaction needs every field"));
+        }
+        Ok(array)
+    };
+    let typed = |name: &str, expected: &str| format!("column {name} is not {expected}");
+    let users = column("user_id")?
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| typed("user_id", "int"))?;
+    let times = column("transaction_timestamp_millis")?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| typed("transaction_timestamp_millis", "long"))?;
+    let amounts = column("amount")?
+        .as_primitive_opt::<Float32Type>()
+        .ok_or_else(|| typed("amount", "float"))?;
+    let currencies = column("currency")?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| typed("currency", "string"))?;
+    let counterparts = column("counterpart_id")?
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| typed("counterpart_id", "int"))?;
+    for i in 0..batch.num_rows() {
+        rows.push(WitTransaction {
+            user_id: users.value(i),
+            transaction_timestamp_millis: times.value(i),
+            amount: amounts.value(i),
+            currency: currencies.value(i).to_string(),
+            counterpart_id: counterparts.value(i),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The feature logic the live features job and the backfill share, so both
+//! give the same rows over the same records: the check that a user's records
+//! are on its partition, and one guest call per partition's transactions whose
+//! outcomes become feature events with their source partition and offset.
+
+use clap::ValueEnum;
+
+use crate::kafka::partitioner::partition_of;
+use crate::model::{FeatureEvent, write_transaction_key};
+use crate::runtime::{FeatureOutcome, FeaturesGuest, WitTransaction};
+use crate::state::PartitionState;
+
+use super::Result;
+
+/// What to do with a record that is not on its user's partition (a producer
+/// partitioned it with something other than murmur2 of the user id). Counts
+/// are partition-local, so such a record would be counted apart from the
+/// rest of its user's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OnMispartitioned {
+    /// Stop before writing anything for the batch, naming the user and both
+    /// partitions.
+    #[default]
+    Fail,
+    /// Leave the record out of the counts: the live job sends it to the
+    /// dead-letter topic with that reason; the backfill, which writes no
+    /// Kafka, counts it in its report.
+    DeadLetter,
+}
+
+/// Checks each user's records against the partition murmur2 of its key
+/// gives, for a topic of `partitions` partitions.
+pub struct Placement {
+    partitions: i32,
+    /// Reused for each record's key: no allocation per record.
+    key: String,
+}
+
+impl Placement {
+    pub fn new(partitions: i32) -> Self {
+        Self {
+            partitions,
+            key: String::new(),
+        }
+    }
+
+    /// `None` when `user_id`'s records belong on `partition`, else why not.
+    pub fn misplaced(&mut self, user_id: i32, partition: i32, offset: i64) -> Option<String> {
+        write_transaction_key(user_id, &mut self.key);
+        let home = partition_of(self.key.as_bytes(), self.partitions);
+        (home != partition).then(|| {
+            format!(
+                "user {user_id} is on partition {partition} (offset {offset}) but murmur2 of its key puts it on \
+                 partition {home}: a producer used another partitioner (librdkafka's default is consistent_random; \
+                 use murmur2_random, Java's default)"
+            )
+        })
+    }
+}
+
+/// The error that stops a job under `OnMispartitioned::Fail`.
+pub fn mispartitioned_refusal(reason: &str) -> super::Error {
+    super::Error::Other(format!(
+        "{reason}. Per-user counts are partition-local and would be wrong, so the job stops before counting this \
+         partition's batch. Fix the producer and re-produce, or run with --on-mispartitioned=dead-letter to leave \
+         such records out of the counts."
+    ))
+}
+
+/// What the features guest made of one partition's transactions.
+#[derive(Debug, Default)]
+pub struct Counted {
+    pub events: Vec<FeatureEvent>,
+    /// Indexes of the inputs the guest rejected, with its reason.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// One guest call over `inputs` (records of `partition` at `offsets`, in
+/// offset order) against the partition's keyed state; the state holds the
+/// guest's updates afterwards, or is unchanged when the call fails.
+pub fn count(
+    guest: &mut FeaturesGuest,
+    state: &mut PartitionState,
+    partition: i32,
+    offsets: &[i64],
+    inputs: &[WitTransaction],
+) -> Result<Counted> {
+    let outcomes = guest.process(&mut state.values, inputs)?;
+    let mut counted = Counted {
+        events: Vec::with_capacity(outcomes.len()),
+        rejected: Vec::new(),
+    };
+    for (index, (offset, outcome)) in offsets.iter().zip(outcomes).enumerate() {
+        match outcome {
+            FeatureOutcome::Emit(f) => counted.events.push(FeatureEvent {
+                user_id: f.user_id,
+                total_transactions_count: f.total_transactions_count,
+                as_of_timestamp_millis: f.as_of_timestamp_millis,
+                source_partition: partition,
+                source_offset: *offset,
+            }),
+            FeatureOutcome::Skip => {}
+            FeatureOutcome::Reject(reason) => counted.rejected.push((index, format!("rejected by guest: {reason}"))),
+        }
+    }
+    Ok(counted)
+}

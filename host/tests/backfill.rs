@@ -1,0 +1,346 @@
+//! The backfill replays the archive the live pipeline wrote through the same
+//! features module: its rows equal the live job's, it touches neither Redis
+//! nor Kafka, a rerun or a resumed run after SIGKILL gives the same bytes,
+//! and its state hands off to a live job that continues with exact counts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::verify::{expected_feature_rows, feature_rows};
+use common::*;
+use redis::AsyncCommands;
+
+/// Listeners standing in for Kafka and Redis: the backfill is pointed at
+/// them, and a test then checks that nothing ever connected.
+struct Tripwires {
+    kafka: TcpListener,
+    redis: TcpListener,
+}
+
+impl Tripwires {
+    fn new() -> Self {
+        let listen = || {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.set_nonblocking(true).expect("nonblocking");
+            listener
+        };
+        Self {
+            kafka: listen(),
+            redis: listen(),
+        }
+    }
+
+    fn envs(&self) -> [(&'static str, String); 2] {
+        let address = |l: &TcpListener| l.local_addr().expect("address").to_string();
+        [
+            ("SLUICE_BROKERS", address(&self.kafka)),
+            ("SLUICE_REDIS_URL", format!("redis://{}", address(&self.redis))),
+        ]
+    }
+
+    fn assert_untouched(&self) {
+        for (name, listener) in [("Kafka", &self.kafka), ("Redis", &self.redis)] {
+            match listener.accept() {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => panic!("the backfill connected to {name}: {other:?}"),
+            }
+        }
+    }
+}
+
+fn backfill_args(topic: &str, archive: &str, output: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--topic",
+        topic,
+        "backfill",
+        "--module",
+        &module("features"),
+        "--from",
+        archive,
+        "--output-url",
+        output,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs a backfill pointed at tripwires instead of Kafka and Redis.
+fn run_backfill(topic: &str, archive: &str, output: &str, extra: &[&str]) -> Output {
+    let tripwires = Tripwires::new();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(backfill_args(topic, archive, output, extra))
+        .envs(tripwires.envs())
+        .output()
+        .expect("run sluice backfill");
+    tripwires.assert_untouched();
+    output
+}
+
+fn backfill_ok(topic: &str, archive: &str, output: &str, extra: &[&str]) -> serde_json::Value {
+    let output = run_backfill(topic, archive, output, extra);
+    assert!(
+        output.status.success(),
+        "backfill failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    report(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Every file under a directory, by relative path, with its bytes.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).expect("under dir").display().to_string();
+                found.insert(relative, std::fs::read(&path).expect("read"));
+            }
+        }
+    }
+    found
+}
+
+/// Every Redis hash under `pattern`, field by field.
+async fn redis_snapshot(pattern: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut redis = redis().await;
+    let keys: Vec<String> = redis.keys(pattern).await.expect("keys");
+    let mut snapshot = BTreeMap::new();
+    for key in keys {
+        let fields: BTreeMap<String, String> = redis.hgetall(&key).await.expect("hgetall");
+        snapshot.insert(key, fields);
+    }
+    snapshot
+}
+
+/// The live pipeline over `topic`: the archive and the live features in
+/// `live_url`; then the backfill of that archive into `backfill_url` must
+/// give the same rows, leaving Redis as it was.
+async fn backfill_equals_live(topic: &str, live_url: &str, backfill_url: &str) {
+    setup_topic_with(topic, 3);
+    produce(topic, 12_000, 0);
+    run_job("backup", topic, live_url, &[]);
+    let live = run_job("features", topic, live_url, &[]);
+    assert_eq!(live["features"], 12_000, "{live}");
+    let live_rows = feature_rows(live_url).await;
+    assert_eq!(live_rows, expected_feature_rows(topic), "the live job's rows are right");
+
+    let redis_pattern = format!("sluice:*{topic}*");
+    let redis_before = redis_snapshot(&redis_pattern).await;
+    assert!(!redis_before.is_empty(), "the live job wrote Redis");
+
+    let summary = backfill_ok(topic, live_url, backfill_url, &["--rows-per-object", "2500"]);
+    assert_eq!(summary["records"], 12_000, "{summary}");
+    assert_eq!(summary["services"], serde_json::json!(["object storage"]), "{summary}");
+    let users: std::collections::HashSet<i32> = live_rows.iter().map(|r| r.0).collect();
+    assert_eq!(summary["users"], users.len(), "{summary}");
+    assert!(summary["objects"].as_u64().expect("objects") >= 3, "{summary}");
+    assert_eq!(feature_rows(backfill_url).await, live_rows, "backfill rows = live rows");
+
+    assert_eq!(redis_snapshot(&redis_pattern).await, redis_before, "Redis untouched");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_of_a_local_archive_equals_the_live_rows() {
+    let topic = unique("backfill-file");
+    let (_live, live_url) = local_lake();
+    let (_out, out_url) = local_lake();
+    backfill_equals_live(&topic, &live_url, &out_url).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_of_an_s3_archive_equals_the_live_rows() {
+    let topic = unique("backfill-s3");
+    let bucket = env("SLUICE_S3_BUCKET");
+    let live_url = format!("s3://{bucket}/{topic}/live");
+    let out_url = format!("s3://{bucket}/{topic}/backfill");
+    backfill_equals_live(&topic, &live_url, &out_url).await;
+}
+
+/// A rerun changes nothing; `--restart` rewrites the same bytes; a run
+/// killed with SIGKILL resumes to the same bytes as an uninterrupted one; a
+/// record archived twice is counted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_is_idempotent_resumable_and_counts_a_record_once() {
+    let topic = unique("backfill-resume");
+    setup_topic_with(&topic, 3);
+    produce(&topic, 9_000, 0);
+    let (archive_dir, archive) = local_lake();
+    run_job("backup", &topic, &archive, &["--batch-size", "500"]);
+    let expected = expected_feature_rows(&topic);
+
+    // One archive object stored twice, under a second name.
+    let folder = archive_dir.path().join(&topic).join("partition=1");
+    let mut objects: Vec<_> = std::fs::read_dir(&folder)
+        .expect("partition 1")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    objects.sort();
+    let original = &objects[1];
+    let name = original.file_name().expect("name").to_string_lossy().into_owned();
+    let (stem, first) = name.trim_end_matches(".parquet").rsplit_once('+').expect("offset");
+    let copy = folder.join(format!(
+        "{stem}+{:020}.parquet",
+        first.parse::<i64>().expect("offset") + 1
+    ));
+    std::fs::copy(original, &copy).expect("copy");
+    let copied_rows = archived_rows_of(&copy);
+    assert!(copied_rows > 0);
+
+    let options = ["--rows-per-object", "1000", "--parallelism", "2"];
+    let (whole_dir, whole) = local_lake();
+    let first_run = backfill_ok(&topic, &archive, &whole, &options);
+    assert_eq!(first_run["records"], 9_000, "{first_run}");
+    assert_eq!(first_run["duplicates"], copied_rows, "{first_run}");
+    assert_eq!(feature_rows(&whole).await, expected, "each record counted once");
+    let reference = files(whole_dir.path());
+
+    let rerun = backfill_ok(&topic, &archive, &whole, &options);
+    assert_eq!(rerun["records"], 0, "nothing left to do: {rerun}");
+    assert_eq!(rerun["already_done"], 9_000 + copied_rows, "{rerun}");
+    assert_eq!(files(whole_dir.path()), reference, "a rerun changes nothing");
+
+    let restart = backfill_ok(&topic, &archive, &whole, &[&options[..], &["--restart"]].concat());
+    assert_eq!(restart["records"], 9_000, "{restart}");
+    assert_eq!(files(whole_dir.path()), reference, "a restart rewrites the same bytes");
+
+    // Killed after its fourth object, then started again.
+    let (resumed_dir, resumed) = local_lake();
+    let args = backfill_args(&topic, &archive, &resumed, &options);
+    let tripwires = Tripwires::new();
+    let envs = tripwires.envs();
+    let mut envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    envs.push(("SLUICE_CRASH_AT", "backfill-after-object:4"));
+    let mut killed = spawn_sluice(&args.iter().map(String::as_str).collect::<Vec<_>>(), &envs);
+    assert!(
+        killed.wait_for("crash point backfill-after-object reached", Duration::from_secs(60)),
+        "{}",
+        killed.log()
+    );
+    killed.kill();
+    let partial = files(resumed_dir.path());
+    assert!(
+        partial.len() < reference.len() && partial.keys().any(|k| k.ends_with(".parquet")),
+        "killed mid-run: {:?}",
+        partial.keys().collect::<Vec<_>>()
+    );
+    let finished = backfill_ok(&topic, &archive, &resumed, &options);
+    assert!(
+        finished["already_done"].as_u64().expect("already_done") > 0,
+        "resumed, not restarted: {finished}"
+    );
+    let resumed_files = files(resumed_dir.path());
+    assert_eq!(
+        resumed_files.keys().collect::<Vec<_>>(),
+        reference.keys().collect::<Vec<_>>(),
+        "the same objects"
+    );
+    assert!(resumed_files == reference, "the same bytes as the uninterrupted run");
+}
+
+fn archived_rows_of(path: &Path) -> u64 {
+    let bytes = bytes::Bytes::from(std::fs::read(path).expect("read"));
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
+    builder.metadata().file_metadata().num_rows() as u64
+}
+
+/// A new deployment bootstraps from history: the backfill of an archive of
+/// the first half hands its state to a live group, which reads only the
+/// second half and ends with every count exact. A hand-off the topic no
+/// longer reaches is refused, naming the gap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_job_continues_exactly_from_the_backfill_handoff() {
+    let topic = unique("handoff");
+    setup_topic_with(&topic, 3);
+    produce(&topic, 6_000, 0);
+    let (_archive_dir, archive) = local_lake();
+    run_job("backup", &topic, &archive, &[]);
+
+    let (_deployment_dir, deployment) = local_lake();
+    let group = format!("{topic}-features");
+    let summary = backfill_ok(
+        &topic,
+        &archive,
+        &deployment,
+        &["--handoff-group", &group, "--rows-per-object", "1500"],
+    );
+    let offsets = &summary["handoff"]["offsets"];
+    let handed_off: i64 = offsets
+        .as_object()
+        .expect("offsets")
+        .values()
+        .map(|v| v.as_i64().expect("offset"))
+        .sum();
+    assert_eq!(handed_off, 6_000, "{summary}");
+
+    produce(&topic, 6_000, 6_000);
+    let live = run_job("features", &topic, &deployment, &[]);
+    assert_eq!(live["records"], 6_000, "the live job reads only the second half: {live}");
+
+    let expected = expected_feature_rows(&topic);
+    assert_eq!(feature_rows(&deployment).await, expected, "history + live = every row");
+    let mut totals: BTreeMap<i32, i32> = BTreeMap::new();
+    for row in &expected {
+        let total = totals.entry(row.0).or_default();
+        *total = (*total).max(row.1);
+    }
+    let mut redis = redis().await;
+    let second_half: std::collections::HashSet<i32> =
+        expected.iter().filter(|r| r.4 >= offsets[r.3.to_string()].as_i64().expect("offset")).map(|r| r.0).collect();
+    assert!(!second_half.is_empty());
+    for user in second_half {
+        let stored: Option<i32> = redis
+            .hget(format!("sluice:test:{topic}:user:{user}"), "total_transactions_count")
+            .await
+            .expect("hget");
+        assert_eq!(stored, totals.get(&user).copied(), "user {user}: history + live");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handoff_the_topic_no_longer_reaches_is_refused() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let topic = unique("handoff-gap");
+    setup_topic_with(&topic, 1);
+    produce(&topic, 300, 0);
+    let (_archive_dir, archive) = local_lake();
+    run_job("backup", &topic, &archive, &[]);
+    let (_deployment_dir, deployment) = local_lake();
+    let group = format!("{topic}-features");
+    backfill_ok(&topic, &archive, &deployment, &["--handoff-group", &group]);
+
+    // Retention passes the hand-off offset before the live job starts.
+    produce(&topic, 300, 300);
+    let args = kafka_args(&topic);
+    let credentials = args.admin_credentials();
+    let admin: AdminClient<DefaultClientContext> = args.client_config(credentials.as_ref()).create().expect("admin");
+    let mut cut = TopicPartitionList::new();
+    cut.add_partition_offset(&topic, 0, Offset::Offset(350)).expect("offset");
+    admin
+        .delete_records(&cut, &AdminOptions::new())
+        .await
+        .expect("delete records");
+
+    let refused = run_job_output("features", &topic, &deployment, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("offsets 300..350 (50 records) are in neither the archive nor the topic"),
+        "{stderr}"
+    );
+}
