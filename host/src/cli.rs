@@ -311,8 +311,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 since,
                 until,
                 handoff_group,
-                parallelism: parallelism
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                parallelism: parallelism.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 rows_per_object,
                 on_mispartitioned,
                 allow_gaps,

@@ -94,7 +94,8 @@ impl ArchiveLineage {
         };
         let number = |key: &str| -> Result<i32> {
             let raw = get(key)?;
-            raw.parse().map_err(|_| Error(format!("{key} is {raw:?}, not a number")))
+            raw.parse()
+                .map_err(|_| Error(format!("{key} is {raw:?}, not a number")))
         };
         let offsets_raw = get(OFFSETS)?;
         let offsets = if offsets_raw.is_empty() {

@@ -150,6 +150,12 @@ async fn backfill_equals_live(topic: &str, live_url: &str, backfill_url: &str) {
     assert_eq!(feature_rows(backfill_url).await, live_rows, "backfill rows = live rows");
 
     assert_eq!(redis_snapshot(&redis_pattern).await, redis_before, "Redis untouched");
+
+    // Into the live job's own output, the rows would be there twice.
+    let refused = run_backfill(topic, live_url, live_url, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("would duplicate them"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -248,6 +254,43 @@ async fn backfill_is_idempotent_resumable_and_counts_a_record_once() {
         "the same objects"
     );
     assert!(resumed_files == reference, "the same bytes as the uninterrupted run");
+
+    // Event-time bounds: counts start at zero at --since, per record.
+    let mut times: Vec<i64> = expected.iter().map(|r| r.2).collect();
+    times.sort_unstable();
+    let (since, until) = (times[times.len() / 4], times[times.len() * 3 / 4]);
+    let (_bounded_dir, bounded) = local_lake();
+    let window = backfill_ok(
+        &topic,
+        &archive,
+        &bounded,
+        &["--since", &since.to_string(), "--until", &until.to_string()],
+    );
+    let mut in_order = expected.clone();
+    in_order.sort_by_key(|r| (r.3, r.4));
+    let mut counts: BTreeMap<i32, i32> = BTreeMap::new();
+    let mut windowed: Vec<_> = in_order
+        .iter()
+        .filter(|r| (since..until).contains(&r.2))
+        .map(|r| {
+            let count = counts.entry(r.0).or_default();
+            *count += 1;
+            (r.0, *count, r.2, r.3, r.4)
+        })
+        .collect();
+    windowed.sort_unstable();
+    assert_eq!(feature_rows(&bounded).await, windowed, "{window}");
+    assert_eq!(window["outside_time_range"], 9_000 - windowed.len(), "{window}");
+
+    // A lost archive object is a gap: refused, or counted past knowingly.
+    std::fs::remove_file(&objects[3]).expect("remove");
+    let (_gap_dir, gap_out) = local_lake();
+    let refused = run_backfill(&topic, &archive, &gap_out, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("misses offsets") && stderr.contains("partition 1"), "{stderr}");
+    let allowed = backfill_ok(&topic, &archive, &gap_out, &["--allow-gaps"]);
+    assert!(allowed["records"].as_u64().expect("records") < 9_000, "{allowed}");
 }
 
 fn archived_rows_of(path: &Path) -> u64 {
@@ -287,7 +330,10 @@ async fn a_live_job_continues_exactly_from_the_backfill_handoff() {
 
     produce(&topic, 6_000, 6_000);
     let live = run_job("features", &topic, &deployment, &[]);
-    assert_eq!(live["records"], 6_000, "the live job reads only the second half: {live}");
+    assert_eq!(
+        live["records"], 6_000,
+        "the live job reads only the second half: {live}"
+    );
 
     let expected = expected_feature_rows(&topic);
     assert_eq!(feature_rows(&deployment).await, expected, "history + live = every row");
@@ -297,8 +343,11 @@ async fn a_live_job_continues_exactly_from_the_backfill_handoff() {
         *total = (*total).max(row.1);
     }
     let mut redis = redis().await;
-    let second_half: std::collections::HashSet<i32> =
-        expected.iter().filter(|r| r.4 >= offsets[r.3.to_string()].as_i64().expect("offset")).map(|r| r.0).collect();
+    let second_half: std::collections::HashSet<i32> = expected
+        .iter()
+        .filter(|r| r.4 >= offsets[r.3.to_string()].as_i64().expect("offset"))
+        .map(|r| r.0)
+        .collect();
     assert!(!second_half.is_empty());
     for user in second_half {
         let stored: Option<i32> = redis
@@ -330,7 +379,8 @@ async fn a_handoff_the_topic_no_longer_reaches_is_refused() {
     let credentials = args.admin_credentials();
     let admin: AdminClient<DefaultClientContext> = args.client_config(credentials.as_ref()).create().expect("admin");
     let mut cut = TopicPartitionList::new();
-    cut.add_partition_offset(&topic, 0, Offset::Offset(350)).expect("offset");
+    cut.add_partition_offset(&topic, 0, Offset::Offset(350))
+        .expect("offset");
     admin
         .delete_records(&cut, &AdminOptions::new())
         .await

@@ -64,14 +64,7 @@ impl FeaturesJob {
         if !options.handoffs.is_empty() {
             tracing::info!(handoffs = ?options.handoffs, "a backfill left state for this group");
         }
-        let mut consuming = Consuming::start(
-            &self.kafka,
-            options,
-            JOB,
-            FEATURES_USER,
-            FEATURES_PASSWORD_VAR,
-        )
-        .await?;
+        let mut consuming = Consuming::start(&self.kafka, options, JOB, FEATURES_USER, FEATURES_PASSWORD_VAR).await?;
         let mut decoder = Decoder::new(&self.registry);
         let mut redis = RedisSink::connect(&self.options.redis.redis_url, &self.options.redis.redis_prefix).await?;
         let sink = ParquetSink::new(self.storage.clone(), DATASET);

@@ -240,7 +240,13 @@ pub fn expected_feature_rows(topic: &str) -> Vec<FeatureRow> {
             let tx = sluice::avro::transaction_from_value(&decoded).expect("transaction");
             let count = counts.entry(tx.user_id).or_default();
             *count += 1;
-            (tx.user_id, *count, tx.transaction_timestamp_millis, r.partition, r.offset)
+            (
+                tx.user_id,
+                *count,
+                tx.transaction_timestamp_millis,
+                r.partition,
+                r.offset,
+            )
         })
         .collect();
     rows.sort_unstable();

@@ -151,10 +151,10 @@ pub fn gaps(objects: &[ArchiveObject]) -> Vec<std::ops::Range<i64>> {
     let mut covered: Option<i64> = None;
     for object in objects {
         let consumed = &object.lineage.consumed;
-        if let Some(end) = covered {
-            if consumed.start > end {
-                gaps.push(end..consumed.start);
-            }
+        if let Some(end) = covered
+            && consumed.start > end
+        {
+            gaps.push(end..consumed.start);
         }
         covered = Some(covered.map_or(consumed.end, |end| end.max(consumed.end)));
     }

@@ -325,13 +325,16 @@ impl Backfill {
     /// progress made under other settings; `--restart` deletes the progress
     /// and the features objects of the shard's partitions first.
     async fn claim_output(&self, settings: &RunSettings, partitions: impl Iterator<Item = i32>) -> Result<()> {
-        let path = self.output.path(&format!("_checkpoints/{}/run.json", progress_name(&self.topic)));
+        let path = self
+            .output
+            .path(&format!("_checkpoints/{}/run.json", progress_name(&self.topic)));
         let storage_error = |e: object_store::Error| Error::Other(format!("{path}: {e}"));
         if self.restart {
             for partition in partitions {
-                let progress = self
-                    .output
-                    .path(&format!("_checkpoints/{}/partition={partition}", progress_name(&self.topic)));
+                let progress = self.output.path(&format!(
+                    "_checkpoints/{}/partition={partition}",
+                    progress_name(&self.topic)
+                ));
                 let features = self.output.path(&format!("{DATASET}/partition={partition}"));
                 self.output.delete_under(&progress).await?;
                 self.output.delete_under(&features).await?;
@@ -340,8 +343,8 @@ impl Backfill {
             match self.output.store.get(&path).await {
                 Ok(found) => {
                     let bytes = found.bytes().await.map_err(storage_error)?;
-                    let earlier: RunSettings = serde_json::from_slice(&bytes)
-                        .map_err(|e| Error::Other(format!("{path}: {e}")))?;
+                    let earlier: RunSettings =
+                        serde_json::from_slice(&bytes).map_err(|e| Error::Other(format!("{path}: {e}")))?;
                     if &earlier != settings {
                         return Err(Error::Other(format!(
                             "{} already holds a backfill of topic {} with other settings ({earlier:?}); this run's \
@@ -413,8 +416,7 @@ fn progress_name(topic: &str) -> String {
 }
 
 fn sha256_file(path: &std::path::Path) -> Result<String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| Error::Other(format!("reading module {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Other(format!("reading module {}: {e}", path.display())))?;
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
@@ -428,7 +430,11 @@ async fn replay_partition(
     let mut progress = Checkpoints::new(context.output.clone(), &progress_name(&context.topic));
     let state = progress.latest(partition).await?.unwrap_or_default();
     if state.next_offset > 0 {
-        tracing::info!(partition, offset = state.next_offset, "resuming from the backfill's checkpoint");
+        tracing::info!(
+            partition,
+            offset = state.next_offset,
+            "resuming from the backfill's checkpoint"
+        );
     }
     let mut outcome = PartitionOutcome {
         partition,
@@ -524,8 +530,7 @@ fn replay_chunk(
                 continue;
             }
             next_offset = offset + 1;
-            if row.transaction_timestamp_millis < context.since || row.transaction_timestamp_millis >= context.until
-            {
+            if row.transaction_timestamp_millis < context.since || row.transaction_timestamp_millis >= context.until {
                 outcome.outside_time_range += 1;
                 continue;
             }
@@ -555,4 +560,49 @@ fn replay_chunk(
     outcome.records += inputs.len() as u64;
     outcome.state.next_offset = next_offset;
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lineage::ArchiveLineage;
+
+    fn object(consumed: std::ops::Range<i64>, rows: &[i64]) -> ArchiveObject {
+        ArchiveObject {
+            path: format!("t/partition=0/t+0+{:020}.parquet", consumed.start).into(),
+            lineage: ArchiveLineage::new("t", 0, 1, consumed, rows),
+        }
+    }
+
+    #[test]
+    fn shards_split_partitions_without_overlap() {
+        let shards: Vec<Shard> = (0..3).map(|i| format!("{i}/3").parse().expect("shard")).collect();
+        for partition in 0..12 {
+            assert_eq!(shards.iter().filter(|s| s.holds(partition)).count(), 1);
+        }
+        for bad in ["3/3", "1/0", "x/2", "2"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chunks_are_whole_objects_of_at_least_the_asked_rows() {
+        let objects = vec![
+            object(0..3, &[0, 1, 2]),
+            object(3..5, &[3, 4]),
+            object(5..9, &[5, 6, 8]),
+            object(9..10, &[9]),
+        ];
+        let sizes: Vec<Vec<i64>> = chunks(objects, 4)
+            .iter()
+            .map(|c| c.iter().map(|o| o.lineage.consumed.start).collect())
+            .collect();
+        assert_eq!(sizes, vec![vec![0, 3], vec![5, 9]]);
+    }
+
+    #[test]
+    fn gaps_are_offsets_no_object_consumed() {
+        let objects = vec![object(0..10, &[0]), object(5..12, &[6]), object(15..20, &[15])];
+        assert_eq!(archive::gaps(&objects), vec![12..15]);
+    }
 }

@@ -53,7 +53,13 @@ impl Progress {
                     let now = done.load(Ordering::Relaxed);
                     let rate = now.saturating_sub(already) as f64 / started.elapsed().as_secs_f64().max(1e-9);
                     let eta_s = (total.saturating_sub(now) as f64 / rate.max(1e-9)).round();
-                    tracing::info!(records = now, total, records_per_s = rate.round(), eta_s, "backfill progress");
+                    tracing::info!(
+                        records = now,
+                        total,
+                        records_per_s = rate.round(),
+                        eta_s,
+                        "backfill progress"
+                    );
                 }
             });
         }
