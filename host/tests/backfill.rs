@@ -288,7 +288,10 @@ async fn backfill_is_idempotent_resumable_and_counts_a_record_once() {
     let refused = run_backfill(&topic, &archive, &gap_out, &[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
-    assert!(stderr.contains("misses offsets") && stderr.contains("partition 1"), "{stderr}");
+    assert!(
+        stderr.contains("misses offsets") && stderr.contains("partition 1"),
+        "{stderr}"
+    );
     let allowed = backfill_ok(&topic, &archive, &gap_out, &["--allow-gaps"]);
     assert!(allowed["records"].as_u64().expect("records") < 9_000, "{allowed}");
 }
@@ -360,10 +363,6 @@ async fn a_live_job_continues_exactly_from_the_backfill_handoff() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handoff_the_topic_no_longer_reaches_is_refused() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::{Offset, TopicPartitionList};
-
     let topic = unique("handoff-gap");
     setup_topic_with(&topic, 1);
     produce(&topic, 300, 0);
@@ -375,16 +374,7 @@ async fn a_handoff_the_topic_no_longer_reaches_is_refused() {
 
     // Retention passes the hand-off offset before the live job starts.
     produce(&topic, 300, 300);
-    let args = kafka_args(&topic);
-    let credentials = args.admin_credentials();
-    let admin: AdminClient<DefaultClientContext> = args.client_config(credentials.as_ref()).create().expect("admin");
-    let mut cut = TopicPartitionList::new();
-    cut.add_partition_offset(&topic, 0, Offset::Offset(350))
-        .expect("offset");
-    admin
-        .delete_records(&cut, &AdminOptions::new())
-        .await
-        .expect("delete records");
+    delete_records_below(&topic, 0, 350).await;
 
     let refused = run_job_output("features", &topic, &deployment, &[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);

@@ -295,10 +295,6 @@ async fn ten_thousand_malformed_records_are_dead_lettered_in_bulk() {
 /// `--on-data-loss=continue` it skips exactly those and reports how many.
 #[tokio::test(flavor = "multi_thread")]
 async fn records_deleted_before_the_group_read_them_are_refused_or_counted() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::{Offset, TopicPartitionList};
-
     let topic = unique("data-loss");
     setup_topic(&topic);
     let (_lake, url) = local_lake();
@@ -314,16 +310,7 @@ async fn records_deleted_before_the_group_read_them_are_refused_or_counted() {
         .find(|(p, _, _)| *p == 0)
         .expect("partition 0 has new records");
     assert!(high - committed > 100, "{lag:?}");
-    let args = kafka_args(&topic);
-    let credentials = args.admin_credentials();
-    let admin: AdminClient<DefaultClientContext> = args.client_config(credentials.as_ref()).create().expect("admin");
-    let mut cut = TopicPartitionList::new();
-    cut.add_partition_offset(&topic, partition, Offset::Offset(committed + 100))
-        .expect("offset");
-    admin
-        .delete_records(&cut, &AdminOptions::new())
-        .await
-        .expect("delete records");
+    delete_records_below(&topic, partition, committed + 100).await;
 
     let run = |extra: &[&str]| run_job_output("backup", &topic, &url, extra);
     let refused = run(&[]);

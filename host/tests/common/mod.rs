@@ -549,3 +549,20 @@ pub fn signal(pid: u32, name: &str) {
         .expect("kill");
     assert!(status.success(), "kill -{name} {pid}");
 }
+
+/// Deletes a partition's records below `offset`, as retention would.
+pub async fn delete_records_below(topic: &str, partition: i32, offset: i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+
+    let args = kafka_args(topic);
+    let credentials = args.admin_credentials();
+    let admin: AdminClient<DefaultClientContext> = args.client_config(credentials.as_ref()).create().expect("admin");
+    let mut cut = TopicPartitionList::new();
+    cut.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .expect("offset");
+    admin
+        .delete_records(&cut, &AdminOptions::new())
+        .await
+        .expect("delete records");
+}

@@ -15,19 +15,24 @@ use super::*;
 /// A transaction as a comparable tuple (the amount by its bits).
 type Row = (i32, i64, u32, String, i32);
 
+/// A topic record's transaction, decoded with the v1 schema.
+fn decode_transaction(schema: &apache_avro::Schema, record: &Record) -> sluice::model::Transaction {
+    let value = record.value.as_deref().expect("value");
+    assert_eq!(value[0], 0, "Confluent magic byte");
+    let decoded = apache_avro::reader::datum::GenericDatumReader::builder(schema)
+        .build()
+        .expect("reader")
+        .read_value(&mut &value[5..])
+        .expect("avro");
+    sluice::avro::transaction_from_value(&decoded).expect("transaction")
+}
+
 fn produced_rows(topic: &str) -> Vec<Row> {
     let schema = apache_avro::Schema::parse_str(sluice::model::TRANSACTION_SCHEMA).expect("schema");
     let mut rows: Vec<Row> = read_topic(topic)
         .iter()
         .map(|r| {
-            let value = r.value.as_deref().expect("value");
-            assert_eq!(value[0], 0, "Confluent magic byte");
-            let decoded = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
-                .build()
-                .expect("reader")
-                .read_value(&mut &value[5..])
-                .expect("avro");
-            let tx = sluice::avro::transaction_from_value(&decoded).expect("transaction");
+            let tx = decode_transaction(&schema, r);
             assert_eq!(
                 r.key.as_deref(),
                 Some(tx.user_id.to_string().as_bytes()),
@@ -231,13 +236,7 @@ pub fn expected_feature_rows(topic: &str) -> Vec<FeatureRow> {
     let mut rows: Vec<FeatureRow> = records
         .iter()
         .map(|r| {
-            let value = r.value.as_deref().expect("value");
-            let decoded = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
-                .build()
-                .expect("reader")
-                .read_value(&mut &value[5..])
-                .expect("avro");
-            let tx = sluice::avro::transaction_from_value(&decoded).expect("transaction");
+            let tx = decode_transaction(&schema, r);
             let count = counts.entry(tx.user_id).or_default();
             *count += 1;
             (
