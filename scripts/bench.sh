@@ -125,8 +125,8 @@ assert a == b, f"sluice {a} != duckdb {b}"
 PY
     records=$(field records <<<"$sluice_json")
     printf '\n%-9s %10s %8s %14s %14s %8s\n' run records objects sluice_rec_s duckdb_rec_s ratio
-    python3 -c 'import sys; n, o, s, d = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]); print(f"{\"backfill\":<9} {n:10d} {o:8d} {n / s:14.0f} {n / d:14.0f} {d / s:7.2f}x")' \
-        "$records" "$objects" "$sluice_s" "$duck_s"
+    python3 -c 'import sys; n, o, s, d = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]); print(f"{sys.argv[1]:<9} {n:10d} {o:8d} {n / s:14.0f} {n / d:14.0f} {d / s:7.2f}x")' \
+        backfill "$records" "$objects" "$sluice_s" "$duck_s"
 fi
 
 redis-cli --scan --pattern "bench:$topic:*" | xargs -r -n 500 redis-cli del >/dev/null
