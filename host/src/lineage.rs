@@ -11,6 +11,7 @@
 //! | `sluice.partitions` | the topic's partition count when it was written |
 //! | `sluice.consumed` | `first..end`: the offsets the batch consumed (end exclusive), archived or not |
 //! | `sluice.offsets` | the rows' offsets, in row order, as half-open runs `a..b,c..d` |
+//! | `sluice.excluded` | offsets consumed but not archived (dead-lettered, or dropped by the backup guest), as runs |
 //!
 //! Offsets are listed explicitly because they are not always contiguous
 //! (transaction markers, compaction, records dead-lettered or dropped by the
@@ -27,6 +28,7 @@ pub const PARTITION: &str = "sluice.partition";
 pub const PARTITIONS: &str = "sluice.partitions";
 pub const CONSUMED: &str = "sluice.consumed";
 pub const OFFSETS: &str = "sluice.offsets";
+pub const EXCLUDED: &str = "sluice.excluded";
 
 #[derive(Debug, thiserror::Error)]
 #[error("archive lineage: {0}")]
@@ -45,18 +47,35 @@ pub struct ArchiveLineage {
     pub consumed: Range<i64>,
     /// Runs of the rows' offsets, in row order.
     pub offsets: Vec<Range<i64>>,
+    /// Runs of the offsets consumed but not archived: records the backup
+    /// job dead-lettered or its guest dropped.
+    pub excluded: Vec<Range<i64>>,
 }
 
 impl ArchiveLineage {
-    /// Lineage of rows with `offsets` (ascending), out of `consumed`.
-    pub fn new(topic: &str, partition: i32, partitions: i32, consumed: Range<i64>, offsets: &[i64]) -> Self {
+    /// Lineage of rows with `offsets` (ascending), out of `consumed`;
+    /// `excluded` (ascending) were consumed and not archived.
+    pub fn new(
+        topic: &str,
+        partition: i32,
+        partitions: i32,
+        consumed: Range<i64>,
+        offsets: &[i64],
+        excluded: &[i64],
+    ) -> Self {
         Self {
             topic: topic.to_string(),
             partition,
             partitions,
             consumed,
             offsets: runs(offsets),
+            excluded: runs(excluded),
         }
+    }
+
+    /// How many consumed records are not in the object.
+    pub fn excluded_records(&self) -> u64 {
+        self.excluded.iter().map(|r| (r.end - r.start) as u64).sum()
     }
 
     /// How many rows the lineage describes.
@@ -70,7 +89,12 @@ impl ArchiveLineage {
     }
 
     pub fn to_metadata(&self) -> Vec<KeyValue> {
-        let offsets: Vec<String> = self.offsets.iter().map(|r| format!("{}..{}", r.start, r.end)).collect();
+        let show = |runs: &[Range<i64>]| {
+            runs.iter()
+                .map(|r| format!("{}..{}", r.start, r.end))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         vec![
             KeyValue::new(TOPIC.into(), self.topic.clone()),
             KeyValue::new(PARTITION.into(), self.partition.to_string()),
@@ -79,7 +103,8 @@ impl ArchiveLineage {
                 CONSUMED.into(),
                 format!("{}..{}", self.consumed.start, self.consumed.end),
             ),
-            KeyValue::new(OFFSETS.into(), offsets.join(",")),
+            KeyValue::new(OFFSETS.into(), show(&self.offsets)),
+            KeyValue::new(EXCLUDED.into(), show(&self.excluded)),
         ]
     }
 
@@ -97,36 +122,41 @@ impl ArchiveLineage {
             raw.parse()
                 .map_err(|_| Error(format!("{key} is {raw:?}, not a number")))
         };
-        let offsets_raw = get(OFFSETS)?;
-        let offsets = if offsets_raw.is_empty() {
-            Vec::new()
-        } else {
-            offsets_raw.split(',').map(parse_range).collect::<Result<Vec<_>>>()?
-        };
-        for pair in offsets.windows(2) {
-            if pair[1].start < pair[0].end {
-                return Err(Error(format!("{OFFSETS} are not ascending: {offsets_raw}")));
-            }
-        }
+        let offsets = parse_runs(OFFSETS, get(OFFSETS)?)?;
+        let excluded = parse_runs(EXCLUDED, get(EXCLUDED)?)?;
         let lineage = Self {
             topic: get(TOPIC)?.to_string(),
             partition: number(PARTITION)?,
             partitions: number(PARTITIONS)?,
             consumed: parse_range(get(CONSUMED)?)?,
             offsets,
+            excluded,
         };
         let outside = lineage
             .offsets
             .iter()
+            .chain(&lineage.excluded)
             .any(|r| r.start < lineage.consumed.start || r.end > lineage.consumed.end);
         if outside {
             return Err(Error(format!(
-                "{OFFSETS} reach outside {CONSUMED} {}..{}",
+                "{OFFSETS} or {EXCLUDED} reach outside {CONSUMED} {}..{}",
                 lineage.consumed.start, lineage.consumed.end
             )));
         }
         Ok(lineage)
     }
+}
+
+/// Ascending half-open runs `a..b,c..d` (empty for none).
+fn parse_runs(key: &str, raw: &str) -> Result<Vec<Range<i64>>> {
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    let runs = raw.split(',').map(parse_range).collect::<Result<Vec<_>>>()?;
+    if runs.windows(2).any(|pair| pair[1].start < pair[0].end) {
+        return Err(Error(format!("{key} are not ascending: {raw}")));
+    }
+    Ok(runs)
 }
 
 /// `a..b` with `a < b`, both offsets.
@@ -159,18 +189,20 @@ mod tests {
     #[test]
     fn offsets_with_gaps_round_trip_through_the_metadata() {
         let offsets = [3, 4, 5, 9, 11, 12];
-        let lineage = ArchiveLineage::new("t", 2, 6, 3..14, &offsets);
+        let lineage = ArchiveLineage::new("t", 2, 6, 3..14, &offsets, &[6, 7]);
         assert_eq!(lineage.offsets, vec![3..6, 9..10, 11..13]);
         let metadata = lineage.to_metadata();
         let read = ArchiveLineage::from_metadata(Some(&metadata)).expect("reads back");
         assert_eq!(read, lineage);
         assert_eq!(read.row_offsets().collect::<Vec<_>>(), offsets);
         assert_eq!(read.rows(), offsets.len());
+        assert_eq!(read.excluded, vec![Range { start: 6, end: 8 }]);
+        assert_eq!(read.excluded_records(), 2);
     }
 
     #[test]
     fn an_object_without_rows_still_says_what_it_consumed() {
-        let lineage = ArchiveLineage::new("t", 0, 1, 40..50, &[]);
+        let lineage = ArchiveLineage::new("t", 0, 1, 40..50, &[], &[40, 41]);
         let read = ArchiveLineage::from_metadata(Some(&lineage.to_metadata())).expect("reads back");
         assert_eq!((read.rows(), read.consumed), (0, 40..50));
     }
@@ -179,7 +211,7 @@ mod tests {
     fn missing_or_malformed_lineage_is_refused_by_name() {
         let missing = ArchiveLineage::from_metadata(None).expect_err("none");
         assert!(missing.to_string().contains("sluice.offsets"), "{missing}");
-        let mut metadata = ArchiveLineage::new("t", 0, 1, 0..5, &[0, 1]).to_metadata();
+        let mut metadata = ArchiveLineage::new("t", 0, 1, 0..5, &[0, 1], &[]).to_metadata();
         metadata.retain(|kv| kv.key != OFFSETS);
         metadata.push(KeyValue::new(OFFSETS.into(), "4..6,0..2".to_string()));
         let unordered = ArchiveLineage::from_metadata(Some(&metadata)).expect_err("unordered");

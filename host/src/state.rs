@@ -120,6 +120,16 @@ impl Checkpoints {
         Ok(())
     }
 
+    /// Deletes a partition's hand-off mark once the group has committed past
+    /// it: from then on the commit says where the partition resumes.
+    pub async fn retire_handoff(&self, partition: i32) -> Result<()> {
+        let path = self.folder(partition).join(HANDOFF_FILE);
+        match self.storage.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Self::error(&path, e)),
+        }
+    }
+
     /// The hand-off offset of every partition the backfill left one for.
     pub async fn handoffs(&self) -> Result<BTreeMap<i32, i64>> {
         let root = self.storage.path(&format!("_checkpoints/{}", self.name));
@@ -208,8 +218,8 @@ impl Checkpoints {
                 return Err(Error::Mismatch(format!(
                     "partition {partition}: the group has no committed offset (its offsets were deleted, or the \
                      topic was recreated), but a checkpoint at offset {latest} exists ({}). Starting empty would \
-                     count from scratch. Commit the checkpoint's offset for the group (the backfill hand-off does), \
-                     or delete that partition's checkpoints to rebuild it from the topic.",
+                     count from scratch. Commit the checkpoint's offset for the group, or delete that partition's \
+                     checkpoints to rebuild it from the topic.",
                     self.describe(partition)
                 )));
             }

@@ -83,6 +83,7 @@ impl BackupJob {
                 drop(raw);
                 let mut rows = RowsBuilder::new(layout.columns.clone());
                 let mut offsets = Vec::with_capacity(records.len());
+                let mut excluded = Vec::new();
                 for (record, verdict) in records.iter().zip(verdicts) {
                     report.records += 1;
                     let reason = match verdict {
@@ -95,10 +96,12 @@ impl BackupJob {
                         },
                         Verdict::Drop => {
                             report.dropped += 1;
+                            excluded.push(record.offset);
                             continue;
                         }
                         Verdict::Reject(reason) => format!("rejected by guest: {reason}"),
                     };
+                    excluded.push(record.offset);
                     consuming.dead_letters.send(record, &reason).await?;
                     report.dead_lettered += 1;
                 }
@@ -108,7 +111,8 @@ impl BackupJob {
                 report.archived += rows.len() as u64;
                 let first_offset = records[0].offset;
                 let consumed = first_offset..records[records.len() - 1].offset + 1;
-                let lineage = ArchiveLineage::new(&self.kafka.topic, partition, partitions, consumed, &offsets);
+                let lineage =
+                    ArchiveLineage::new(&self.kafka.topic, partition, partitions, consumed, &offsets, &excluded);
                 let path = sink
                     .write(partition, first_offset, &rows.finish(), lineage.to_metadata())
                     .await?;

@@ -61,6 +61,8 @@ impl FeaturesJob {
         );
         let mut options = self.options.clone();
         options.handoffs = checkpoints.handoffs().await?;
+        // Hand-offs not yet superseded by a commit of this process.
+        let mut handoffs = options.handoffs.clone();
         if !options.handoffs.is_empty() {
             tracing::info!(handoffs = ?options.handoffs, "a backfill left state for this group");
         }
@@ -119,6 +121,11 @@ impl FeaturesJob {
             }
             if !consuming.fence(&batch).await? {
                 continue;
+            }
+            for partition in by_partition(&batch).keys() {
+                if handoffs.remove(partition).is_some() {
+                    checkpoints.retire_handoff(*partition).await?;
+                }
             }
             let mut events = Vec::new();
             let mut touched = Vec::new();

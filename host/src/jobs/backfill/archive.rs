@@ -104,7 +104,14 @@ pub async fn survey(archive: &Storage, topic: &str, shard: Shard) -> Result<BTre
         partitions.entry(partition).or_default().push(object);
     }
     for objects in partitions.values_mut() {
-        objects.sort_by_key(|o| (o.lineage.consumed.start, o.lineage.consumed.end));
+        // The path breaks ties, so which copy of a range counts is fixed.
+        objects.sort_by(|a, b| {
+            (a.lineage.consumed.start, a.lineage.consumed.end, &a.path).cmp(&(
+                b.lineage.consumed.start,
+                b.lineage.consumed.end,
+                &b.path,
+            ))
+        });
     }
     Ok(partitions)
 }
@@ -166,6 +173,9 @@ pub fn gaps(objects: &[ArchiveObject]) -> Vec<std::ops::Range<i64>> {
 pub struct Transactions {
     pub offsets: Vec<i64>,
     pub rows: Vec<WitTransaction>,
+    /// Rows with a null among the five fields: the live job cannot decode
+    /// such a record into a transaction and dead-letters it.
+    pub undecodable: u64,
 }
 
 /// Decodes an object's bytes into transactions (the five columns the
@@ -179,41 +189,53 @@ pub fn transactions(path: &ObjectPath, bytes: Bytes, lineage: &ArchiveLineage) -
         .with_batch_size(READ_BATCH_ROWS)
         .build()
         .map_err(|e| bad(e.to_string()))?;
-    let mut rows = Vec::with_capacity(lineage.rows());
+    let mut transactions = Transactions {
+        offsets: Vec::with_capacity(lineage.rows()),
+        rows: Vec::with_capacity(lineage.rows()),
+        undecodable: 0,
+    };
+    let mut offsets = lineage.row_offsets();
+    let mut seen = 0;
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
-        append_rows(&batch, &mut rows).map_err(bad)?;
+        seen += batch.num_rows();
+        append_rows(&batch, &mut offsets, &mut transactions).map_err(bad)?;
     }
-    if rows.len() != lineage.rows() {
+    if seen != lineage.rows() {
         return Err(bad(format!(
-            "{} rows but its lineage lists {} offsets",
-            rows.len(),
+            "{seen} rows but its lineage lists {} offsets",
             lineage.rows()
         )));
     }
-    Ok(Transactions {
-        offsets: lineage.row_offsets().collect(),
-        rows,
-    })
+    Ok(transactions)
 }
 
-fn append_rows(batch: &RecordBatch, rows: &mut Vec<WitTransaction>) -> std::result::Result<(), String> {
+/// Appends a batch's rows, each with the next offset of `offsets`. The
+/// column types are those of the v1 schema, as the live job reads them (a
+/// timestamp written as int is read as long, as Avro promotes it).
+fn append_rows(
+    batch: &RecordBatch,
+    offsets: &mut impl Iterator<Item = i64>,
+    out: &mut Transactions,
+) -> std::result::Result<(), String> {
     let column = |name: &str| {
-        let array = batch
+        batch
             .column_by_name(name)
-            .ok_or_else(|| format!("the archive has no column {name}"))?;
-        if array.null_count() > 0 {
-            return Err(format!("column {name} holds nulls; a transaction needs every field"));
-        }
-        Ok(array)
+            .ok_or_else(|| format!("the archive has no column {name}"))
     };
-    let typed = |name: &str, expected: &str| format!("column {name} is not {expected}");
+    let typed =
+        |name: &str, expected: &str| format!("column {name} is not {expected}, the type the features module reads");
     let users = column("user_id")?
         .as_primitive_opt::<Int32Type>()
         .ok_or_else(|| typed("user_id", "int"))?;
-    let times = column("transaction_timestamp_millis")?
-        .as_primitive_opt::<Int64Type>()
-        .ok_or_else(|| typed("transaction_timestamp_millis", "long"))?;
+    let time_column = column("transaction_timestamp_millis")?;
+    let times: Box<dyn Fn(usize) -> i64> = if let Some(longs) = time_column.as_primitive_opt::<Int64Type>() {
+        Box::new(|i| longs.value(i))
+    } else if let Some(ints) = time_column.as_primitive_opt::<Int32Type>() {
+        Box::new(|i| i64::from(ints.value(i)))
+    } else {
+        return Err(typed("transaction_timestamp_millis", "long"));
+    };
     let amounts = column("amount")?
         .as_primitive_opt::<Float32Type>()
         .ok_or_else(|| typed("amount", "float"))?;
@@ -223,10 +245,20 @@ fn append_rows(batch: &RecordBatch, rows: &mut Vec<WitTransaction>) -> std::resu
     let counterparts = column("counterpart_id")?
         .as_primitive_opt::<Int32Type>()
         .ok_or_else(|| typed("counterpart_id", "int"))?;
+    let columns: [&dyn Array; 5] = [users, time_column.as_ref(), amounts, currencies, counterparts];
+    let nullable = columns.iter().any(|c| c.null_count() > 0);
     for i in 0..batch.num_rows() {
-        rows.push(WitTransaction {
+        let offset = offsets
+            .next()
+            .ok_or_else(|| "more rows than its lineage lists offsets".to_string())?;
+        if nullable && columns.iter().any(|c| c.is_null(i)) {
+            out.undecodable += 1;
+            continue;
+        }
+        out.offsets.push(offset);
+        out.rows.push(WitTransaction {
             user_id: users.value(i),
-            transaction_timestamp_millis: times.value(i),
+            transaction_timestamp_millis: times(i),
             amount: amounts.value(i),
             currency: currencies.value(i).to_string(),
             counterpart_id: counterparts.value(i),

@@ -11,13 +11,17 @@
 //! archive objects (at least `rows_per_object` rows), a pure function of the
 //! archive. After each chunk's features object is written, the partition's
 //! keyed state is checkpointed under the offset it reflects
-//! (`_checkpoints/_backfill/<topic>/`); a restarted run resumes from there
-//! and cuts the same chunks, so it rewrites the same objects with the same
-//! bytes. A row whose offset the state already reflects (an object archived
-//! twice, overlapping objects) is skipped, so it is counted once.
+//! (`_checkpoints/_backfill/<topic>/`, `replay`); a restarted run resumes
+//! from there and cuts the same chunks, so it rewrites the same objects with
+//! the same bytes. A row whose offset the state already reflects (an object
+//! archived twice, overlapping objects) is skipped, so it is counted once.
+//! `output` guards what the backfill may write and hands the final state off
+//! to a live group.
 
 mod archive;
+mod output;
 mod progress;
+mod replay;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,26 +30,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectStoreExt, PutPayload};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::Storage;
-use crate::model::FeatureEvent;
-use crate::runtime::{FeaturesGuest, FeaturesModule, Runtime, WitTransaction};
+use crate::runtime::{FeaturesModule, Runtime};
 use crate::sinks::parquet::ParquetSink;
-use crate::state::{Checkpoints, Handoff, PartitionState};
+use crate::state::Checkpoints;
 
 use self::archive::ArchiveObject;
+use self::output::{Output, Settings};
 use self::progress::Progress;
-use super::counting::{OnMispartitioned, Placement, count, mispartitioned_refusal};
-use super::features::{DATASET, checkpoint_name, feature_batch};
+use self::replay::{Context, PartitionOutcome, replay_partition};
+use super::counting::OnMispartitioned;
+use super::features::DATASET;
 use super::{Error, Result};
-
-/// Records per guest call, as the live job's default batch size.
-const GUEST_BATCH: usize = 50_000;
-/// Rejected records named in the log per partition (the rest are counted).
-const LOGGED_REJECTS: u64 = 10;
 
 /// One of `count` disjoint sets of partitions: partition `p` belongs to
 /// shard `p % count`.
@@ -56,8 +55,6 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub const ALL: Shard = Shard { index: 0, count: 1 };
-
     pub fn holds(&self, partition: i32) -> bool {
         partition as u32 % self.count == self.index
     }
@@ -129,6 +126,12 @@ pub struct BackfillReport {
     pub mispartitioned: u64,
     /// Rows the module rejected (the live job dead-letters them).
     pub rejected: u64,
+    /// Rows with a null among the transaction's fields (the live job
+    /// dead-letters such records).
+    pub undecodable: u64,
+    /// Records the backup job consumed but did not archive (it dead-lettered
+    /// them or its guest dropped them): the backfill cannot count them.
+    pub not_archived: u64,
     pub module_sha256: String,
     pub handoff: Option<HandoffReport>,
     /// What the run connected to: object storage only.
@@ -142,61 +145,14 @@ pub struct HandoffReport {
     pub offsets: BTreeMap<i32, i64>,
 }
 
-/// The settings a backfill's progress belongs to; resuming under other
-/// settings would mix two backfills in one output.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct RunSettings {
-    archive: String,
-    topic: String,
-    module_sha256: String,
-    since: Option<i64>,
-    until: Option<i64>,
-    rows_per_object: usize,
-    mispartitioned_records: String,
-}
-
-/// What every partition worker shares.
-struct Context {
-    runtime: Runtime,
-    module: FeaturesModule,
-    archive: Storage,
-    output: Storage,
-    sink: ParquetSink,
-    progress: Progress,
-    topic: String,
-    since: i64,
-    until: i64,
-    rows_per_object: usize,
-    on_mispartitioned: OnMispartitioned,
-}
-
-/// What one partition's replay did.
-#[derive(Debug, Default)]
-struct PartitionOutcome {
-    partition: i32,
-    state: PartitionState,
-    records: u64,
-    objects: u64,
-    duplicates: u64,
-    outside_time_range: u64,
-    mispartitioned: u64,
-    rejected: u64,
-}
-
 impl Backfill {
     pub async fn run(self) -> Result<BackfillReport> {
         let started = Instant::now();
-        if self.handoff_group.is_some() && (self.since.is_some() || self.until.is_some()) {
-            return Err(Error::Other(
-                "--handoff-group needs the whole archive: a state bounded by --since/--until does not match the \
-                 offsets a live job would continue from"
-                    .into(),
-            ));
-        }
+        self.refuse_inexact_handoff()?;
         let module_sha256 = sha256_file(&self.module)?;
         let runtime = Runtime::new(Default::default())?;
         let module = FeaturesModule::compile(&runtime, &self.module)?;
-        let settings = RunSettings {
+        let settings = Settings {
             archive: self.archive.url.clone(),
             topic: self.topic.clone(),
             module_sha256: module_sha256.clone(),
@@ -205,34 +161,63 @@ impl Backfill {
             rows_per_object: self.rows_per_object,
             mispartitioned_records: format!("{:?}", self.on_mispartitioned),
         };
-        let mut partitions = archive::survey(&self.archive, &self.topic, self.shard).await?;
+        let mut report = BackfillReport {
+            module_sha256: module_sha256.clone(),
+            services: vec!["object storage"],
+            ..BackfillReport::default()
+        };
+        let partitions = archive::survey(&self.archive, &self.topic, self.shard).await?;
         if partitions.is_empty() {
-            return Err(Error::Other(format!(
+            let message = format!(
                 "no archive objects of topic {} (shard {}/{}) under {}",
                 self.topic, self.shard.index, self.shard.count, self.archive.url
-            )));
+            );
+            if self.shard.count == 1 {
+                return Err(Error::Other(message));
+            }
+            // More shards than archived partitions: this one has nothing to do.
+            tracing::warn!("{message}");
+            return Ok(report);
         }
-        self.check_gaps(&partitions)?;
-        self.claim_output(&settings, partitions.keys().copied()).await?;
+        self.check_archive(&partitions)?;
+        let output = Output {
+            storage: self.output.clone(),
+            topic: self.topic.clone(),
+        };
+        for partition in partitions.keys() {
+            output.claim(*partition, &settings, self.restart).await?;
+        }
 
         // Rows an earlier run finished, from each partition's progress.
         let mut total = 0;
         let mut already_done = 0;
         let progress_checkpoints = Checkpoints::new(self.output.clone(), &progress_name(&self.topic));
         for (partition, objects) in &partitions {
-            let done_to = match progress_checkpoints.offsets(*partition).await?.last() {
-                Some(offset) => *offset,
-                None => i64::MIN,
-            };
+            let done_to = progress_checkpoints.offsets(*partition).await?.last().copied();
             for object in objects {
                 let rows = object.lineage.rows() as u64;
                 total += rows;
-                if object.lineage.consumed.end <= done_to {
+                report.not_archived += object.lineage.excluded_records();
+                if done_to.is_some_and(|done| object.lineage.consumed.end <= done) {
                     already_done += rows;
                 }
             }
         }
-        let archive_objects = partitions.values().map(|o| o.len() as u64).sum();
+        if report.not_archived > 0 {
+            tracing::warn!(
+                records = report.not_archived,
+                "the backup job consumed records it did not archive (dead-lettered, or dropped by its guest); the \
+                 backfill cannot count them, the live job counts those it can decode"
+            );
+        }
+        report.archive_objects = partitions.values().map(|o| o.len() as u64).sum();
+        report.already_done = already_done;
+        let partition_count = partitions
+            .values()
+            .flatten()
+            .map(|o| o.lineage.partitions)
+            .max()
+            .unwrap_or_default();
         let (progress, _reporter) = Progress::start(total, already_done);
         let context = Arc::new(Context {
             runtime,
@@ -249,13 +234,13 @@ impl Backfill {
         });
         tracing::info!(
             partitions = ?partitions.keys().collect::<Vec<_>>(),
-            archive_objects,
+            archive_objects = report.archive_objects,
             records = total,
             already_done,
             module_sha256 = %module_sha256,
             "backfill starting"
         );
-        let outcomes: Vec<PartitionOutcome> = futures::stream::iter(std::mem::take(&mut partitions))
+        let mut outcomes: Vec<PartitionOutcome> = futures::stream::iter(partitions)
             .map(|(partition, objects)| {
                 let context = context.clone();
                 async move {
@@ -268,15 +253,6 @@ impl Backfill {
             .try_collect()
             .await?;
         progress.finish();
-
-        let mut report = BackfillReport {
-            archive_objects,
-            already_done,
-            module_sha256: module_sha256.clone(),
-            services: vec!["object storage"],
-            ..BackfillReport::default()
-        };
-        let mut outcomes = outcomes;
         outcomes.sort_by_key(|o| o.partition);
         for o in &outcomes {
             report.partitions.push(o.partition);
@@ -287,20 +263,58 @@ impl Backfill {
             report.outside_time_range += o.outside_time_range;
             report.mispartitioned += o.mispartitioned;
             report.rejected += o.rejected;
+            report.undecodable += o.undecodable;
         }
         if let Some(group) = &self.handoff_group {
-            report.handoff = Some(self.hand_off(group, &outcomes, &module_sha256).await?);
+            report.handoff = Some(
+                self.hand_off(&output, group, outcomes, partition_count, &module_sha256)
+                    .await?,
+            );
         }
         report.seconds = started.elapsed().as_secs_f64();
         report.records_per_s = report.records as f64 / report.seconds.max(1e-9);
         Ok(report)
     }
 
+    /// A hand-off must be the state of every record: not of a time window,
+    /// nor of an archive with holes.
+    fn refuse_inexact_handoff(&self) -> Result<()> {
+        if self.handoff_group.is_none() {
+            return Ok(());
+        }
+        if self.since.is_some() || self.until.is_some() {
+            return Err(Error::Other(
+                "--handoff-group needs the whole archive: a state bounded by --since/--until does not match the \
+                 offsets a live job would continue from"
+                    .into(),
+            ));
+        }
+        if self.allow_gaps {
+            return Err(Error::Other(
+                "--handoff-group cannot be combined with --allow-gaps: a live job would continue from counts that \
+                 miss the gaps' records"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses an archive that misses offsets between two of a partition's
-    /// objects (deleted objects, a backup that skipped data), unless allowed.
-    fn check_gaps(&self, partitions: &BTreeMap<i32, Vec<ArchiveObject>>) -> Result<()> {
+    /// objects (deleted objects, a backup that skipped data), unless allowed;
+    /// says where each partition's archive starts when not at offset 0
+    /// (retention may have deleted records before the backup job read them).
+    fn check_archive(&self, partitions: &BTreeMap<i32, Vec<ArchiveObject>>) -> Result<()> {
         let mut found = Vec::new();
         for (partition, objects) in partitions {
+            if let Some(first) = objects.first().map(|o| o.lineage.consumed.start)
+                && first > 0
+            {
+                tracing::warn!(
+                    partition,
+                    first_offset = first,
+                    "the archive of this partition starts after offset 0: earlier records are not in it"
+                );
+            }
             for gap in archive::gaps(objects) {
                 found.push(format!("partition {partition}: offsets {}..{}", gap.start, gap.end));
             }
@@ -321,84 +335,36 @@ impl Backfill {
         )))
     }
 
-    /// Records the run's settings next to its progress, refusing to resume
-    /// progress made under other settings; `--restart` deletes the progress
-    /// and the features objects of the shard's partitions first.
-    async fn claim_output(&self, settings: &RunSettings, partitions: impl Iterator<Item = i32>) -> Result<()> {
-        let path = self
-            .output
-            .path(&format!("_checkpoints/{}/run.json", progress_name(&self.topic)));
-        let storage_error = |e: object_store::Error| Error::Other(format!("{path}: {e}"));
-        if self.restart {
-            for partition in partitions {
-                let progress = self.output.path(&format!(
-                    "_checkpoints/{}/partition={partition}",
-                    progress_name(&self.topic)
-                ));
-                let features = self.output.path(&format!("{DATASET}/partition={partition}"));
-                self.output.delete_under(&progress).await?;
-                self.output.delete_under(&features).await?;
-            }
-        } else {
-            match self.output.store.get(&path).await {
-                Ok(found) => {
-                    let bytes = found.bytes().await.map_err(storage_error)?;
-                    let earlier: RunSettings =
-                        serde_json::from_slice(&bytes).map_err(|e| Error::Other(format!("{path}: {e}")))?;
-                    if &earlier != settings {
-                        return Err(Error::Other(format!(
-                            "{} already holds a backfill of topic {} with other settings ({earlier:?}); this run's \
-                             are {settings:?}. Use another --output-url, or --restart to replace it.",
-                            self.output.url, self.topic
-                        )));
-                    }
-                }
-                Err(object_store::Error::NotFound { .. }) => self.refuse_foreign_features(partitions).await?,
-                Err(e) => return Err(storage_error(e)),
+    /// Hands each of the shard's partitions off to `group`: the replayed
+    /// ones at their final state, partitions of the topic the archive holds
+    /// nothing of at offset 0 with no counts (so the live job reads them
+    /// from the start, or refuses if retention deleted it).
+    async fn hand_off(
+        &self,
+        output: &Output,
+        group: &str,
+        mut outcomes: Vec<PartitionOutcome>,
+        partition_count: i32,
+        module_sha256: &str,
+    ) -> Result<HandoffReport> {
+        for partition in (0..partition_count).filter(|p| self.shard.holds(*p)) {
+            if !outcomes.iter().any(|o| o.partition == partition) {
+                outcomes.push(PartitionOutcome {
+                    partition,
+                    ..PartitionOutcome::default()
+                });
             }
         }
-        let bytes = serde_json::to_vec_pretty(settings).map_err(|e| Error::Other(e.to_string()))?;
-        self.output
-            .store
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map_err(storage_error)?;
-        Ok(())
-    }
-
-    /// A first backfill into an output whose features dataset already holds
-    /// objects of its partitions (a live job's) would add a second row for
-    /// the same records under other names: refused.
-    async fn refuse_foreign_features(&self, partitions: impl Iterator<Item = i32>) -> Result<()> {
-        for partition in partitions {
-            let folder = self.output.path(&format!("{DATASET}/partition={partition}"));
-            let mut listing = self.output.store.list(Some(&folder));
-            if let Some(object) = listing.next().await {
-                let object = object.map_err(|e| Error::Other(format!("listing {folder}: {e}")))?;
-                return Err(Error::Other(format!(
-                    "{} already holds features of partition {partition} that no backfill of these settings wrote \
-                     ({}); the backfill's rows would duplicate them. Use another --output-url, or --restart to \
-                     replace them.",
-                    self.output.url, object.location
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes each replayed partition's final state as `group`'s hand-off
-    /// checkpoint, under the output's live checkpoints.
-    async fn hand_off(&self, group: &str, outcomes: &[PartitionOutcome], module_sha256: &str) -> Result<HandoffReport> {
-        let mut checkpoints = Checkpoints::new(self.output.clone(), &checkpoint_name(group, &self.topic));
         let mut offsets = BTreeMap::new();
-        for outcome in outcomes {
-            let handoff = Handoff {
-                offset: outcome.state.next_offset,
-                archive: self.archive.url.clone(),
-                module_sha256: module_sha256.to_string(),
-            };
-            checkpoints
-                .save_handoff(outcome.partition, &outcome.state, &handoff)
+        for outcome in &outcomes {
+            output
+                .hand_off(
+                    group,
+                    outcome.partition,
+                    &outcome.state,
+                    &self.archive.url,
+                    module_sha256,
+                )
                 .await?;
             offsets.insert(outcome.partition, outcome.state.next_offset);
         }
@@ -420,159 +386,9 @@ fn sha256_file(path: &std::path::Path) -> Result<String> {
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
-/// Replays one partition's archive objects from its last progress
-/// checkpoint, chunk by chunk.
-async fn replay_partition(
-    context: Arc<Context>,
-    partition: i32,
-    objects: Vec<ArchiveObject>,
-) -> Result<PartitionOutcome> {
-    let mut progress = Checkpoints::new(context.output.clone(), &progress_name(&context.topic));
-    let state = progress.latest(partition).await?.unwrap_or_default();
-    if state.next_offset > 0 {
-        tracing::info!(
-            partition,
-            offset = state.next_offset,
-            "resuming from the backfill's checkpoint"
-        );
-    }
-    let mut outcome = PartitionOutcome {
-        partition,
-        state,
-        ..PartitionOutcome::default()
-    };
-    let mut guest = Some(context.module.instantiate(&context.runtime)?);
-    let pending: Vec<ArchiveObject> = objects
-        .into_iter()
-        .filter(|o| o.lineage.consumed.end > outcome.state.next_offset)
-        .collect();
-    for chunk in chunks(pending, context.rows_per_object) {
-        let mut fetched = Vec::with_capacity(chunk.len());
-        for object in chunk {
-            let bytes = context
-                .archive
-                .store
-                .get(&object.path)
-                .await
-                .map_err(|e| Error::Other(format!("reading {}: {e}", object.path)))?
-                .bytes()
-                .await
-                .map_err(|e| Error::Other(format!("reading {}: {e}", object.path)))?;
-            fetched.push((object, bytes));
-        }
-        let rows: u64 = fetched.iter().map(|(o, _)| o.lineage.rows() as u64).sum();
-        let first_offset = fetched[0].0.lineage.consumed.start.max(outcome.state.next_offset);
-        // Decoding and the guest are CPU work: off the async workers.
-        let work_context = context.clone();
-        let mut work_guest = guest.take().ok_or_else(|| Error::Other("guest lost".into()))?;
-        let mut work_outcome = std::mem::take(&mut outcome);
-        let (returned_guest, returned_outcome, events) = tokio::task::spawn_blocking(move || {
-            let events = replay_chunk(&work_context, &mut work_guest, &mut work_outcome, fetched);
-            (work_guest, work_outcome, events)
-        })
-        .await
-        .map_err(|e| Error::Other(format!("partition {partition}: worker failed: {e}")))?;
-        guest = Some(returned_guest);
-        outcome = returned_outcome;
-        let events = events?;
-        if !events.is_empty() {
-            context
-                .sink
-                .write(partition, first_offset, &feature_batch(&events), Vec::new())
-                .await?;
-            outcome.objects += 1;
-        }
-        crate::fault::point("backfill-after-object");
-        progress.save(partition, &outcome.state).await?;
-        progress.forget_below(partition, outcome.state.next_offset).await?;
-        context.progress.add(rows);
-    }
-    Ok(outcome)
-}
-
-/// Whole archive objects, in order, cut after at least `rows` rows.
-fn chunks(objects: Vec<ArchiveObject>, rows: usize) -> Vec<Vec<ArchiveObject>> {
-    let mut chunks = Vec::new();
-    let mut current = Vec::new();
-    let mut current_rows = 0;
-    for object in objects {
-        current_rows += object.lineage.rows();
-        current.push(object);
-        if current_rows >= rows {
-            chunks.push(std::mem::take(&mut current));
-            current_rows = 0;
-        }
-    }
-    if !current.is_empty() {
-        chunks.push(current);
-    }
-    chunks
-}
-
-/// Feeds one chunk's rows to the guest and returns their feature events;
-/// advances the outcome's state past every offset the chunk consumed.
-fn replay_chunk(
-    context: &Context,
-    guest: &mut FeaturesGuest,
-    outcome: &mut PartitionOutcome,
-    fetched: Vec<(ArchiveObject, bytes::Bytes)>,
-) -> Result<Vec<FeatureEvent>> {
-    let partition = outcome.partition;
-    let mut next_offset = outcome.state.next_offset;
-    let mut offsets: Vec<i64> = Vec::new();
-    let mut inputs: Vec<WitTransaction> = Vec::new();
-    for (object, bytes) in fetched {
-        let rows = archive::transactions(&object.path, bytes, &object.lineage)?;
-        let mut placement = Placement::new(object.lineage.partitions);
-        for (offset, row) in rows.offsets.into_iter().zip(rows.rows) {
-            if offset < next_offset {
-                outcome.duplicates += 1;
-                continue;
-            }
-            next_offset = offset + 1;
-            if row.transaction_timestamp_millis < context.since || row.transaction_timestamp_millis >= context.until {
-                outcome.outside_time_range += 1;
-                continue;
-            }
-            if let Some(reason) = placement.misplaced(row.user_id, partition, offset) {
-                outcome.mispartitioned += 1;
-                match context.on_mispartitioned {
-                    OnMispartitioned::Fail => return Err(mispartitioned_refusal(&reason)),
-                    OnMispartitioned::DeadLetter => continue,
-                }
-            }
-            offsets.push(offset);
-            inputs.push(row);
-        }
-        next_offset = next_offset.max(object.lineage.consumed.end);
-    }
-    let mut events = Vec::with_capacity(inputs.len());
-    for (offsets, inputs) in offsets.chunks(GUEST_BATCH).zip(inputs.chunks(GUEST_BATCH)) {
-        let counted = count(guest, &mut outcome.state, partition, offsets, inputs)?;
-        for (index, reason) in counted.rejected {
-            outcome.rejected += 1;
-            if outcome.rejected <= LOGGED_REJECTS {
-                tracing::warn!(partition, offset = offsets[index], %reason, "record rejected by the module");
-            }
-        }
-        events.extend(counted.events);
-    }
-    outcome.records += inputs.len() as u64;
-    outcome.state.next_offset = next_offset;
-    Ok(events)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lineage::ArchiveLineage;
-
-    fn object(consumed: std::ops::Range<i64>, rows: &[i64]) -> ArchiveObject {
-        ArchiveObject {
-            path: format!("t/partition=0/t+0+{:020}.parquet", consumed.start).into(),
-            lineage: ArchiveLineage::new("t", 0, 1, consumed, rows),
-        }
-    }
 
     #[test]
     fn shards_split_partitions_without_overlap() {
@@ -583,26 +399,5 @@ mod tests {
         for bad in ["3/3", "1/0", "x/2", "2"] {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn chunks_are_whole_objects_of_at_least_the_asked_rows() {
-        let objects = vec![
-            object(0..3, &[0, 1, 2]),
-            object(3..5, &[3, 4]),
-            object(5..9, &[5, 6, 8]),
-            object(9..10, &[9]),
-        ];
-        let sizes: Vec<Vec<i64>> = chunks(objects, 4)
-            .iter()
-            .map(|c| c.iter().map(|o| o.lineage.consumed.start).collect())
-            .collect();
-        assert_eq!(sizes, vec![vec![0, 3], vec![5, 9]]);
-    }
-
-    #[test]
-    fn gaps_are_offsets_no_object_consumed() {
-        let objects = vec![object(0..10, &[0]), object(5..12, &[6]), object(15..20, &[15])];
-        assert_eq!(archive::gaps(&objects), vec![12..15]);
     }
 }

@@ -9,8 +9,16 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
-/// How often the log line is written without a terminal.
+/// How often the log line is written without a terminal, unless
+/// `SLUICE_PROGRESS_INTERVAL_MS` says otherwise.
 const LOG_EVERY: Duration = Duration::from_secs(5);
+
+fn log_interval() -> Duration {
+    std::env::var("SLUICE_PROGRESS_INTERVAL_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(LOG_EVERY, |ms: u64| Duration::from_millis(ms.max(1)))
+}
 
 /// Counts archive rows done across partition workers and shows them.
 #[derive(Clone)]
@@ -43,12 +51,13 @@ impl Progress {
         });
         if bar.is_none() {
             let done = done.clone();
+            let every = log_interval();
             tokio::spawn(async move {
                 let started = Instant::now();
                 loop {
                     tokio::select! {
                         _ = stopped.changed() => break,
-                        () = tokio::time::sleep(LOG_EVERY) => {}
+                        () = tokio::time::sleep(every) => {}
                     }
                     let now = done.load(Ordering::Relaxed);
                     let rate = now.saturating_sub(already) as f64 / started.elapsed().as_secs_f64().max(1e-9);
