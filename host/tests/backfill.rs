@@ -241,6 +241,28 @@ async fn backfill_is_idempotent_resumable_and_counts_a_record_once() {
     assert_eq!(restart["records"], 9_000, "{restart}");
     assert_eq!(files(whole_dir.path()), reference, "a restart rewrites the same bytes");
 
+    // Two shards, one after the other into one output: the same objects as
+    // one run over every partition.
+    let (sharded_dir, sharded) = local_lake();
+    let first = backfill_ok(
+        &topic,
+        &archive,
+        &sharded,
+        &[&options[..], &["--shard", "0/2"]].concat(),
+    );
+    let second = backfill_ok(
+        &topic,
+        &archive,
+        &sharded,
+        &[&options[..], &["--shard", "1/2"]].concat(),
+    );
+    assert_eq!(
+        (first["partitions"].clone(), second["partitions"].clone()),
+        (serde_json::json!([0, 2]), serde_json::json!([1])),
+        "{first} {second}"
+    );
+    assert!(files(sharded_dir.path()) == reference, "shards = one run");
+
     // Killed after its fourth object, then started again.
     let (resumed_dir, resumed) = local_lake();
     let args = backfill_args(&topic, &archive, &resumed, &options);
