@@ -2,7 +2,8 @@
 # End-to-end demo on the local services (run via `make demo`, which builds the
 # host and the guests and starts the services first):
 #   produce 50,000 transactions -> back them up to Parquet -> compute per-user
-#   features into Parquet and Redis -> inspect the results.
+#   features into Parquet and Redis -> replay the archive through the same
+#   features module (backfill, Parquet only) -> inspect the results.
 # Environment: SLUICE_BIN (default $CARGO_TARGET_DIR/release/sluice, or
 # target/release/sluice), DEMO_COUNT (records to produce, 50000).
 set -euo pipefail
@@ -45,6 +46,11 @@ step "sluice run --job backup (until caught up)"
 
 step "sluice run --job features (until caught up)"
 "$SLUICE_BIN" run --job features --module modules/features.wasm --until-caught-up --output-url "file://$LAKE"
+
+BACKFILL=$ROOT/data/backfill
+step "sluice backfill: the archive through the same features module, to $BACKFILL (no Kafka, no Redis)"
+"$SLUICE_BIN" backfill --module modules/features.wasm --from "file://$LAKE" --output-url "file://$BACKFILL" --restart ||
+    die "the backfill failed; an archive written before lineage was recorded needs 'make clean-data'"
 
 step "archive files and row counts ($LAKE)"
 "$VENV/bin/python" - "$LAKE" <<'EOF'
@@ -108,4 +114,19 @@ con.sql("""
     SELECT top.user_id, top.transactions, max(f.total_transactions_count) AS latest_feature_count
     FROM top JOIN features f USING (user_id) GROUP BY ALL ORDER BY top.transactions DESC, top.user_id
 """).show()
+EOF
+
+step "backfill rows against the live job's rows"
+"$VENV/bin/python" - "$LAKE" "$BACKFILL" <<'EOF'
+import sys
+import duckdb
+
+live, backfill = (f"read_parquet('{root}/transactions_features/*/*.parquet')" for root in sys.argv[1:3])
+con = duckdb.connect()
+rows = con.execute(f"SELECT count(*) FROM {backfill}").fetchone()[0]
+only_live = con.execute(f"SELECT count(*) FROM (SELECT * FROM {live} EXCEPT ALL SELECT * FROM {backfill})").fetchone()[0]
+only_backfill = con.execute(f"SELECT count(*) FROM (SELECT * FROM {backfill} EXCEPT ALL SELECT * FROM {live})").fetchone()[0]
+print(f"backfill rows: {rows}; rows only in the live output: {only_live}; only in the backfill: {only_backfill}")
+if only_live or only_backfill:
+    sys.exit("the backfill and the live job disagree")
 EOF
