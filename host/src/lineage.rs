@@ -29,6 +29,14 @@ pub const PARTITIONS: &str = "sluice.partitions";
 pub const CONSUMED: &str = "sluice.consumed";
 pub const OFFSETS: &str = "sluice.offsets";
 pub const EXCLUDED: &str = "sluice.excluded";
+/// In every Parquet object sluice writes: the sha256 of the module that
+/// produced it.
+pub const MODULE_SHA256: &str = "sluice.module_sha256";
+
+/// The key-value naming the module that produced an object.
+pub fn module_metadata(module_sha256: &str) -> KeyValue {
+    KeyValue::new(MODULE_SHA256.into(), module_sha256.to_string())
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("archive lineage: {0}")]

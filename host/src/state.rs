@@ -43,6 +43,9 @@ pub struct PartitionState {
 struct Stored {
     next_offset: i64,
     values: BTreeMap<i64, i64>,
+    /// The module whose outputs the state reflects last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    module_sha256: Option<String>,
 }
 
 /// What the backfill leaves in a live group's checkpoints
@@ -68,6 +71,8 @@ pub struct Checkpoints {
     /// Offsets of checkpoints this process wrote, per partition, oldest
     /// first: deleted once a commit moves past them.
     written: HashMap<i32, Vec<i64>>,
+    /// Recorded in every checkpoint saved.
+    module_sha256: Option<String>,
 }
 
 impl Checkpoints {
@@ -78,7 +83,14 @@ impl Checkpoints {
             storage,
             name: name.to_string(),
             written: HashMap::new(),
+            module_sha256: None,
         }
+    }
+
+    /// Records `module_sha256` in every checkpoint saved from now on.
+    pub fn with_module(mut self, module_sha256: &str) -> Self {
+        self.module_sha256 = Some(module_sha256.to_string());
+        self
     }
 
     fn folder(&self, partition: i32) -> ObjectPath {
@@ -272,6 +284,7 @@ impl Checkpoints {
         let stored = Stored {
             next_offset: state.next_offset,
             values: state.values.iter().map(|(k, v)| (*k, *v)).collect(),
+            module_sha256: self.module_sha256.clone(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(|e| Self::error(&path, e))?;
         self.storage

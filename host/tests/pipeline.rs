@@ -6,6 +6,9 @@ mod common;
 
 use common::verify::verify_outputs;
 use common::*;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const RECORDS: u64 = 20_000;
 
@@ -21,6 +24,78 @@ async fn pipeline_round_trip(output_url: &str, topic: &str) {
     assert_eq!(features["features"], RECORDS, "features report: {features}");
 
     verify_outputs(topic, output_url, RECORDS).await;
+
+    // Every output names the module that produced it.
+    let storage = storage_args(output_url).open().expect("storage");
+    for (job, dataset, report) in [
+        ("backup", topic, &backup),
+        ("features", sluice::jobs::features::DATASET, &features),
+    ] {
+        let sha = sha256sum(&module(job));
+        assert_eq!(report["module_sha256"], sha, "{job} report");
+        let objects: Vec<_> = storage
+            .store
+            .list(Some(&storage.path(dataset)))
+            .try_collect()
+            .await
+            .expect("list");
+        assert!(!objects.is_empty());
+        for object in objects {
+            let bytes = storage
+                .store
+                .get(&object.location)
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("bytes");
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
+            let written_by = reader
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .and_then(|kv| kv.iter().find(|e| e.key == "sluice.module_sha256"))
+                .and_then(|e| e.value.clone());
+            assert_eq!(written_by.as_deref(), Some(sha.as_str()), "{}", object.location);
+        }
+    }
+    let checkpoints: Vec<_> = storage
+        .store
+        .list(Some(&storage.path("_checkpoints")))
+        .try_collect()
+        .await
+        .expect("list");
+    assert!(!checkpoints.is_empty());
+    for checkpoint in checkpoints {
+        let bytes = storage
+            .store
+            .get(&checkpoint.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        let stored: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(
+            stored["module_sha256"],
+            sha256sum(&module("features")),
+            "{}",
+            checkpoint.location
+        );
+    }
+}
+
+/// The sha256 of a file, from coreutils' sha256sum.
+fn sha256sum(path: &str) -> String {
+    let output = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a digest")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,9 +14,9 @@ use crate::avro::{DecodeError, Decoder, Readers, schema_id};
 use crate::columnar::{ColumnarSchema, RowsBuilder, columnar_schema};
 use crate::config::{KafkaArgs, Storage};
 use crate::kafka::Consumed;
-use crate::lineage::ArchiveLineage;
+use crate::lineage::{ArchiveLineage, module_metadata};
 use crate::registry::Registry;
-use crate::runtime::{RawFilterGuest, RawRecord, Runtime, Verdict};
+use crate::runtime::{RawFilterGuest, RawRecord, Runtime, Verdict, module_sha256};
 use crate::sinks::parquet::ParquetSink;
 
 use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, RunOptions, by_partition};
@@ -33,6 +33,9 @@ pub struct BackupReport {
     pub dropped: u64,
     pub dead_lettered: u64,
     pub files: u64,
+    /// The module that wrote the archive objects (also in each object's
+    /// key-value metadata).
+    pub module_sha256: String,
 }
 
 pub struct BackupJob {
@@ -53,13 +56,17 @@ impl BackupJob {
     pub async fn run(self) -> Result<BackupReport> {
         let runtime = Runtime::new(Default::default())?;
         let mut guest = RawFilterGuest::load(&runtime, &self.module)?;
+        let module_sha256 = module_sha256(&self.module)?;
         let mut consuming =
             Consuming::start(&self.kafka, self.options.clone(), JOB, BACKUP_USER, BACKUP_PASSWORD_VAR).await?;
         let mut decoder = Decoder::new(&self.registry);
         let subject = crate::model::value_subject(&self.kafka.topic);
         let mut layout = self.latest_layout(&subject).await?;
         let sink = ParquetSink::new(self.storage.clone(), &self.kafka.topic);
-        let mut report = BackupReport::default();
+        let mut report = BackupReport {
+            module_sha256: module_sha256.clone(),
+            ..BackupReport::default()
+        };
         while let Some(batch) = consuming.next_batch().await? {
             if !consuming.fence(&batch).await? {
                 continue;
@@ -113,9 +120,9 @@ impl BackupJob {
                 let consumed = first_offset..records[records.len() - 1].offset + 1;
                 let lineage =
                     ArchiveLineage::new(&self.kafka.topic, partition, partitions, consumed, &offsets, &excluded);
-                let path = sink
-                    .write(partition, first_offset, &rows.finish(), lineage.to_metadata())
-                    .await?;
+                let mut metadata = lineage.to_metadata();
+                metadata.push(module_metadata(&module_sha256));
+                let path = sink.write(partition, first_offset, &rows.finish(), metadata).await?;
                 crate::fault::point("after-upload");
                 report.files += 1;
                 tracing::debug!(%path, "archived");

@@ -14,9 +14,10 @@ use serde::Serialize;
 
 use crate::avro::{Decoder, transaction_from_value};
 use crate::config::{KafkaArgs, Storage};
+use crate::lineage::module_metadata;
 use crate::model::FeatureEvent;
 use crate::registry::Registry;
-use crate::runtime::{FeaturesGuest, Runtime, WitTransaction};
+use crate::runtime::{FeaturesGuest, Runtime, WitTransaction, module_sha256};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
 use crate::state::{Checkpoints, PartitionState};
@@ -40,6 +41,9 @@ pub struct FeaturesReport {
     pub mispartitioned: u64,
     pub files: u64,
     pub redis_updates: u64,
+    /// The module that computed the features (also in each object's
+    /// key-value metadata and in the checkpoints).
+    pub module_sha256: String,
 }
 
 pub struct FeaturesJob {
@@ -55,10 +59,12 @@ impl FeaturesJob {
     pub async fn run(self) -> Result<FeaturesReport> {
         let runtime = Runtime::new(Default::default())?;
         let mut guest = FeaturesGuest::load(&runtime, &self.module)?;
+        let module_sha256 = module_sha256(&self.module)?;
         let mut checkpoints = Checkpoints::new(
             self.storage.clone(),
             &checkpoint_name(&self.options.group, &self.kafka.topic),
-        );
+        )
+        .with_module(&module_sha256);
         let mut options = self.options.clone();
         options.handoffs = checkpoints.handoffs().await?;
         // Hand-offs not yet superseded by a commit of this process.
@@ -73,7 +79,10 @@ impl FeaturesJob {
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
         // The offset of each partition's newest checkpoint known to exist.
         let mut saved_at: HashMap<i32, i64> = HashMap::new();
-        let mut report = FeaturesReport::default();
+        let mut report = FeaturesReport {
+            module_sha256: module_sha256.clone(),
+            ..FeaturesReport::default()
+        };
         while let Some(batch) = consuming.next_batch().await? {
             if consuming.assignment_changed() {
                 // Partitions may have moved: state is reloaded from the
@@ -183,7 +192,8 @@ impl FeaturesJob {
                 state.next_offset = records[records.len() - 1].offset + 1;
                 touched.push(partition);
                 if !partition_events.is_empty() {
-                    sink.write(partition, first_offset, &feature_batch(&partition_events), Vec::new())
+                    let metadata = vec![module_metadata(&module_sha256)];
+                    sink.write(partition, first_offset, &feature_batch(&partition_events), metadata)
                         .await?;
                     crate::fault::point("after-upload");
                     report.files += 1;

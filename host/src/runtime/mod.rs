@@ -43,6 +43,15 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The sha256 of a module file, hex: which module produced an output.
+pub fn module_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).map_err(|_| Error::Missing {
+        path: path.display().to_string(),
+    })?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
 /// Per-call and per-store limits of a guest.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -31,10 +31,9 @@ use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::Storage;
-use crate::runtime::{FeaturesModule, Runtime};
+use crate::runtime::{FeaturesModule, Runtime, module_sha256};
 use crate::sinks::parquet::ParquetSink;
 use crate::state::Checkpoints;
 
@@ -149,7 +148,7 @@ impl Backfill {
     pub async fn run(self) -> Result<BackfillReport> {
         let started = Instant::now();
         self.refuse_inexact_handoff()?;
-        let module_sha256 = sha256_file(&self.module)?;
+        let module_sha256 = module_sha256(&self.module)?;
         let runtime = Runtime::new(Default::default())?;
         let module = FeaturesModule::compile(&runtime, &self.module)?;
         let settings = Settings {
@@ -231,6 +230,7 @@ impl Backfill {
             until: self.until.unwrap_or(i64::MAX),
             rows_per_object: self.rows_per_object.max(1),
             on_mispartitioned: self.on_mispartitioned,
+            module_sha256: module_sha256.clone(),
         });
         tracing::info!(
             partitions = ?partitions.keys().collect::<Vec<_>>(),
@@ -379,11 +379,6 @@ impl Backfill {
 /// The progress checkpoints' name of a topic's backfill.
 fn progress_name(topic: &str) -> String {
     format!("_backfill/{topic}")
-}
-
-fn sha256_file(path: &std::path::Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Other(format!("reading module {}: {e}", path.display())))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use object_store::ObjectStoreExt;
 
 use crate::config::Storage;
+use crate::lineage::module_metadata;
 use crate::model::FeatureEvent;
 use crate::runtime::{FeaturesGuest, FeaturesModule, Runtime, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
@@ -38,6 +39,7 @@ pub(super) struct Context {
     pub until: i64,
     pub rows_per_object: usize,
     pub on_mispartitioned: OnMispartitioned,
+    pub module_sha256: String,
 }
 
 /// What one partition's replay did.
@@ -61,7 +63,8 @@ pub(super) async fn replay_partition(
     partition: i32,
     objects: Vec<ArchiveObject>,
 ) -> Result<PartitionOutcome> {
-    let mut progress = Checkpoints::new(context.output.clone(), &progress_name(&context.topic));
+    let mut progress =
+        Checkpoints::new(context.output.clone(), &progress_name(&context.topic)).with_module(&context.module_sha256);
     let state = progress.latest(partition).await?.unwrap_or_default();
     if state.next_offset > 0 {
         tracing::info!(
@@ -120,7 +123,12 @@ pub(super) async fn replay_partition(
         if !events.is_empty() {
             context
                 .sink
-                .write(partition, first_offset, &feature_batch(&events), Vec::new())
+                .write(
+                    partition,
+                    first_offset,
+                    &feature_batch(&events),
+                    vec![module_metadata(&context.module_sha256)],
+                )
                 .await?;
             outcome.objects += 1;
         }
