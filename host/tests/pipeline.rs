@@ -6,8 +6,6 @@ mod common;
 
 use common::verify::verify_outputs;
 use common::*;
-use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const RECORDS: u64 = 20_000;
@@ -33,22 +31,9 @@ async fn pipeline_round_trip(output_url: &str, topic: &str) {
     ] {
         let sha = sha256sum(&module(job));
         assert_eq!(report["module_sha256"], sha, "{job} report");
-        let objects: Vec<_> = storage
-            .store
-            .list(Some(&storage.path(dataset)))
-            .try_collect()
-            .await
-            .expect("list");
+        let objects = read_objects(&storage, dataset).await;
         assert!(!objects.is_empty());
-        for object in objects {
-            let bytes = storage
-                .store
-                .get(&object.location)
-                .await
-                .expect("get")
-                .bytes()
-                .await
-                .expect("bytes");
+        for (location, bytes) in objects {
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
             let written_by = reader
                 .metadata()
@@ -56,32 +41,14 @@ async fn pipeline_round_trip(output_url: &str, topic: &str) {
                 .key_value_metadata()
                 .and_then(|kv| kv.iter().find(|e| e.key == "sluice.module_sha256"))
                 .and_then(|e| e.value.clone());
-            assert_eq!(written_by.as_deref(), Some(sha.as_str()), "{}", object.location);
+            assert_eq!(written_by.as_deref(), Some(sha.as_str()), "{location}");
         }
     }
-    let checkpoints: Vec<_> = storage
-        .store
-        .list(Some(&storage.path("_checkpoints")))
-        .try_collect()
-        .await
-        .expect("list");
+    let checkpoints = read_objects(&storage, "_checkpoints").await;
     assert!(!checkpoints.is_empty());
-    for checkpoint in checkpoints {
-        let bytes = storage
-            .store
-            .get(&checkpoint.location)
-            .await
-            .expect("get")
-            .bytes()
-            .await
-            .expect("bytes");
+    for (location, bytes) in checkpoints {
         let stored: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-        assert_eq!(
-            stored["module_sha256"],
-            sha256sum(&module("features")),
-            "{}",
-            checkpoint.location
-        );
+        assert_eq!(stored["module_sha256"], sha256sum(&module("features")), "{location}");
     }
 }
 

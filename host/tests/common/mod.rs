@@ -170,11 +170,12 @@ pub fn storage_args(url: &str) -> StorageArgs {
     }
 }
 
-/// Every Parquet object of a dataset, with its path, read back.
-pub async fn read_dataset(storage: &Storage, dataset: &str) -> Vec<(String, RecordBatch)> {
-    let prefix = storage.path(dataset);
+/// Every object under `relative` (a folder under the storage root), with
+/// its bytes.
+pub async fn read_objects(storage: &Storage, relative: &str) -> Vec<(String, bytes::Bytes)> {
+    let prefix = storage.path(relative);
     let objects: Vec<_> = storage.store.list(Some(&prefix)).try_collect().await.expect("list");
-    let mut batches = Vec::new();
+    let mut read = Vec::new();
     for object in objects {
         let bytes = storage
             .store
@@ -184,12 +185,21 @@ pub async fn read_dataset(storage: &Storage, dataset: &str) -> Vec<(String, Reco
             .bytes()
             .await
             .expect("bytes");
+        read.push((object.location.to_string(), bytes));
+    }
+    read
+}
+
+/// Every Parquet object of a dataset, with its path, read back.
+pub async fn read_dataset(storage: &Storage, dataset: &str) -> Vec<(String, RecordBatch)> {
+    let mut batches = Vec::new();
+    for (location, bytes) in read_objects(storage, dataset).await {
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .expect("parquet")
             .build()
             .expect("reader");
         for batch in reader {
-            batches.push((object.location.to_string(), batch.expect("batch")));
+            batches.push((location.clone(), batch.expect("batch")));
         }
     }
     batches
