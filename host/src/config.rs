@@ -123,6 +123,14 @@ pub struct Storage {
     pub url: String,
 }
 
+/// The `P` of an object path with a `partition=P` folder (the Hive-style
+/// layout of the datasets and checkpoints).
+pub fn partition_in_path(path: &ObjectPath) -> Option<i32> {
+    path.parts()
+        .filter_map(|p| p.as_ref().strip_prefix("partition=")?.parse().ok())
+        .next_back()
+}
+
 impl Storage {
     /// Deletes every object under `prefix`; returns how many there were.
     pub async fn delete_under(&self, prefix: &ObjectPath) -> Result<usize> {

@@ -18,7 +18,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Storage;
+use crate::config::{Storage, partition_in_path};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -145,21 +145,12 @@ impl Checkpoints {
     /// The hand-off offset of every partition the backfill left one for.
     pub async fn handoffs(&self) -> Result<BTreeMap<i32, i64>> {
         let root = self.storage.path(&format!("_checkpoints/{}", self.name));
-        let objects: Vec<_> = self
-            .storage
-            .store
-            .list(Some(&root))
-            .try_collect()
-            .await
-            .map_err(|e| Self::error(&root, e))?;
+        let objects = self.list(&root).await?;
         let mut handoffs = BTreeMap::new();
         for object in objects.iter().filter(|o| o.location.filename() == Some(HANDOFF_FILE)) {
-            let partition = object
-                .location
-                .parts()
-                .filter_map(|p| p.as_ref().strip_prefix("partition=")?.parse::<i32>().ok())
-                .next_back();
-            let Some(partition) = partition else { continue };
+            let Some(partition) = partition_in_path(&object.location) else {
+                continue;
+            };
             let path = &object.location;
             let bytes = self
                 .storage
@@ -188,16 +179,18 @@ impl Checkpoints {
         }
     }
 
-    /// Offsets of a partition's stored checkpoints, ascending.
-    pub async fn offsets(&self, partition: i32) -> Result<Vec<i64>> {
-        let folder = self.folder(partition);
-        let objects: Vec<_> = self
-            .storage
+    async fn list(&self, prefix: &ObjectPath) -> Result<Vec<object_store::ObjectMeta>> {
+        self.storage
             .store
-            .list(Some(&folder))
+            .list(Some(prefix))
             .try_collect()
             .await
-            .map_err(|e| Self::error(&folder, e))?;
+            .map_err(|e| Self::error(prefix, e))
+    }
+
+    /// Offsets of a partition's stored checkpoints, ascending.
+    pub async fn offsets(&self, partition: i32) -> Result<Vec<i64>> {
+        let objects = self.list(&self.folder(partition)).await?;
         let mut offsets: Vec<i64> = objects
             .iter()
             .filter_map(|o| o.location.filename()?.strip_suffix(".json")?.parse().ok())

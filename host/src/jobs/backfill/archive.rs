@@ -15,7 +15,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
-use crate::config::Storage;
+use crate::config::{Storage, partition_in_path};
 use crate::lineage::ArchiveLineage;
 use crate::runtime::WitTransaction;
 
@@ -59,7 +59,7 @@ pub async fn survey(archive: &Storage, topic: &str, shard: Shard) -> Result<BTre
         if !object.location.as_ref().ends_with(".parquet") {
             continue;
         }
-        let Some(partition) = partition_folder(&object.location) else {
+        let Some(partition) = partition_in_path(&object.location) else {
             continue;
         };
         if shard.holds(partition) {
@@ -142,13 +142,6 @@ async fn read_footer(storage: &Storage, path: &ObjectPath, size: u64) -> std::re
         get(start..size - TAIL).await?
     };
     ParquetMetaDataReader::decode_metadata(&metadata).map_err(|e| e.to_string())
-}
-
-/// The `P` of a `…/partition=P/…` object path.
-fn partition_folder(path: &ObjectPath) -> Option<i32> {
-    path.parts()
-        .filter_map(|p| p.as_ref().strip_prefix("partition=")?.parse().ok())
-        .next_back()
 }
 
 /// Offset ranges no archive object consumed, between the first and the
