@@ -6,7 +6,9 @@
 # the guests (`make guests`); run with `make bench`.
 #
 # Environment: BENCH_COUNT (records, 200000), BENCH_BACKFILL_COUNT (archived
-# records for the backfill row, 5000000; 0 skips it), PEER_SCRIPT (path to peer.py),
+# records for the backfill row, 5000000; 0 skips it), BENCH_SWAPS (hot swaps
+# under load, 20; 0 skips them), BENCH_RESTARTS (restarts they are compared
+# with, 3), PEER_SCRIPT (path to peer.py),
 # SLUICE_BIN (default $CARGO_TARGET_DIR/release/sluice or target/release/sluice).
 set -euo pipefail
 
@@ -127,6 +129,15 @@ PY
     printf '\n%-9s %10s %8s %14s %14s %8s\n' run records objects sluice_rec_s duckdb_rec_s ratio
     python3 -c 'import sys; n, o, s, d = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]); print(f"{sys.argv[1]:<9} {n:10d} {o:8d} {n / s:14.0f} {n / d:14.0f} {d / s:7.2f}x")' \
         backfill "$records" "$objects" "$sluice_s" "$duck_s"
+fi
+
+# Hot swap: 20 swaps of the features module under load (BENCH_SWAPS),
+# against restarting the job with the other module (BENCH_RESTARTS).
+if [[ ${BENCH_SWAPS:-20} -gt 0 ]]; then
+    t=bench-swap-$(date +%s)
+    "$VENV/bin/python" "$ROOT/scripts/bench_swap.py" "$SLUICE_BIN" "$t" modules/features.wasm \
+        modules/test/features_rebuilt.wasm "$out/swap"
+    redis-cli --scan --pattern "bench:$t:*" | xargs -r -n 500 redis-cli del >/dev/null
 fi
 
 redis-cli --scan --pattern "bench:$topic:*" | xargs -r -n 500 redis-cli del >/dev/null

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{KafkaArgs, RedisArgs, RegistryArgs, StorageArgs};
+use crate::config::{GuestArgs, KafkaArgs, RedisArgs, RegistryArgs, StorageArgs, SwapArgs};
 use crate::jobs::backfill::Shard;
 use crate::jobs::features::OnMispartitioned;
 use crate::jobs::{self, RunOptions};
@@ -67,6 +67,10 @@ pub enum Command {
         /// Records per guest call.
         #[arg(long, default_value_t = 1_000)]
         batch: u32,
+        #[command(flatten)]
+        guest: GuestArgs,
+        #[command(flatten)]
+        swap: SwapArgs,
     },
     /// Run a consumer job with a guest module.
     Run {
@@ -107,6 +111,10 @@ pub enum Command {
         storage: StorageArgs,
         #[command(flatten)]
         redis: RedisArgs,
+        #[command(flatten)]
+        guest: GuestArgs,
+        #[command(flatten)]
+        swap: SwapArgs,
     },
     /// Replay the backup archive through a features module: the same rows as
     /// the live job, to Parquet only (no Kafka, no Redis).
@@ -151,6 +159,8 @@ pub enum Command {
         restart: bool,
         #[command(flatten)]
         storage: StorageArgs,
+        #[command(flatten)]
+        guest: GuestArgs,
     },
     /// Rebuild one partition's features state from the topic's start: deletes
     /// its checkpoints and feature objects and resets the group's offset to 0.
@@ -216,6 +226,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             first_index,
             batch,
+            guest,
+            swap,
         } => {
             let produce = jobs::produce::Produce {
                 kafka: cli.kafka.clone(),
@@ -226,6 +238,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 seed,
                 first_index,
                 batch: batch.max(1),
+                limits: guest.limits(),
+                swap: swap.options(),
             };
             println!("{}", serde_json::to_string(&produce.run().await?)?);
         }
@@ -242,6 +256,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             on_mispartitioned,
             storage,
             redis,
+            guest,
+            swap,
         } => {
             let default_group = match job {
                 Job::Backup => jobs::backup::JOB,
@@ -267,6 +283,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         storage,
                         module,
                         options,
+                        limits: guest.limits(),
+                        swap: swap.options(),
                     };
                     serde_json::to_string(&job.run().await?)?
                 }
@@ -278,6 +296,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         module,
                         options,
                         on_mispartitioned,
+                        limits: guest.limits(),
+                        swap: swap.options(),
                     };
                     serde_json::to_string(&job.run().await?)?
                 }
@@ -297,6 +317,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             allow_gaps,
             restart,
             storage,
+            guest,
         } => {
             let archive = StorageArgs {
                 output_url: from,
@@ -316,6 +337,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 on_mispartitioned,
                 allow_gaps,
                 restart,
+                limits: guest.limits(),
             };
             println!("{}", serde_json::to_string(&backfill.run().await?)?);
         }

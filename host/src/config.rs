@@ -225,3 +225,55 @@ pub struct RedisArgs {
     #[arg(long, env = "SLUICE_REDIS_PREFIX", default_value = "sluice:features")]
     pub redis_prefix: String,
 }
+
+/// Limits of the guest sandbox (README "Guest limits").
+#[derive(Debug, Clone, Args)]
+pub struct GuestArgs {
+    /// Wall-clock budget of one guest call (one batch), in milliseconds.
+    #[arg(long, env = "SLUICE_GUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub guest_timeout_ms: u64,
+    /// Memory of all of a guest's linear memories together, in MiB.
+    #[arg(long, env = "SLUICE_GUEST_MEMORY_MB", default_value_t = 512)]
+    pub guest_memory_mb: usize,
+    /// Elements of all of a guest's tables together.
+    #[arg(long, env = "SLUICE_GUEST_TABLE_ELEMENTS", default_value_t = 100_000)]
+    pub guest_table_elements: usize,
+    /// Fuel per guest call (about one unit per instruction); unlimited when unset.
+    #[arg(long, env = "SLUICE_GUEST_FUEL")]
+    pub guest_fuel: Option<u64>,
+    /// Keyed-state entries one guest call may create.
+    #[arg(long, env = "SLUICE_GUEST_NEW_KEYS_PER_BATCH", default_value_t = 1_000_000)]
+    pub guest_new_keys_per_batch: usize,
+}
+
+impl GuestArgs {
+    pub fn limits(&self) -> crate::runtime::Limits {
+        crate::runtime::Limits {
+            call_timeout: std::time::Duration::from_millis(self.guest_timeout_ms.max(1)),
+            memory_bytes: self.guest_memory_mb.saturating_mul(1 << 20),
+            table_elements: self.guest_table_elements,
+            fuel: self.guest_fuel,
+            new_keys_per_call: self.guest_new_keys_per_batch,
+        }
+    }
+}
+
+/// How a running job's module is swapped (README "Hot swap").
+#[derive(Debug, Clone, Args)]
+pub struct SwapArgs {
+    /// Serve the admin endpoint (GET and POST /module) on this loopback address.
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Do not swap when the module file changes (SIGHUP and the admin endpoint still do).
+    #[arg(long)]
+    pub no_watch: bool,
+}
+
+impl SwapArgs {
+    pub fn options(&self) -> crate::hot_swap::SwapOptions {
+        crate::hot_swap::SwapOptions {
+            watch: !self.no_watch,
+            admin_listen: self.admin_listen,
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod columnar;
 pub mod config;
 pub mod dlq;
 pub mod fault;
+pub mod hot_swap;
 pub mod jobs;
 pub mod kafka;
 pub mod lineage;

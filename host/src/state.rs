@@ -93,6 +93,11 @@ impl Checkpoints {
         self
     }
 
+    /// Records another module from now on (after a hot swap).
+    pub fn set_module(&mut self, module_sha256: &str) {
+        self.module_sha256 = Some(module_sha256.to_string());
+    }
+
     fn folder(&self, partition: i32) -> ObjectPath {
         self.storage
             .path(&format!("_checkpoints/{}/partition={partition}", self.name))

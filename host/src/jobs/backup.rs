@@ -13,10 +13,11 @@ use serde::Serialize;
 use crate::avro::{DecodeError, Decoder, Readers, schema_id};
 use crate::columnar::{ColumnarSchema, RowsBuilder, columnar_schema};
 use crate::config::{KafkaArgs, Storage};
+use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::kafka::Consumed;
 use crate::lineage::{ArchiveLineage, module_metadata};
 use crate::registry::Registry;
-use crate::runtime::{RawFilterGuest, RawRecord, Runtime, Verdict, module_sha256};
+use crate::runtime::{Limits, RawFilterModule, RawRecord, Runtime, Verdict};
 use crate::sinks::parquet::ParquetSink;
 
 use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, RunOptions, by_partition};
@@ -33,9 +34,11 @@ pub struct BackupReport {
     pub dropped: u64,
     pub dead_lettered: u64,
     pub files: u64,
-    /// The module that wrote the archive objects (also in each object's
-    /// key-value metadata).
+    /// The module in use at the end (each object's key-value metadata names
+    /// the module that wrote it).
     pub module_sha256: String,
+    /// Modules swapped in while the job ran, with where each took over.
+    pub swaps: Vec<SwapRecord>,
 }
 
 pub struct BackupJob {
@@ -44,6 +47,8 @@ pub struct BackupJob {
     pub storage: Storage,
     pub module: PathBuf,
     pub options: RunOptions,
+    pub limits: Limits,
+    pub swap: SwapOptions,
 }
 
 /// The archive layout and the registered schema id it was built from.
@@ -54,20 +59,18 @@ struct Layout {
 
 impl BackupJob {
     pub async fn run(self) -> Result<BackupReport> {
-        let runtime = Runtime::new(Default::default())?;
-        let mut guest = RawFilterGuest::load(&runtime, &self.module)?;
-        let module_sha256 = module_sha256(&self.module)?;
+        let runtime = Runtime::new(self.limits)?;
+        let (mut swap, mut guest) = HotSwap::<RawFilterModule>::start(runtime, &self.module, &self.swap).await?;
         let mut consuming =
             Consuming::start(&self.kafka, self.options.clone(), JOB, BACKUP_USER, BACKUP_PASSWORD_VAR).await?;
         let mut decoder = Decoder::new(&self.registry);
         let subject = crate::model::value_subject(&self.kafka.topic);
         let mut layout = self.latest_layout(&subject).await?;
         let sink = ParquetSink::new(self.storage.clone(), &self.kafka.topic);
-        let mut report = BackupReport {
-            module_sha256: module_sha256.clone(),
-            ..BackupReport::default()
-        };
+        let mut report = BackupReport::default();
         while let Some(batch) = consuming.next_batch().await? {
+            // A batch boundary: a staged module takes over here.
+            swap.swap_staged(&mut guest);
             if !consuming.fence(&batch).await? {
                 continue;
             }
@@ -84,8 +87,9 @@ impl BackupJob {
                 .partition_count()
                 .ok_or_else(|| Error::Other(format!("the partition count of {} is unknown", self.kafka.topic)))?;
             for (partition, records) in by_partition(&batch) {
+                swap.took_over(partition, records[0].offset);
                 let raw: Vec<RawRecord> = records.iter().map(|r| raw_record(r)).collect();
-                let verdicts = guest.process(&raw)?;
+                let verdicts = guest.process(&raw);
                 crate::fault::point("after-guest");
                 drop(raw);
                 let mut rows = RowsBuilder::new(layout.columns.clone());
@@ -94,19 +98,20 @@ impl BackupJob {
                 for (record, verdict) in records.iter().zip(verdicts) {
                     report.records += 1;
                     let reason = match verdict {
-                        Verdict::Keep => match archive_row(&readers, &uncovered, &mut rows, record) {
+                        Ok(Verdict::Keep) => match archive_row(&readers, &uncovered, &mut rows, record) {
                             Ok(()) => {
                                 offsets.push(record.offset);
                                 continue;
                             }
                             Err(reason) => reason,
                         },
-                        Verdict::Drop => {
+                        Ok(Verdict::Drop) => {
                             report.dropped += 1;
                             excluded.push(record.offset);
                             continue;
                         }
-                        Verdict::Reject(reason) => format!("rejected by guest: {reason}"),
+                        Ok(Verdict::Reject(reason)) => format!("rejected by guest: {reason}"),
+                        Err(failure) => failure.to_string(),
                     };
                     excluded.push(record.offset);
                     consuming.dead_letters.send(record, &reason).await?;
@@ -121,7 +126,7 @@ impl BackupJob {
                 let lineage =
                     ArchiveLineage::new(&self.kafka.topic, partition, partitions, consumed, &offsets, &excluded);
                 let mut metadata = lineage.to_metadata();
-                metadata.push(module_metadata(&module_sha256));
+                metadata.push(module_metadata(swap.sha256()));
                 let path = sink.write(partition, first_offset, &rows.finish(), metadata).await?;
                 crate::fault::point("after-upload");
                 report.files += 1;
@@ -130,6 +135,8 @@ impl BackupJob {
             consuming.done(&batch).await?;
         }
         report.throughput = consuming.throughput(report.records);
+        report.module_sha256 = swap.sha256().to_string();
+        report.swaps = swap.swaps();
         Ok(report)
     }
 

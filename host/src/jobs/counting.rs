@@ -10,8 +10,6 @@ use crate::model::{FeatureEvent, write_transaction_key};
 use crate::runtime::{FeatureOutcome, FeaturesGuest, WitTransaction};
 use crate::state::PartitionState;
 
-use super::Result;
-
 /// What to do with a record that is not on its user's partition (a producer
 /// partitioned it with something other than murmur2 of the user id). Counts
 /// are partition-local, so such a record would be counted apart from the
@@ -75,33 +73,37 @@ pub struct Counted {
     pub rejected: Vec<(usize, String)>,
 }
 
-/// One guest call over `inputs` (records of `partition` at `offsets`, in
-/// offset order) against the partition's keyed state; the state holds the
-/// guest's updates afterwards, or is unchanged when the call fails.
+/// The guest over `inputs` (records of `partition` at `offsets`, in offset
+/// order) against the partition's keyed state, one call per batch under the
+/// failure policy: a record the guest fails on alone is rejected with the
+/// reason and leaves the state as if it had not been there.
 pub fn count(
     guest: &mut FeaturesGuest,
     state: &mut PartitionState,
     partition: i32,
     offsets: &[i64],
     inputs: &[WitTransaction],
-) -> Result<Counted> {
-    let outcomes = guest.process(&mut state.values, inputs)?;
+) -> Counted {
+    let outcomes = guest.process(&mut state.values, inputs);
     let mut counted = Counted {
         events: Vec::with_capacity(outcomes.len()),
         rejected: Vec::new(),
     };
     for (index, (offset, outcome)) in offsets.iter().zip(outcomes).enumerate() {
         match outcome {
-            FeatureOutcome::Emit(f) => counted.events.push(FeatureEvent {
+            Ok(FeatureOutcome::Emit(f)) => counted.events.push(FeatureEvent {
                 user_id: f.user_id,
                 total_transactions_count: f.total_transactions_count,
                 as_of_timestamp_millis: f.as_of_timestamp_millis,
                 source_partition: partition,
                 source_offset: *offset,
             }),
-            FeatureOutcome::Skip => {}
-            FeatureOutcome::Reject(reason) => counted.rejected.push((index, format!("rejected by guest: {reason}"))),
+            Ok(FeatureOutcome::Skip) => {}
+            Ok(FeatureOutcome::Reject(reason)) => {
+                counted.rejected.push((index, format!("rejected by guest: {reason}")))
+            }
+            Err(failure) => counted.rejected.push((index, failure.to_string())),
         }
     }
-    Ok(counted)
+    counted
 }

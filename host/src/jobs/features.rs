@@ -14,10 +14,11 @@ use serde::Serialize;
 
 use crate::avro::{Decoder, transaction_from_value};
 use crate::config::{KafkaArgs, Storage};
+use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::lineage::module_metadata;
 use crate::model::FeatureEvent;
 use crate::registry::Registry;
-use crate::runtime::{FeaturesGuest, Runtime, WitTransaction, module_sha256};
+use crate::runtime::{FeaturesModule, Limits, Runtime, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
 use crate::state::{Checkpoints, PartitionState};
@@ -41,9 +42,11 @@ pub struct FeaturesReport {
     pub mispartitioned: u64,
     pub files: u64,
     pub redis_updates: u64,
-    /// The module that computed the features (also in each object's
-    /// key-value metadata and in the checkpoints).
+    /// The module that computed the features at the end (each object's
+    /// key-value metadata and each checkpoint name theirs).
     pub module_sha256: String,
+    /// Modules swapped in while the job ran, with where each took over.
+    pub swaps: Vec<SwapRecord>,
 }
 
 pub struct FeaturesJob {
@@ -53,18 +56,19 @@ pub struct FeaturesJob {
     pub module: PathBuf,
     pub options: RunOptions,
     pub on_mispartitioned: OnMispartitioned,
+    pub limits: Limits,
+    pub swap: SwapOptions,
 }
 
 impl FeaturesJob {
     pub async fn run(self) -> Result<FeaturesReport> {
-        let runtime = Runtime::new(Default::default())?;
-        let mut guest = FeaturesGuest::load(&runtime, &self.module)?;
-        let module_sha256 = module_sha256(&self.module)?;
+        let runtime = Runtime::new(self.limits)?;
+        let (mut swap, mut guest) = HotSwap::<FeaturesModule>::start(runtime, &self.module, &self.swap).await?;
         let mut checkpoints = Checkpoints::new(
             self.storage.clone(),
             &checkpoint_name(&self.options.group, &self.kafka.topic),
         )
-        .with_module(&module_sha256);
+        .with_module(swap.sha256());
         let mut options = self.options.clone();
         options.handoffs = checkpoints.handoffs().await?;
         // Hand-offs not yet superseded by a commit of this process.
@@ -79,11 +83,12 @@ impl FeaturesJob {
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
         // The offset of each partition's newest checkpoint known to exist.
         let mut saved_at: HashMap<i32, i64> = HashMap::new();
-        let mut report = FeaturesReport {
-            module_sha256: module_sha256.clone(),
-            ..FeaturesReport::default()
-        };
+        let mut report = FeaturesReport::default();
         while let Some(batch) = consuming.next_batch().await? {
+            // A batch boundary: a staged module takes over here.
+            if swap.swap_staged(&mut guest) {
+                checkpoints.set_module(swap.sha256());
+            }
             if consuming.assignment_changed() {
                 // Partitions may have moved: state is reloaded from the
                 // checkpoints, which the previous owners wrote last.
@@ -181,8 +186,9 @@ impl FeaturesJob {
                     });
                     input_records.push(*record);
                 }
+                swap.took_over(partition, first_offset);
                 let offsets: Vec<i64> = input_records.iter().map(|r| r.offset).collect();
-                let counted = count(&mut guest, state, partition, &offsets, &inputs)?;
+                let counted = count(&mut guest, state, partition, &offsets, &inputs);
                 crate::fault::point("after-guest");
                 for (index, reason) in &counted.rejected {
                     consuming.dead_letters.send(input_records[*index], reason).await?;
@@ -192,7 +198,7 @@ impl FeaturesJob {
                 state.next_offset = records[records.len() - 1].offset + 1;
                 touched.push(partition);
                 if !partition_events.is_empty() {
-                    let metadata = vec![module_metadata(&module_sha256)];
+                    let metadata = vec![module_metadata(swap.sha256())];
                     sink.write(partition, first_offset, &feature_batch(&partition_events), metadata)
                         .await?;
                     crate::fault::point("after-upload");
@@ -213,6 +219,8 @@ impl FeaturesJob {
             consuming.done(&batch).await?;
         }
         report.throughput = consuming.throughput(report.records);
+        report.module_sha256 = swap.sha256().to_string();
+        report.swaps = swap.swaps();
         Ok(report)
     }
 }

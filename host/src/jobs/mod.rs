@@ -374,6 +374,8 @@ pub enum Error {
     #[error(transparent)]
     Runtime(#[from] crate::runtime::Error),
     #[error(transparent)]
+    HotSwap(#[from] crate::hot_swap::Error),
+    #[error(transparent)]
     Consumer(#[from] crate::kafka::consumer::Error),
     #[error(transparent)]
     Admin(#[from] crate::kafka::admin::Error),

@@ -10,10 +10,11 @@ use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameS
 use serde::Serialize;
 
 use crate::config::KafkaArgs;
+use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::kafka::producer;
 use crate::model::{TRANSACTION_SCHEMA, Transaction, transaction_key};
 use crate::registry::{Registry, describe};
-use crate::runtime::{GeneratorGuest, Runtime};
+use crate::runtime::{GeneratorModule, Limits, Runtime};
 
 use super::{Error, Result, stop_signal};
 
@@ -28,6 +29,8 @@ pub struct Produce {
     pub first_index: u64,
     /// Records generated per guest call.
     pub batch: u32,
+    pub limits: Limits,
+    pub swap: SwapOptions,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,12 +38,18 @@ pub struct ProduceReport {
     pub produced: u64,
     pub seconds: f64,
     pub records_per_s: f64,
+    /// Record indexes the generator failed on alone (see the failure
+    /// policy), logged and not produced.
+    pub skipped: u64,
+    pub module_sha256: String,
+    /// Modules swapped in while producing, with the index each took over at.
+    pub swaps: Vec<SwapRecord>,
 }
 
 impl Produce {
     pub async fn run(self) -> Result<ProduceReport> {
-        let runtime = Runtime::new(Default::default())?;
-        let mut guest = GeneratorGuest::load(&runtime, &self.module)?;
+        let runtime = Runtime::new(self.limits)?;
+        let (mut swap, mut guest) = HotSwap::<GeneratorModule>::start(runtime, &self.module, &self.swap).await?;
         let credentials = self.kafka.admin_credentials();
         let producer = producer::create(self.kafka.client_config(credentials.as_ref()))?;
         let encoder = AvroEncoder::new(self.registry.settings().clone());
@@ -57,11 +66,24 @@ impl Produce {
         let stop = stop_signal();
         let started = Instant::now();
         let mut produced = 0u64;
+        let mut skipped = 0u64;
         while produced < self.count && !*stop.borrow() {
             let n = (self.count - produced).min(u64::from(self.batch)) as u32;
-            let generated = guest.generate(self.seed, self.first_index + produced, n, start_millis)?;
+            let first_index = self.first_index + produced;
+            // A batch boundary: a staged module takes over here.
+            swap.swap_staged(&mut guest);
+            swap.took_over_at_index(first_index);
+            let generated = guest.generate(self.seed, first_index, n, start_millis);
             let mut deliveries = Vec::with_capacity(generated.len());
-            for g in generated {
+            for (index, g) in (first_index..).zip(generated) {
+                let g = match g {
+                    Ok(g) => g,
+                    Err(failure) => {
+                        tracing::warn!(index, %failure, "record not produced: the generator fails on it");
+                        skipped += 1;
+                        continue;
+                    }
+                };
                 let tx = Transaction {
                     user_id: g.user_id,
                     transaction_timestamp_millis: g.transaction_timestamp_millis,
@@ -97,9 +119,12 @@ impl Produce {
         }
         let seconds = started.elapsed().as_secs_f64();
         Ok(ProduceReport {
-            produced,
+            produced: produced - skipped,
             seconds,
-            records_per_s: produced as f64 / seconds.max(1e-9),
+            records_per_s: (produced - skipped) as f64 / seconds.max(1e-9),
+            skipped,
+            module_sha256: swap.sha256().to_string(),
+            swaps: swap.swaps(),
         })
     }
 }

@@ -1,22 +1,30 @@
 //! The wasmtime side: one engine per process, components compiled once,
-//! one store per guest instance, epoch deadlines and memory limits per call.
+//! one store per guest instance, a sandbox that grants no capabilities, and
+//! limits per call and per store.
 
 mod bindings;
 mod guests;
+mod isolate;
+mod limits;
+mod sandbox;
 mod store_data;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use serde::Serialize;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 pub use bindings::features::sluice::pipeline::types::{Feature, FeatureOutcome, Transaction as WitTransaction};
 pub use bindings::generator::sluice::pipeline::types::Transaction as GeneratedTransaction;
 pub use bindings::raw_filter::sluice::pipeline::types::{RawRecord, Verdict};
-pub use guests::{FeaturesGuest, FeaturesModule, GeneratorGuest, RawFilterGuest};
+pub use guests::{
+    FeaturesGuest, FeaturesModule, GeneratorGuest, GeneratorModule, Module, RawFilterGuest, RawFilterModule,
+};
+pub use limits::Limits;
 use store_data::StoreData;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +33,8 @@ pub enum Error {
     Missing { path: String },
     #[error("module {path} is not a WebAssembly component (build guests with --target wasm32-wasip2): {reason}")]
     NotAComponent { path: String, reason: String },
+    #[error("module {path} does not compile: {reason}")]
+    DoesNotCompile { path: String, reason: String },
     #[error("module {path} does not implement world `{world}` of wit/sluice.wit: {reason}")]
     WrongWorld {
         path: String,
@@ -43,31 +53,35 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// The sha256 of a module file, hex: which module produced an output.
-pub fn module_sha256(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(path).map_err(|_| Error::Missing {
-        path: path.display().to_string(),
-    })?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
+/// A module file as it was compiled: which module produced an output.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ModuleFile {
+    pub path: PathBuf,
+    /// sha256 of the bytes that were compiled, hex.
+    pub sha256: String,
 }
 
-/// Per-call and per-store limits of a guest.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Wall-clock budget of one batch call; a guest that loops is stopped.
-    pub call_timeout: Duration,
-    /// Linear memory cap per store.
-    pub memory_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            call_timeout: Duration::from_secs(10),
-            memory_bytes: 512 << 20,
-        }
+impl ModuleFile {
+    /// Reads a module file; the hash is of the very bytes returned.
+    pub fn read(path: &Path) -> Result<(Vec<u8>, Self)> {
+        use sha2::{Digest, Sha256};
+        let bytes = std::fs::read(path).map_err(|_| Error::Missing {
+            path: path.display().to_string(),
+        })?;
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        Ok((
+            bytes,
+            Self {
+                path: path.to_path_buf(),
+                sha256,
+            },
+        ))
     }
+}
+
+/// The sha256 of a module file, hex.
+pub fn module_sha256(path: &Path) -> Result<String> {
+    ModuleFile::read(path).map(|(_, file)| file.sha256)
 }
 
 /// Interval of the epoch ticker; call deadlines are counted in these.
@@ -81,9 +95,10 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(limits: Limits) -> Result<Self> {
+    pub fn new(limits: Limits) -> Result<Arc<Self>> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        config.consume_fuel(limits.fuel.is_some());
         let engine = Engine::new(&config).map_err(|e| Error::Engine(e.to_string()))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticking, stop) = (engine.clone(), ticker_stop.clone());
@@ -96,33 +111,45 @@ impl Runtime {
                 }
             })
             .map_err(|e| Error::Engine(e.to_string()))?;
-        Ok(Self {
+        Ok(Arc::new(Self {
             engine,
             limits,
             ticker_stop,
-        })
+        }))
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     fn deadline_ticks(&self) -> u64 {
         (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
     }
 
-    /// Reads and compiles a component, with errors that name the file.
-    fn compile(&self, path: &Path) -> Result<Component> {
+    /// Reads and compiles a component (binary, or text for tests), with
+    /// errors that say what the file is.
+    fn compile(&self, path: &Path) -> Result<(Component, ModuleFile)> {
+        let (bytes, file) = ModuleFile::read(path)?;
         let shown = path.display().to_string();
-        if !path.is_file() {
-            return Err(Error::Missing { path: shown });
+        // The preamble: magic, then version 1 layer 0 (a core module) or
+        // layer 1 (a component).
+        if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
+            return Err(Error::NotAComponent {
+                path: shown,
+                reason: "it is a core WebAssembly module".into(),
+            });
         }
-        Component::from_file(&self.engine, path).map_err(|e| Error::NotAComponent {
+        let component = Component::new(&self.engine, &bytes).map_err(|e| Error::DoesNotCompile {
             path: shown,
             reason: format!("{e:#}"),
-        })
+        })?;
+        Ok((component, file))
     }
 
-    /// A linker with WASI (no capabilities granted) for guests built against std.
+    /// A linker with the sandbox's WASI, for guests built against std.
     fn linker(&self) -> Result<Linker<StoreData>> {
         let mut linker = Linker::new(&self.engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
+        sandbox::add_wasi(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
         Ok(linker)
     }
 }

@@ -1,44 +1,52 @@
-//! What a guest's `Store` holds: an empty WASI context (the std of
-//! wasm32-wasip2 imports WASI, but no files, sockets, env or arguments are
-//! granted), memory limits, and the keyed state of the partition whose batch
-//! is being processed.
+//! What a guest's `Store` holds: a WASI context that grants nothing
+//! (`sandbox`), the store's resource budget (`limits`), the tail of the
+//! guest's output, and the keyed state of the partition whose batch is being
+//! processed.
 
 use std::collections::HashMap;
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::features::sluice::pipeline::keyed_state;
+use super::limits::{Limits, StoreBudget};
+use super::sandbox::{OutputTail, wasi_ctx};
 
 pub struct StoreData {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) budget: StoreBudget,
+    pub(super) output: OutputTail,
     /// Keyed state lent to the guest for the duration of one `process` call.
     pub(super) state: HashMap<i64, i64>,
     /// Previous values of the keys set during the current call, so a failed
     /// call can be rolled back and the batch retried or dead-lettered
     /// without counting twice.
     undo: Vec<(i64, Option<i64>)>,
+    /// Keys the current call created, and how many it may.
+    new_keys: usize,
+    new_keys_cap: usize,
 }
 
 impl StoreData {
-    pub fn new(limits: StoreLimits) -> Self {
+    pub fn new(limits: &Limits) -> Self {
+        let output = OutputTail::default();
         Self {
-            wasi: WasiCtx::builder().build(),
+            wasi: wasi_ctx(&output),
             table: ResourceTable::new(),
-            limits,
+            budget: StoreBudget::new(limits),
+            output,
             state: HashMap::new(),
             undo: Vec::new(),
+            new_keys: 0,
+            new_keys_cap: limits.new_keys_per_call,
         }
     }
-}
 
-impl StoreData {
     /// Forgets the undo log: the call's updates are kept.
     pub(super) fn commit_state(&mut self) {
         self.undo.clear();
+        self.new_keys = 0;
     }
 
     /// Restores every key the call set to its value before the call.
@@ -49,6 +57,7 @@ impl StoreData {
                 None => self.state.remove(&key),
             };
         }
+        self.new_keys = 0;
     }
 }
 
@@ -66,8 +75,18 @@ impl keyed_state::Host for StoreData {
         self.state.get(&key).copied()
     }
 
-    fn set(&mut self, key: i64, value: i64) {
+    fn set(&mut self, key: i64, value: i64) -> wasmtime::Result<()> {
         let previous = self.state.insert(key, value);
         self.undo.push((key, previous));
+        if previous.is_none() {
+            self.new_keys += 1;
+            if self.new_keys > self.new_keys_cap {
+                wasmtime::bail!(
+                    "keyed-state limit: the guest created more than {} keys in one call (--guest-new-keys-per-batch)",
+                    self.new_keys_cap
+                );
+            }
+        }
+        Ok(())
     }
 }

@@ -427,6 +427,12 @@ impl Running {
         (output.status, String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Waits for the process to end by itself: its exit status and stdout.
+    pub fn finish(self) -> (std::process::ExitStatus, String) {
+        let output = self.child.wait_with_output().expect("wait");
+        (output.status, String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// The stderr read so far, for failure messages.
     pub fn log(&mut self) -> String {
         while let Ok(line) = self.lines.try_recv() {
@@ -575,4 +581,139 @@ pub async fn delete_records_below(topic: &str, partition: i32, offset: i64) {
         .delete_records(&cut, &AdminOptions::new())
         .await
         .expect("delete records");
+}
+
+/// A test-only guest built by `make test-guests` (host/tests/guests).
+pub fn test_module(file: &str) -> String {
+    let path = modules_dir().join("test").join(file);
+    assert!(path.is_file(), "{} missing: `make test-guests` builds it", path.display());
+    path.display().to_string()
+}
+
+/// Produces transactions keyed by user id (murmur2), framed with the
+/// topic's registered schema, and waits for them.
+pub async fn produce_transactions(topic: &str, transactions: &[sluice::model::Transaction]) {
+    let id = registered_id(topic).await;
+    let records: Vec<(String, Vec<u8>)> = transactions
+        .iter()
+        .map(|tx| (tx.user_id.to_string(), transaction_value(id, tx)))
+        .collect();
+    produce_raw(topic, &records).await;
+}
+
+/// A transaction of `user_id` with its index as time and counterpart.
+pub fn transaction(user_id: i32, index: i64, amount: f32) -> sluice::model::Transaction {
+    sluice::model::Transaction {
+        user_id,
+        transaction_timestamp_millis: 1_700_000_000_000 + index,
+        amount,
+        currency: "EUR".into(),
+        counterpart_id: index as i32,
+    }
+}
+
+/// The arguments of a features job with its own module, in group
+/// `<topic>-features`, to the end of the topic.
+pub fn features_args(topic: &str, output_url: &str, module: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--topic",
+        topic,
+        "--dlq-topic",
+        &format!("{topic}-dlq"),
+        "run",
+        "--job",
+        "features",
+        "--module",
+        module,
+        "--group",
+        &format!("{topic}-features"),
+        "--output-url",
+        output_url,
+        "--redis-prefix",
+        &format!("sluice:test:{topic}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// A loopback address nobody listens on right now.
+pub fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+/// `GET /module` of a job's admin endpoint, once it answers.
+pub async fn admin_status(addr: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match reqwest::get(format!("http://{addr}/module")).await {
+            Ok(response) => return response.json().await.expect("status JSON"),
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "admin endpoint {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// `POST /module` with `{"path": module}`: the HTTP status and the answer.
+pub async fn admin_swap(addr: &str, module: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/module"))
+        .json(&serde_json::json!({ "path": module }))
+        .send()
+        .await
+        .expect("POST /module");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("answer JSON"))
+}
+
+/// Waits until the job's active module is `sha256` and it has processed
+/// records (it took over on some partition).
+pub async fn wait_active(addr: &str, sha256: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = admin_status(addr).await;
+        let took_over = status["swaps"]
+            .as_array()
+            .and_then(|s| s.last())
+            .is_some_and(|s| s["took_over"].as_object().is_some_and(|t| !t.is_empty()));
+        if status["active"]["sha256"] == sha256 && took_over {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sha256} never took over: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sha256 of a file, hex.
+pub fn file_sha256(path: &str) -> String {
+    sluice::runtime::module_sha256(std::path::Path::new(path)).expect("sha256")
+}
+
+/// Each features object's (partition, first offset, module sha256), from
+/// its name and key-value metadata.
+pub async fn feature_object_modules(url: &str) -> Vec<(i32, i64, String)> {
+    let storage = storage_args(url).open().expect("storage");
+    let mut objects = Vec::new();
+    for (path, bytes) in read_objects(&storage, sluice::jobs::features::DATASET).await {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
+        let sha = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|e| e.key == "sluice.module_sha256"))
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| panic!("{path} names no module"));
+        let name = path.rsplit('/').next().and_then(|n| n.strip_suffix(".parquet")).expect("name");
+        let mut parts = name.rsplitn(3, '+');
+        let first: i64 = parts.next().and_then(|o| o.parse().ok()).expect("first offset");
+        let partition: i32 = parts.next().and_then(|p| p.parse().ok()).expect("partition");
+        objects.push((partition, first, sha));
+    }
+    objects.sort();
+    objects
 }

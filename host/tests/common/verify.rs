@@ -16,7 +16,7 @@ use super::*;
 type Row = (i32, i64, u32, String, i32);
 
 /// A topic record's transaction, decoded with the v1 schema.
-fn decode_transaction(schema: &apache_avro::Schema, record: &Record) -> sluice::model::Transaction {
+pub fn decode_transaction(schema: &apache_avro::Schema, record: &Record) -> sluice::model::Transaction {
     let value = record.value.as_deref().expect("value");
     assert_eq!(value[0], 0, "Confluent magic byte");
     let decoded = apache_avro::reader::datum::GenericDatumReader::builder(schema)
@@ -230,6 +230,15 @@ pub async fn feature_rows(url: &str) -> Vec<FeatureRow> {
 /// sluice: each record's running count of its user in offset order. Records
 /// that are not Confluent-framed are dead letters: no row.
 pub fn expected_feature_rows(topic: &str) -> Vec<FeatureRow> {
+    expected_feature_rows_without(topic, |_, _| false)
+}
+
+/// As `expected_feature_rows`, leaving out (and not counting) the records
+/// `left_out` picks: those a guest rejected or failed on.
+pub fn expected_feature_rows_without(
+    topic: &str,
+    left_out: impl Fn(&Record, &sluice::model::Transaction) -> bool,
+) -> Vec<FeatureRow> {
     let schema = apache_avro::Schema::parse_str(sluice::model::TRANSACTION_SCHEMA).expect("schema");
     let mut records = read_topic(topic);
     records.retain(|r| r.value.as_deref().is_some_and(|v| v.len() > 5 && v[0] == 0));
@@ -237,17 +246,20 @@ pub fn expected_feature_rows(topic: &str) -> Vec<FeatureRow> {
     let mut counts: BTreeMap<i32, i32> = BTreeMap::new();
     let mut rows: Vec<FeatureRow> = records
         .iter()
-        .map(|r| {
+        .filter_map(|r| {
             let tx = decode_transaction(&schema, r);
+            if left_out(r, &tx) {
+                return None;
+            }
             let count = counts.entry(tx.user_id).or_default();
             *count += 1;
-            (
+            Some((
                 tx.user_id,
                 *count,
                 tx.transaction_timestamp_millis,
                 r.partition,
                 r.offset,
-            )
+            ))
         })
         .collect();
     rows.sort_unstable();

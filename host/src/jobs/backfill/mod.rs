@@ -33,7 +33,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::config::Storage;
-use crate::runtime::{FeaturesModule, Runtime, module_sha256};
+use crate::runtime::{FeaturesModule, Limits, Module, Runtime};
 use crate::sinks::parquet::ParquetSink;
 use crate::state::Checkpoints;
 
@@ -100,6 +100,8 @@ pub struct Backfill {
     pub allow_gaps: bool,
     /// Forget earlier progress and replay from the archive's start.
     pub restart: bool,
+    /// Limits of the guest sandbox.
+    pub limits: Limits,
 }
 
 /// What a run did, printed as JSON at the end.
@@ -148,9 +150,9 @@ impl Backfill {
     pub async fn run(self) -> Result<BackfillReport> {
         let started = Instant::now();
         self.refuse_inexact_handoff()?;
-        let module_sha256 = module_sha256(&self.module)?;
-        let runtime = Runtime::new(Default::default())?;
+        let runtime = Runtime::new(self.limits)?;
         let module = FeaturesModule::compile(&runtime, &self.module)?;
+        let module_sha256 = module.file().sha256.clone();
         let settings = Settings {
             archive: self.archive.url.clone(),
             topic: self.topic.clone(),
@@ -219,7 +221,6 @@ impl Backfill {
             .unwrap_or_default();
         let (progress, _reporter) = Progress::start(total, already_done);
         let context = Arc::new(Context {
-            runtime,
             module,
             archive: self.archive.clone(),
             output: self.output.clone(),

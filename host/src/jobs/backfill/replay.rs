@@ -10,7 +10,7 @@ use object_store::ObjectStoreExt;
 use crate::config::Storage;
 use crate::lineage::module_metadata;
 use crate::model::FeatureEvent;
-use crate::runtime::{FeaturesGuest, FeaturesModule, Runtime, WitTransaction};
+use crate::runtime::{FeaturesGuest, FeaturesModule, Module, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
 use crate::state::{Checkpoints, PartitionState};
 
@@ -27,8 +27,7 @@ const LOGGED_REJECTS: u64 = 10;
 
 /// What every partition worker shares.
 pub(super) struct Context {
-    pub runtime: Runtime,
-    pub module: FeaturesModule,
+    pub module: Arc<FeaturesModule>,
     pub archive: Storage,
     pub output: Storage,
     pub sink: ParquetSink,
@@ -80,7 +79,7 @@ pub(super) async fn replay_partition(
         state,
         ..PartitionOutcome::default()
     };
-    let mut guest = Some(context.module.instantiate(&context.runtime)?);
+    let mut guest = Some(FeaturesModule::guest(&context.module)?);
     // Chunks are cut over every object, done or not, so a resumed run cuts
     // the same chunks as an uninterrupted one; a chunk whose objects the
     // state already reflects is skipped either way.
@@ -203,7 +202,7 @@ fn replay_chunk(
     }
     let mut events = Vec::with_capacity(inputs.len());
     for (offsets, inputs) in offsets.chunks(GUEST_BATCH).zip(inputs.chunks(GUEST_BATCH)) {
-        let counted = count(guest, &mut outcome.state, partition, offsets, inputs)?;
+        let counted = count(guest, &mut outcome.state, partition, offsets, inputs);
         for (index, reason) in counted.rejected {
             outcome.rejected += 1;
             if outcome.rejected <= LOGGED_REJECTS {

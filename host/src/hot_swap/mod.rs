@@ -1,0 +1,271 @@
+//! Hot swap: a job's module is replaced while the job runs, when the module
+//! file changes, on SIGHUP, or on `POST /module` to the admin endpoint.
+//!
+//! A candidate is compiled, linked, probed and instantiated off the hot path
+//! (`stager`); a candidate that fails any of that is refused, logged, and
+//! the running module stays. An accepted one waits as `staged` until the
+//! job's next batch boundary, where `swap_staged` exchanges the guests: the
+//! batch in flight finishes on the old instance, keyed state stays in the
+//! host, and the consumer group never notices. The time the batch loop
+//! spends on the exchange is the swap's pause, logged and reported; the log
+//! names the offset at which the new module took over on each partition.
+
+mod admin;
+mod stager;
+mod triggers;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::runtime::{self, Module, ModuleFile, Runtime};
+
+/// Where swap requests come from, besides the job's own start.
+#[derive(Debug, Clone, Default)]
+pub struct SwapOptions {
+    /// Swap when the module file changes.
+    pub watch: bool,
+    /// Serve `GET`/`POST /module` here (loopback only).
+    pub admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Module(#[from] runtime::Error),
+    #[error("the admin endpoint has no authentication, so it listens on loopback only, not on {0}")]
+    AdminNotLoopback(SocketAddr),
+    #[error("admin endpoint {addr}: {source}")]
+    AdminBind { addr: SocketAddr, source: std::io::Error },
+    #[error("watching {path} for changes: {reason}")]
+    Watch { path: String, reason: String },
+}
+
+/// One swap, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapRecord {
+    pub from_sha256: String,
+    pub to_sha256: String,
+    pub path: PathBuf,
+    /// What asked for it: `file change`, `SIGHUP` or `admin`.
+    pub trigger: &'static str,
+    /// How long the batch loop waited for the exchange.
+    pub pause_ms: f64,
+    /// Per partition, the first offset the new module processed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub took_over: BTreeMap<i32, i64>,
+    /// For the producer: the first record index the new module generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub took_over_at_index: Option<u64>,
+}
+
+/// A refused candidate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub path: PathBuf,
+    pub trigger: &'static str,
+    pub reason: String,
+}
+
+/// What `GET /module` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub world: &'static str,
+    pub active: ModuleFile,
+    /// Per partition, the first offset the active module processed (for
+    /// the producer, key 0 holds the first record index).
+    pub active_took_over: BTreeMap<i32, i64>,
+    pub staged: Option<ModuleFile>,
+    pub swaps: Vec<SwapRecord>,
+    /// The latest refusals, oldest first (at most `KEPT_REFUSALS`).
+    pub refusals: Vec<Refusal>,
+}
+
+const KEPT_REFUSALS: usize = 20;
+
+/// A module accepted and instantiated, waiting for a batch boundary.
+struct Staged<M: Module> {
+    module: Arc<M>,
+    guest: M::Guest,
+    trigger: &'static str,
+}
+
+/// What the job, the stager and the admin endpoint share.
+struct Shared<M: Module> {
+    inner: Mutex<Inner<M>>,
+}
+
+struct Inner<M: Module> {
+    status: Status,
+    staged: Option<Staged<M>>,
+}
+
+impl<M: Module> Shared<M> {
+    fn lock(&self) -> MutexGuard<'_, Inner<M>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request to swap to the module at `path` (the active module's path when
+/// `None`); `reply` hears whether it was staged.
+struct Request {
+    path: Option<PathBuf>,
+    trigger: &'static str,
+    reply: Option<oneshot::Sender<Answer>>,
+}
+
+/// What became of a request.
+#[derive(Debug)]
+enum Answer {
+    Staged(ModuleFile),
+    Unchanged(ModuleFile),
+    Refused(String),
+}
+
+/// The job's side of the hot swap: the module in use and the swaps so far.
+pub struct HotSwap<M: Module> {
+    shared: Arc<Shared<M>>,
+    current: Arc<M>,
+    /// Partitions the current module has processed.
+    taken_over: std::collections::HashSet<i32>,
+    /// Keeps the file watcher alive.
+    _watcher: Option<triggers::FileWatcher>,
+}
+
+impl<M: Module> HotSwap<M> {
+    /// Compiles, probes and instantiates the job's first module (a refusal
+    /// here stops the job: there is no older module to keep), then listens
+    /// for swap requests.
+    pub async fn start(runtime: Arc<Runtime>, path: &Path, options: &SwapOptions) -> Result<(Self, M::Guest), Error> {
+        if let Some(addr) = options.admin_listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(Error::AdminNotLoopback(addr));
+        }
+        let (module, guest) = stager::accept::<M>(runtime.clone(), path.to_path_buf()).await?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                status: Status {
+                    world: M::WORLD,
+                    active: module.file().clone(),
+                    active_took_over: BTreeMap::new(),
+                    staged: None,
+                    swaps: Vec::new(),
+                    refusals: Vec::new(),
+                },
+                staged: None,
+            }),
+        });
+        let (requests, received) = mpsc::unbounded_channel();
+        tokio::spawn(stager::run(runtime, shared.clone(), received));
+        triggers::on_sighup(requests.clone());
+        let watcher = if options.watch {
+            Some(triggers::FileWatcher::start(path, requests.clone())?)
+        } else {
+            None
+        };
+        if let Some(addr) = options.admin_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::AdminBind { addr, source })?;
+            tracing::info!(%addr, "admin endpoint listening: GET /module, POST /module");
+            tokio::spawn(admin::serve(listener, shared.clone(), requests));
+        }
+        tracing::info!(world = M::WORLD, module = %module.file().path.display(), sha256 = %module.file().sha256, "module loaded");
+        Ok((
+            Self {
+                shared,
+                current: module,
+                taken_over: Default::default(),
+                _watcher: watcher,
+            },
+            guest,
+        ))
+    }
+
+    /// The module in use.
+    pub fn module(&self) -> &Arc<M> {
+        &self.current
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.current.file().sha256
+    }
+
+    /// At a batch boundary: replaces `guest` by the staged module's guest,
+    /// if one is staged. True when it did.
+    pub fn swap_staged(&mut self, guest: &mut M::Guest) -> bool {
+        let started = Instant::now();
+        let mut inner = self.shared.lock();
+        let Some(staged) = inner.staged.take() else {
+            return false;
+        };
+        let old_guest = std::mem::replace(guest, staged.guest);
+        let old_module = std::mem::replace(&mut self.current, staged.module);
+        drop(old_guest);
+        let pause = started.elapsed();
+        let file = self.current.file().clone();
+        let record = SwapRecord {
+            from_sha256: old_module.file().sha256.clone(),
+            to_sha256: file.sha256.clone(),
+            path: file.path.clone(),
+            trigger: staged.trigger,
+            pause_ms: pause.as_secs_f64() * 1e3,
+            took_over: BTreeMap::new(),
+            took_over_at_index: None,
+        };
+        tracing::info!(
+            world = M::WORLD,
+            from = %record.from_sha256,
+            to = %record.to_sha256,
+            module = %file.path.display(),
+            trigger = record.trigger,
+            pause_ms = record.pause_ms,
+            "module swapped at a batch boundary"
+        );
+        inner.status.active = file;
+        inner.status.active_took_over.clear();
+        inner.status.staged = None;
+        inner.status.swaps.push(record);
+        self.taken_over.clear();
+        true
+    }
+
+    /// Notes that the current module processes `partition` from `offset`:
+    /// the first time, this is where it took over.
+    pub fn took_over(&mut self, partition: i32, offset: i64) {
+        if !self.taken_over.insert(partition) {
+            return;
+        }
+        tracing::info!(partition, offset, module = %self.current.file().sha256, "module takes over");
+        let mut inner = self.shared.lock();
+        inner.status.active_took_over.insert(partition, offset);
+        // The last swap, if any, is the one that made this module active.
+        if let Some(swap) = inner.status.swaps.last_mut() {
+            swap.took_over.insert(partition, offset);
+        }
+    }
+
+    /// For the producer: the first record index the current module generates.
+    pub fn took_over_at_index(&mut self, index: u64) {
+        if !self.taken_over.insert(0) {
+            return;
+        }
+        tracing::info!(index, module = %self.current.file().sha256, "module takes over");
+        let mut inner = self.shared.lock();
+        inner.status.active_took_over.insert(0, index as i64);
+        if let Some(swap) = inner.status.swaps.last_mut() {
+            swap.took_over_at_index = Some(index);
+        }
+    }
+
+    /// Every swap so far.
+    pub fn swaps(&self) -> Vec<SwapRecord> {
+        self.shared.lock().status.swaps.clone()
+    }
+}

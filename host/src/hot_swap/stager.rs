@@ -1,0 +1,92 @@
+//! Turns swap requests into staged modules, one at a time, off the hot
+//! path: compile, link, probe and instantiate on a blocking thread.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::runtime::{self, Module, ModuleFile, Runtime};
+
+use super::{Answer, KEPT_REFUSALS, Refusal, Request, Shared, Staged};
+
+/// Compiles, probes and instantiates the module at `path`.
+pub(super) async fn accept<M: Module>(
+    runtime: Arc<Runtime>,
+    path: PathBuf,
+) -> Result<(Arc<M>, M::Guest), runtime::Error> {
+    tokio::task::spawn_blocking(move || {
+        let module = M::compile(&runtime, &path)?;
+        M::probe(&module)?;
+        let guest = M::guest(&module)?;
+        Ok((module, guest))
+    })
+    .await
+    .map_err(|e| runtime::Error::Engine(format!("preparing a module: {e}")))?
+}
+
+/// Serves requests until every sender is gone.
+pub(super) async fn run<M: Module>(
+    runtime: Arc<Runtime>,
+    shared: Arc<Shared<M>>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+) {
+    while let Some(request) = requests.recv().await {
+        let answer = handle(&runtime, &shared, request.path, request.trigger).await;
+        if let Some(reply) = request.reply {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+async fn handle<M: Module>(
+    runtime: &Arc<Runtime>,
+    shared: &Arc<Shared<M>>,
+    path: Option<PathBuf>,
+    trigger: &'static str,
+) -> Answer {
+    let (active, staged) = {
+        let inner = shared.lock();
+        (inner.status.active.clone(), inner.status.staged.clone())
+    };
+    let path = path.unwrap_or_else(|| active.path.clone());
+    // The same bytes as the module running (or about to) change nothing.
+    if let Ok((_, file)) = ModuleFile::read(&path) {
+        let newest = staged.as_ref().unwrap_or(&active);
+        if file.sha256 == newest.sha256 {
+            tracing::info!(trigger, module = %path.display(), sha256 = %file.sha256, "module unchanged; nothing to swap");
+            return Answer::Unchanged(file);
+        }
+    }
+    match accept::<M>(runtime.clone(), path.clone()).await {
+        Ok((module, guest)) => {
+            let file = module.file().clone();
+            tracing::info!(
+                trigger,
+                module = %path.display(),
+                sha256 = %file.sha256,
+                "module accepted; it takes over at the next batch boundary"
+            );
+            let mut inner = shared.lock();
+            inner.status.staged = Some(file.clone());
+            // A newer request wins over a module staged but not yet swapped in.
+            inner.staged = Some(Staged { module, guest, trigger });
+            Answer::Staged(file)
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::warn!(trigger, module = %path.display(), %reason, "module refused; the running module stays");
+            let mut inner = shared.lock();
+            let refusals = &mut inner.status.refusals;
+            if refusals.len() == KEPT_REFUSALS {
+                refusals.remove(0);
+            }
+            refusals.push(Refusal {
+                path,
+                trigger,
+                reason: reason.clone(),
+            });
+            Answer::Refused(reason)
+        }
+    }
+}

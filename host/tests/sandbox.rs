@@ -1,0 +1,238 @@
+//! Hostile and failing guests never stop a job: each test guest (built by
+//! `make test-guests` from host/tests/guests) misbehaves on the records of
+//! one user, and the features job runs to the end of the topic with exactly
+//! that user's records in the dead-letter topic, the reason in the log and
+//! in each dead letter, and every other count exact.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::verify::{expected_feature_rows_without, feature_rows};
+use common::*;
+use redis::AsyncCommands;
+
+/// The user the hostile guests pick on.
+const MARKED_USER: i32 = 13;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Failing {
+    MarkedUser,
+    Every,
+    /// Calls fail, but every record succeeds in a smaller call.
+    None,
+}
+
+/// How a hostile guest's run must end.
+struct Expect<'a> {
+    /// A test guest file under modules/test.
+    guest: &'a str,
+    /// Text every dead letter's reason and the log must hold.
+    reason: &'a str,
+    /// Which records the guest fails on alone.
+    failing: Failing,
+    extra: &'a [&'a str],
+}
+
+/// 120 transactions of users 1..=6 and 3 of the marked user, interleaved.
+fn transactions() -> Vec<sluice::model::Transaction> {
+    (0..123i64)
+        .map(|i| {
+            let user = if i % 41 == 20 { MARKED_USER } else { 1 + (i % 6) as i32 };
+            transaction(user, i, 10.0)
+        })
+        .collect()
+}
+
+async fn run_hostile(expect: Expect<'_>) {
+    let topic = unique(&format!("hostile-{}", expect.guest.replace(['.', '_'], "-")));
+    setup_topic(&topic);
+    produce_transactions(&topic, &transactions()).await;
+    let (_dir, url) = local_lake();
+    let module = test_module(expect.guest);
+    let mut extra = vec!["--until-caught-up"];
+    extra.extend_from_slice(expect.extra);
+    let args = features_args(&topic, &url, &module, &extra);
+    let output = sluice(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "the job stopped:\n{log}");
+    let report = report(&String::from_utf8_lossy(&output.stdout));
+    assert!(log.contains(expect.reason), "the log does not say {:?}:\n{log}", expect.reason);
+
+    let schema = apache_avro::Schema::parse_str(sluice::model::TRANSACTION_SCHEMA).expect("schema");
+    let failing = |tx: &sluice::model::Transaction| match expect.failing {
+        Failing::MarkedUser => tx.user_id == MARKED_USER,
+        Failing::Every => true,
+        Failing::None => false,
+    };
+    let expected_letters: BTreeSet<(i32, i64)> = read_topic(&topic)
+        .iter()
+        .filter(|r| failing(&common::verify::decode_transaction(&schema, r)))
+        .map(|r| (r.partition, r.offset))
+        .collect();
+    let letters = read_topic(&format!("{topic}-dlq"));
+    let mut lettered = BTreeSet::new();
+    for letter in &letters {
+        let reason = &letter.headers["sluice.reason"];
+        assert!(reason.contains(expect.reason), "dead letter reason {reason:?}");
+        let at = (
+            letter.headers["sluice.source.partition"].parse().expect("partition"),
+            letter.headers["sluice.source.offset"].parse().expect("offset"),
+        );
+        assert!(lettered.insert(at), "{at:?} dead-lettered twice");
+    }
+    assert_eq!(lettered, expected_letters, "dead letters");
+    assert_eq!(report["dead_lettered"], expected_letters.len() as u64, "{report}");
+
+    // Every other record counted once, in order.
+    let expected = expected_feature_rows_without(&topic, |_, tx| failing(tx));
+    assert_eq!(feature_rows(&url).await, expected);
+    let mut redis = redis().await;
+    let mut last: std::collections::BTreeMap<i32, i32> = Default::default();
+    for (user, count, ..) in &expected {
+        let entry = last.entry(*user).or_default();
+        *entry = (*entry).max(*count);
+    }
+    for (user, count) in last {
+        let stored: Option<i32> = redis
+            .hget(format!("sluice:test:{topic}:user:{user}"), "total_transactions_count")
+            .await
+            .expect("hget");
+        assert_eq!(stored, Some(count), "user {user}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_loops_forever_is_stopped_by_its_deadline() {
+    run_hostile(Expect {
+        guest: "loop_forever.wasm",
+        reason: "passed its deadline of 300 ms",
+        failing: Failing::MarkedUser,
+        extra: &["--guest-timeout-ms", "300"],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_grows_memory_without_bound_hits_the_store_cap() {
+    run_hostile(Expect {
+        guest: "grow_memory.wasm",
+        reason: "guest memory limit",
+        failing: Failing::MarkedUser,
+        extra: &["--guest-memory-mb", "48"],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_grows_a_table_without_bound_hits_the_store_cap() {
+    run_hostile(Expect {
+        guest: "grow_table.wat",
+        reason: "guest table limit",
+        failing: Failing::Every,
+        extra: &[],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_record_reaches_the_dead_letter_topic_alone() {
+    run_hostile(Expect {
+        guest: "trap_on_user.wasm",
+        reason: "poison user 13",
+        failing: Failing::MarkedUser,
+        extra: &[],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_returns_the_wrong_number_of_outcomes_is_isolated() {
+    run_hostile(Expect {
+        guest: "wrong_count.wasm",
+        reason: "returned 0 outcomes for 1 records",
+        failing: Failing::MarkedUser,
+        extra: &[],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_gets_no_wall_clock() {
+    run_hostile(Expect {
+        guest: "read_clock.wasm",
+        reason: "wasi:clocks/wall-clock.now, which the sandbox denies",
+        failing: Failing::MarkedUser,
+        extra: &[],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_cannot_sleep_in_a_host_call() {
+    run_hostile(Expect {
+        guest: "sleep.wasm",
+        reason: "wasi:clocks/monotonic-clock",
+        failing: Failing::MarkedUser,
+        extra: &[],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_gets_no_random_numbers() {
+    run_hostile(Expect {
+        guest: "read_random.wasm",
+        reason: "wasi:random/random.get-random",
+        failing: Failing::MarkedUser,
+        extra: &[],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_gets_no_files() {
+    run_hostile(Expect {
+        guest: "open_file.wasm",
+        reason: "wasi:filesystem/preopens.get-directories, which the sandbox denies",
+        failing: Failing::MarkedUser,
+        extra: &[],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_gets_no_sockets() {
+    run_hostile(Expect {
+        guest: "open_socket.wasm",
+        reason: "which the sandbox denies: guests get no network",
+        failing: Failing::MarkedUser,
+        extra: &[],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_gets_an_empty_environment() {
+    run_hostile(Expect {
+        guest: "read_env.wasm",
+        reason: "the sandbox gives guests none, so it got an empty answer",
+        failing: Failing::None,
+        extra: &[],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_creates_too_many_keys_in_one_call_is_split_until_it_fits() {
+    // The features guest creates one key per new user: a cap of 2 new keys
+    // per call fails the batches, bisection runs them in parts that fit,
+    // and nothing is lost.
+    run_hostile(Expect {
+        guest: "features_rebuilt.wasm",
+        reason: "keyed-state limit",
+        failing: Failing::None,
+        extra: &["--guest-new-keys-per-batch", "2"],
+    })
+    .await;
+}
