@@ -86,9 +86,18 @@ async fn modules_swap_under_load_and_every_count_stays_exact() {
 
     let admin = free_loopback_addr();
     let producer = spawn_producer(&topic, 40_000, 2_500);
-    let args = features_args(&topic, &url, &watched.display().to_string(), &["--admin-listen", &admin, "--max-wait-ms", "300"]);
+    let args = features_args(
+        &topic,
+        &url,
+        &watched.display().to_string(),
+        &["--admin-listen", &admin, "--max-wait-ms", "300"],
+    );
     let mut job = spawn_sluice(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
-    assert!(job.wait_for("admin endpoint listening", Duration::from_secs(60)), "{}", job.log());
+    assert!(
+        job.wait_for("admin endpoint listening", Duration::from_secs(60)),
+        "{}",
+        job.log()
+    );
 
     // Four swaps from the admin endpoint, then two from file changes, each
     // waited for until the new module has processed records.
@@ -109,7 +118,13 @@ async fn modules_swap_under_load_and_every_count_stays_exact() {
     replace_file(&v1, &watched);
     let status = wait_active(&admin, &sha_v1).await;
     assert_eq!(swaps(&status).len(), 6, "{status}");
-    assert!(status["swaps"].as_array().expect("swaps").iter().all(|s| s["pause_ms"].as_f64().is_some()));
+    assert!(
+        status["swaps"]
+            .as_array()
+            .expect("swaps")
+            .iter()
+            .all(|s| s["pause_ms"].as_f64().is_some())
+    );
 
     let (produced, _) = producer.finish();
     assert!(produced.success());
@@ -120,8 +135,16 @@ async fn modules_swap_under_load_and_every_count_stays_exact() {
     let report = report(&stdout);
     let swaps = swaps(&report);
     assert_eq!(swaps.len(), 6, "{report}");
-    let triggers: Vec<&str> = report["swaps"].as_array().expect("swaps").iter().map(|s| s["trigger"].as_str().expect("trigger")).collect();
-    assert_eq!(triggers, ["admin", "admin", "admin", "admin", "file change", "file change"]);
+    let triggers: Vec<&str> = report["swaps"]
+        .as_array()
+        .expect("swaps")
+        .iter()
+        .map(|s| s["trigger"].as_str().expect("trigger"))
+        .collect();
+    assert_eq!(
+        triggers,
+        ["admin", "admin", "admin", "admin", "file change", "file change"]
+    );
     assert!(log.contains("module takes over"), "{log}");
 
     // Exactly once across every swap: each record counted once, in order.
@@ -158,7 +181,11 @@ async fn a_v2_module_changes_behaviour_from_its_hand_over_offset_on() {
         &["--admin-listen", &admin, "--no-watch"],
     );
     let mut job = spawn_sluice(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
-    assert!(job.wait_for("admin endpoint listening", Duration::from_secs(60)), "{}", job.log());
+    assert!(
+        job.wait_for("admin endpoint listening", Duration::from_secs(60)),
+        "{}",
+        job.log()
+    );
     wait_group_caught_up(&topic, &format!("{topic}-features"), Duration::from_secs(60));
 
     replace_file(&v2, &watched);
@@ -198,7 +225,14 @@ async fn a_v2_module_changes_behaviour_from_its_hand_over_offset_on() {
     let expected = expected_feature_rows_without(&topic, rejected_by_v2);
     assert_eq!(feature_rows(&url).await, expected);
     assert_redis_counts(&topic, &expected).await;
-    let counted_zeros = expected.iter().filter(|(.., p, o)| records.iter().any(|r| r.partition == *p && r.offset == *o && decode_transaction(&schema, r).amount == 0.0)).count();
+    let counted_zeros = expected
+        .iter()
+        .filter(|(.., p, o)| {
+            records
+                .iter()
+                .any(|r| r.partition == *p && r.offset == *o && decode_transaction(&schema, r).amount == 0.0)
+        })
+        .count();
     assert_eq!(counted_zeros, 40, "v1 counted the first batch's zero amounts");
 
     let letters: BTreeSet<(i32, i64)> = read_topic(&format!("{topic}-dlq"))
@@ -238,20 +272,30 @@ async fn modules_that_cannot_run_are_refused_and_the_running_one_stays() {
     let admin = free_loopback_addr();
     let args = features_args(&topic, &url, &v1, &["--admin-listen", &admin]);
     let mut job = spawn_sluice(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
-    assert!(job.wait_for("admin endpoint listening", Duration::from_secs(60)), "{}", job.log());
+    assert!(
+        job.wait_for("admin endpoint listening", Duration::from_secs(60)),
+        "{}",
+        job.log()
+    );
 
     let candidates = [
         (not_wasm.display().to_string(), "does not compile"),
         (core_module.display().to_string(), "is not a WebAssembly component"),
         (module("backup"), "does not implement world `features`"),
         (test_module("always_fails.wasm"), "refuses every batch"),
-        (folder.path().join("missing.wasm").display().to_string(), "file not found"),
+        (
+            folder.path().join("missing.wasm").display().to_string(),
+            "file not found",
+        ),
     ];
     for (path, reason) in &candidates {
         let (status, answer) = admin_swap(&admin, path).await;
         assert_eq!(status, 422, "{path}: {answer}");
         assert_eq!(answer["status"], "refused");
-        assert!(answer["reason"].as_str().expect("reason").contains(reason), "{path}: {answer}");
+        assert!(
+            answer["reason"].as_str().expect("reason").contains(reason),
+            "{path}: {answer}"
+        );
         let now = admin_status(&admin).await;
         assert_eq!(now["active"]["sha256"], sha_v1.as_str(), "{now}");
         assert!(now["staged"].is_null(), "{now}");
@@ -267,7 +311,10 @@ async fn modules_that_cannot_run_are_refused_and_the_running_one_stays() {
     let (status, stdout) = job.terminate();
     assert!(status.success(), "{log}");
     for (_, reason) in &candidates {
-        assert!(log.contains("module refused; the running module stays") && log.contains(reason), "{reason}: {log}");
+        assert!(
+            log.contains("module refused; the running module stays") && log.contains(reason),
+            "{reason}: {log}"
+        );
     }
     let report = report(&stdout);
     assert_eq!(report["swaps"].as_array().expect("swaps").len(), 0);

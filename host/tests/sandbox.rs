@@ -18,7 +18,6 @@ const MARKED_USER: i32 = 13;
 #[derive(Clone, Copy, PartialEq)]
 enum Failing {
     MarkedUser,
-    Every,
     /// Calls fail, but every record succeeds in a smaller call.
     None,
 }
@@ -57,12 +56,15 @@ async fn run_hostile(expect: Expect<'_>) {
     let log = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "the job stopped:\n{log}");
     let report = report(&String::from_utf8_lossy(&output.stdout));
-    assert!(log.contains(expect.reason), "the log does not say {:?}:\n{log}", expect.reason);
+    assert!(
+        log.contains(expect.reason),
+        "the log does not say {:?}:\n{log}",
+        expect.reason
+    );
 
     let schema = apache_avro::Schema::parse_str(sluice::model::TRANSACTION_SCHEMA).expect("schema");
     let failing = |tx: &sluice::model::Transaction| match expect.failing {
         Failing::MarkedUser => tx.user_id == MARKED_USER,
-        Failing::Every => true,
         Failing::None => false,
     };
     let expected_letters: BTreeSet<(i32, i64)> = read_topic(&topic)
@@ -124,15 +126,42 @@ async fn a_guest_that_grows_memory_without_bound_hits_the_store_cap() {
     .await;
 }
 
+/// The table-growth guest (WebAssembly text: Rust cannot grow a table)
+/// grows a table on every call, so it fails the probe a candidate module
+/// must pass: offered to a running job, it is refused at the store's table
+/// cap, and the running module goes on counting.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_that_grows_a_table_without_bound_hits_the_store_cap() {
-    run_hostile(Expect {
-        guest: "grow_table.wat",
-        reason: "guest table limit",
-        failing: Failing::Every,
-        extra: &[],
-    })
-    .await;
+    let topic = unique("hostile-grow-table");
+    setup_topic(&topic);
+    let (_dir, url) = local_lake();
+    let admin = free_loopback_addr();
+    let args = features_args(&topic, &url, &module("features"), &["--admin-listen", &admin]);
+    let mut job = spawn_sluice(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(
+        job.wait_for("admin endpoint listening", std::time::Duration::from_secs(60)),
+        "{}",
+        job.log()
+    );
+    let (status, answer) = admin_swap(&admin, &test_module("grow_table.wat")).await;
+    assert_eq!(status, 422, "{answer}");
+    let reason = answer["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("guest table limit") && reason.contains("100000 elements"),
+        "{reason}"
+    );
+
+    produce_transactions(&topic, &transactions()).await;
+    wait_group_caught_up(&topic, &format!("{topic}-features"), std::time::Duration::from_secs(60));
+    let log = job.log();
+    let (exit, stdout) = job.terminate();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("guest table limit"), "{log}");
+    assert_eq!(
+        report(&stdout)["module_sha256"],
+        file_sha256(&module("features")).as_str()
+    );
+    assert_eq!(feature_rows(&url).await, common::verify::expected_feature_rows(&topic));
 }
 
 #[tokio::test(flavor = "multi_thread")]

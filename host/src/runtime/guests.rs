@@ -87,6 +87,19 @@ impl GuestStore {
     }
 }
 
+/// Runs guest code (a call, an instantiation) where wasmtime-wasi's sync
+/// host functions can block: they drive futures on the ambient tokio runtime
+/// with `block_on`, which a runtime worker thread must leave first (as
+/// `block_in_place` does) or it panics. Blocking threads and threads outside
+/// a runtime run the code as is.
+fn blocking<R>(code: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(code),
+        _ => code(),
+    }
+}
+
 /// The live instance in `slot`, instantiated first if the slot is empty
 /// (at the start, or after a failed call dropped the last one).
 fn live<'a, B>(
@@ -97,7 +110,7 @@ fn live<'a, B>(
 ) -> Result<&'a mut (GuestStore, B)> {
     if slot.is_none() {
         let mut store = GuestStore::new(runtime, file)?;
-        let bindings = instantiate(&mut store.store).map_err(|e| store.trap(e))?;
+        let bindings = blocking(|| instantiate(&mut store.store)).map_err(|e| store.trap(e))?;
         *slot = Some((store, bindings));
     }
     Ok(slot.as_mut().expect("filled above"))
@@ -194,7 +207,9 @@ impl GeneratorGuest {
 
     fn instance(&mut self) -> Result<&mut (GuestStore, generator::Generator)> {
         let module = &self.module;
-        live(&mut self.instance, &module.runtime, &module.file, |store| module.pre.instantiate(store))
+        live(&mut self.instance, &module.runtime, &module.file, |store| {
+            module.pre.instantiate(store)
+        })
     }
 
     fn call(
@@ -205,7 +220,8 @@ impl GeneratorGuest {
         start_millis: i64,
     ) -> Result<Vec<generator::sluice::pipeline::types::Transaction>> {
         let (store, bindings) = self.instance()?;
-        let result = match bindings.call_generate(store.arm()?, seed, first_index, count, start_millis) {
+        let armed = store.arm()?;
+        let result = match blocking(|| bindings.call_generate(armed, seed, first_index, count, start_millis)) {
             Ok(out) => store.check_arity(count as usize, out),
             Err(e) => Err(store.trap(e)),
         };
@@ -297,7 +313,9 @@ impl RawFilterGuest {
 
     fn instance(&mut self) -> Result<&mut (GuestStore, raw_filter::RawFilter)> {
         let module = &self.module;
-        live(&mut self.instance, &module.runtime, &module.file, |store| module.pre.instantiate(store))
+        live(&mut self.instance, &module.runtime, &module.file, |store| {
+            module.pre.instantiate(store)
+        })
     }
 
     fn call(
@@ -305,7 +323,8 @@ impl RawFilterGuest {
         batch: &[raw_filter::sluice::pipeline::types::RawRecord],
     ) -> Result<Vec<raw_filter::sluice::pipeline::types::Verdict>> {
         let (store, bindings) = self.instance()?;
-        let result = match bindings.call_process(store.arm()?, batch) {
+        let armed = store.arm()?;
+        let result = match blocking(|| bindings.call_process(armed, batch)) {
             Ok(Ok(out)) => store.check_arity(batch.len(), out),
             Ok(Err(reason)) => Err(Error::Guest {
                 path: store.path.clone(),
@@ -389,7 +408,9 @@ impl FeaturesGuest {
 
     fn instance(&mut self) -> Result<&mut (GuestStore, features::Features)> {
         let module = &self.module;
-        live(&mut self.instance, &module.runtime, &module.file, |store| module.pre.instantiate(store))
+        live(&mut self.instance, &module.runtime, &module.file, |store| {
+            module.pre.instantiate(store)
+        })
     }
 
     /// One call. `state` is the keyed state of the batch's partition; it is
@@ -404,7 +425,7 @@ impl FeaturesGuest {
         std::mem::swap(&mut store.store.data_mut().state, state);
         let result = match store.arm() {
             Err(e) => Err(e),
-            Ok(armed) => match bindings.call_process(armed, batch) {
+            Ok(armed) => match blocking(|| bindings.call_process(armed, batch)) {
                 Ok(Ok(out)) => store.check_arity(batch.len(), out),
                 Ok(Err(reason)) => Err(Error::Guest {
                     path: store.path.clone(),

@@ -49,7 +49,12 @@ pub fn sluice(args: &[&str]) -> Output {
         .output()
         .expect("run sluice");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "sluice panicked: {stderr}");
+    // A guest's panic is reported in the log (after "the guest wrote:"); the
+    // host's own must never happen.
+    let host_panicked = stderr
+        .lines()
+        .any(|l| l.contains("panicked") && !l.contains("the guest wrote:"));
+    assert!(!host_panicked, "sluice panicked: {stderr}");
     output
 }
 
@@ -586,7 +591,11 @@ pub async fn delete_records_below(topic: &str, partition: i32, offset: i64) {
 /// A test-only guest built by `make test-guests` (host/tests/guests).
 pub fn test_module(file: &str) -> String {
     let path = modules_dir().join("test").join(file);
-    assert!(path.is_file(), "{} missing: `make test-guests` builds it", path.display());
+    assert!(
+        path.is_file(),
+        "{} missing: `make test-guests` builds it",
+        path.display()
+    );
     path.display().to_string()
 }
 
@@ -684,7 +693,10 @@ pub async fn wait_active(addr: &str, sha256: &str) -> serde_json::Value {
         if status["active"]["sha256"] == sha256 && took_over {
             return status;
         }
-        assert!(std::time::Instant::now() < deadline, "{sha256} never took over: {status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sha256} never took over: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -708,7 +720,11 @@ pub async fn feature_object_modules(url: &str) -> Vec<(i32, i64, String)> {
             .and_then(|kv| kv.iter().find(|e| e.key == "sluice.module_sha256"))
             .and_then(|e| e.value.clone())
             .unwrap_or_else(|| panic!("{path} names no module"));
-        let name = path.rsplit('/').next().and_then(|n| n.strip_suffix(".parquet")).expect("name");
+        let name = path
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.strip_suffix(".parquet"))
+            .expect("name");
         let mut parts = name.rsplitn(3, '+');
         let first: i64 = parts.next().and_then(|o| o.parse().ok()).expect("first offset");
         let partition: i32 = parts.next().and_then(|p| p.parse().ok()).expect("partition");
