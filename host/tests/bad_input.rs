@@ -102,11 +102,14 @@ fn bad_modules_are_refused_with_a_clear_error() {
     std::fs::write(&core_module, b"\0asm\x01\0\0\0").expect("write");
     let missing = dir.path().join("missing.wasm");
     let producer = module("producer");
+    // A module that fails the probe call cannot start a job either.
+    let always_fails = test_module("always_fails.wasm");
     let cases = [
         (missing.display().to_string(), "file not found"),
-        (not_wasm.display().to_string(), "is not a WebAssembly component"),
+        (not_wasm.display().to_string(), "does not compile"),
         (core_module.display().to_string(), "is not a WebAssembly component"),
         (producer, "does not implement world `features`"),
+        (always_fails, "refuses every batch"),
     ];
     let url = format!("file://{}", dir.path().display());
     for (path, expected) in cases {

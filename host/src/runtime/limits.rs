@@ -100,7 +100,7 @@ impl ResourceLimiter for StoreBudget {
             wasmtime::bail!(
                 "guest table limit: growing to {after} elements ({} KiB) would pass the store's cap of {} elements \
                  (--guest-table-elements)",
-                after * TABLE_ELEMENT_BYTES >> 10,
+                (after * TABLE_ELEMENT_BYTES) >> 10,
                 self.table_cap
             );
         }

@@ -82,9 +82,12 @@ const DENIED: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
+/// The value a function of `EMPTY` returns.
+type EmptyAnswer = fn() -> Val;
+
 /// Functions that answer "nothing": the environment, the arguments and the
 /// working directory of a guest are empty.
-const EMPTY: &[(&str, &str, fn() -> Val)] = &[
+const EMPTY: &[(&str, &str, EmptyAnswer)] = &[
     ("wasi:cli/environment", "get-environment", || Val::List(Vec::new())),
     ("wasi:cli/environment", "get-arguments", || Val::List(Vec::new())),
     ("wasi:cli/environment", "initial-cwd", || Val::Option(None)),
