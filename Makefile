@@ -98,7 +98,7 @@ test: guests test-guests services
 	fi
 
 # Throughput against the Python peer baseline (../shared/bench/peer.py).
-bench: guests services
+bench: guests test-guests services
 	bash scripts/bench.sh
 
 lint:
