@@ -321,3 +321,54 @@ async fn modules_that_cannot_run_are_refused_and_the_running_one_stays() {
     assert_eq!(report["module_sha256"], sha_v1.as_str());
     assert_eq!(feature_rows(&url).await, expected_feature_rows(&topic));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_producer_swaps_its_generator_at_a_batch_boundary() {
+    let topic = unique("swap-producer");
+    setup_topic(&topic);
+    let admin = free_loopback_addr();
+    let (producer, xts) = (module("producer"), test_module("generator_xts.wasm"));
+    let mut running = spawn_sluice(
+        &[
+            "--topic",
+            &topic,
+            "produce",
+            "--module",
+            &producer,
+            "--count",
+            "6000",
+            "--rate",
+            "1500",
+            "--batch",
+            "100",
+            "--admin-listen",
+            &admin,
+        ],
+        &[],
+    );
+    assert!(
+        running.wait_for("admin endpoint listening", Duration::from_secs(60)),
+        "{}",
+        running.log()
+    );
+    let (status, answer) = admin_swap(&admin, &xts).await;
+    assert_eq!(status, 202, "{answer}");
+    let (exit, stdout) = running.finish();
+    assert!(exit.success());
+    let report = report(&stdout);
+    assert_eq!(report["produced"], 6000, "{report}");
+    assert_eq!(report["module_sha256"], file_sha256(&xts).as_str());
+    let took_over = report["swaps"][0]["took_over_at_index"]
+        .as_u64()
+        .expect("took over at an index");
+    assert!(took_over > 0 && took_over < 6000 && took_over % 100 == 0, "{report}");
+
+    // Every record before the hand-over index came from the first module,
+    // every one from it on from the second.
+    let schema = apache_avro::Schema::parse_str(sluice::model::TRANSACTION_SCHEMA).expect("schema");
+    let marked = read_topic(&topic)
+        .iter()
+        .filter(|r| decode_transaction(&schema, r).currency == "XTS")
+        .count() as u64;
+    assert_eq!(marked, 6000 - took_over);
+}

@@ -116,6 +116,17 @@ async fn a_guest_that_loops_forever_is_stopped_by_its_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_loops_forever_runs_out_of_fuel_when_fuel_is_set() {
+    run_hostile(Expect {
+        guest: "loop_forever.wasm",
+        reason: "ran out of fuel (--guest-fuel)",
+        failing: Failing::MarkedUser,
+        extra: &["--guest-fuel", "50000000", "--guest-timeout-ms", "60000"],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_guest_that_grows_memory_without_bound_hits_the_store_cap() {
     run_hostile(Expect {
         guest: "grow_memory.wasm",
