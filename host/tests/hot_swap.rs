@@ -361,7 +361,7 @@ async fn the_producer_swaps_its_generator_at_a_batch_boundary() {
     let took_over = report["swaps"][0]["took_over_at_index"]
         .as_u64()
         .expect("took over at an index");
-    assert!(took_over > 0 && took_over < 6000 && took_over % 100 == 0, "{report}");
+    assert!(took_over > 0 && took_over < 6000 && took_over.is_multiple_of(100), "{report}");
 
     // Every record before the hand-over index came from the first module,
     // every one from it on from the second.
