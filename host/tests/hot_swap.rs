@@ -8,9 +8,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::verify::{decode_transaction, expected_feature_rows, expected_feature_rows_without, feature_rows};
+use common::verify::{
+    assert_redis_holds_the_last_counts, decode_transaction, expected_feature_rows, expected_feature_rows_without,
+    feature_rows,
+};
 use common::*;
-use redis::AsyncCommands;
 
 /// Replaces `target` by a copy of `source` the way a deploy does: write a
 /// temporary file beside it, then rename it over.
@@ -53,22 +55,6 @@ async fn assert_lineage(url: &str, first_sha: &str, swaps: &[(String, BTreeMap<i
             }
         }
         assert_eq!(sha, expected, "partition {partition} object at {first}");
-    }
-}
-
-async fn assert_redis_counts(topic: &str, rows: &[(i32, i32, i64, i32, i64)]) {
-    let mut last: BTreeMap<i32, i32> = BTreeMap::new();
-    for (user, count, ..) in rows {
-        let entry = last.entry(*user).or_default();
-        *entry = (*entry).max(*count);
-    }
-    let mut redis = redis().await;
-    for (user, count) in last {
-        let stored: Option<i32> = redis
-            .hget(format!("sluice:test:{topic}:user:{user}"), "total_transactions_count")
-            .await
-            .expect("hget");
-        assert_eq!(stored, Some(count), "user {user}");
     }
 }
 
@@ -151,7 +137,7 @@ async fn modules_swap_under_load_and_every_count_stays_exact() {
     let expected = expected_feature_rows(&topic);
     assert_eq!(expected.len(), 40_000);
     assert_eq!(feature_rows(&url).await, expected);
-    assert_redis_counts(&topic, &expected).await;
+    assert_redis_holds_the_last_counts(&topic, &expected).await;
     assert_lineage(&url, &sha_v1, &swaps).await;
 }
 
@@ -224,7 +210,7 @@ async fn a_v2_module_changes_behaviour_from_its_hand_over_offset_on() {
     };
     let expected = expected_feature_rows_without(&topic, rejected_by_v2);
     assert_eq!(feature_rows(&url).await, expected);
-    assert_redis_counts(&topic, &expected).await;
+    assert_redis_holds_the_last_counts(&topic, &expected).await;
     let counted_zeros = expected
         .iter()
         .filter(|(.., p, o)| {
@@ -361,7 +347,10 @@ async fn the_producer_swaps_its_generator_at_a_batch_boundary() {
     let took_over = report["swaps"][0]["took_over_at_index"]
         .as_u64()
         .expect("took over at an index");
-    assert!(took_over > 0 && took_over < 6000 && took_over.is_multiple_of(100), "{report}");
+    assert!(
+        took_over > 0 && took_over < 6000 && took_over.is_multiple_of(100),
+        "{report}"
+    );
 
     // Every record before the hand-over index came from the first module,
     // every one from it on from the second.

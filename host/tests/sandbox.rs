@@ -8,9 +8,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::verify::{expected_feature_rows_without, feature_rows};
+use common::verify::{assert_redis_holds_the_last_counts, expected_feature_rows_without, feature_rows};
 use common::*;
-use redis::AsyncCommands;
 
 /// The user the hostile guests pick on.
 const MARKED_USER: i32 = 13;
@@ -89,19 +88,7 @@ async fn run_hostile(expect: Expect<'_>) {
     // Every other record counted once, in order.
     let expected = expected_feature_rows_without(&topic, |_, tx| failing(tx));
     assert_eq!(feature_rows(&url).await, expected);
-    let mut redis = redis().await;
-    let mut last: std::collections::BTreeMap<i32, i32> = Default::default();
-    for (user, count, ..) in &expected {
-        let entry = last.entry(*user).or_default();
-        *entry = (*entry).max(*count);
-    }
-    for (user, count) in last {
-        let stored: Option<i32> = redis
-            .hget(format!("sluice:test:{topic}:user:{user}"), "total_transactions_count")
-            .await
-            .expect("hget");
-        assert_eq!(stored, Some(count), "user {user}");
-    }
+    assert_redis_holds_the_last_counts(&topic, &expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

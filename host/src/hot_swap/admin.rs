@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runtime::Module;
+use crate::runtime::World;
 
 use super::{Answer, Request, Shared};
 
@@ -25,29 +25,29 @@ struct SwapBody {
     path: std::path::PathBuf,
 }
 
-struct Admin<M: Module> {
-    shared: Arc<Shared<M>>,
+struct Admin<W: World> {
+    shared: Arc<Shared<W>>,
     requests: mpsc::UnboundedSender<Request>,
 }
 
-pub(super) async fn serve<M: Module>(
+pub(super) async fn serve<W: World>(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared<M>>,
+    shared: Arc<Shared<W>>,
     requests: mpsc::UnboundedSender<Request>,
 ) {
     let app = axum::Router::new()
-        .route("/module", get(status::<M>).post(swap::<M>))
+        .route("/module", get(status::<W>).post(swap::<W>))
         .with_state(Arc::new(Admin { shared, requests }));
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!(error = %e, "admin endpoint stopped");
     }
 }
 
-async fn status<M: Module>(State(admin): State<Arc<Admin<M>>>) -> Json<Value> {
+async fn status<W: World>(State(admin): State<Arc<Admin<W>>>) -> Json<Value> {
     Json(json!(admin.shared.lock().status))
 }
 
-async fn swap<M: Module>(State(admin): State<Arc<Admin<M>>>, body: Bytes) -> (StatusCode, Json<Value>) {
+async fn swap<W: World>(State(admin): State<Arc<Admin<W>>>, body: Bytes) -> (StatusCode, Json<Value>) {
     let path = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

@@ -23,7 +23,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runtime::{self, Module, ModuleFile, Runtime};
+use crate::runtime::{self, Compiled, Guest, ModuleFile, Runtime, World};
 
 /// Where swap requests come from, besides the job's own start.
 #[derive(Debug, Clone, Default)]
@@ -89,24 +89,24 @@ pub struct Status {
 const KEPT_REFUSALS: usize = 20;
 
 /// A module accepted and instantiated, waiting for a batch boundary.
-struct Staged<M: Module> {
-    module: Arc<M>,
-    guest: M::Guest,
+struct Staged<W: World> {
+    module: Arc<Compiled<W>>,
+    guest: Guest<W>,
     trigger: &'static str,
 }
 
 /// What the job, the stager and the admin endpoint share.
-struct Shared<M: Module> {
-    inner: Mutex<Inner<M>>,
+struct Shared<W: World> {
+    inner: Mutex<Inner<W>>,
 }
 
-struct Inner<M: Module> {
+struct Inner<W: World> {
     status: Status,
-    staged: Option<Staged<M>>,
+    staged: Option<Staged<W>>,
 }
 
-impl<M: Module> Shared<M> {
-    fn lock(&self) -> MutexGuard<'_, Inner<M>> {
+impl<W: World> Shared<W> {
+    fn lock(&self) -> MutexGuard<'_, Inner<W>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -128,30 +128,30 @@ enum Answer {
 }
 
 /// The job's side of the hot swap: the module in use and the swaps so far.
-pub struct HotSwap<M: Module> {
-    shared: Arc<Shared<M>>,
-    current: Arc<M>,
+pub struct HotSwap<W: World> {
+    shared: Arc<Shared<W>>,
+    current: Arc<Compiled<W>>,
     /// Partitions the current module has processed.
     taken_over: std::collections::HashSet<i32>,
     /// Keeps the file watcher alive.
     _watcher: Option<triggers::FileWatcher>,
 }
 
-impl<M: Module> HotSwap<M> {
+impl<W: World> HotSwap<W> {
     /// Compiles, probes and instantiates the job's first module (a refusal
     /// here stops the job: there is no older module to keep), then listens
     /// for swap requests.
-    pub async fn start(runtime: Arc<Runtime>, path: &Path, options: &SwapOptions) -> Result<(Self, M::Guest), Error> {
+    pub async fn start(runtime: Arc<Runtime>, path: &Path, options: &SwapOptions) -> Result<(Self, Guest<W>), Error> {
         if let Some(addr) = options.admin_listen
             && !addr.ip().is_loopback()
         {
             return Err(Error::AdminNotLoopback(addr));
         }
-        let (module, guest) = stager::accept::<M>(runtime.clone(), path.to_path_buf()).await?;
+        let (module, guest) = stager::accept::<W>(runtime.clone(), path.to_path_buf()).await?;
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 status: Status {
-                    world: M::WORLD,
+                    world: W::NAME,
                     active: module.file().clone(),
                     active_took_over: BTreeMap::new(),
                     staged: None,
@@ -176,7 +176,7 @@ impl<M: Module> HotSwap<M> {
             tracing::info!(%addr, "admin endpoint listening: GET /module, POST /module");
             tokio::spawn(admin::serve(listener, shared.clone(), requests));
         }
-        tracing::info!(world = M::WORLD, module = %module.file().path.display(), sha256 = %module.file().sha256, "module loaded");
+        tracing::info!(world = W::NAME, module = %module.file().path.display(), sha256 = %module.file().sha256, "module loaded");
         Ok((
             Self {
                 shared,
@@ -189,7 +189,7 @@ impl<M: Module> HotSwap<M> {
     }
 
     /// The module in use.
-    pub fn module(&self) -> &Arc<M> {
+    pub fn module(&self) -> &Arc<Compiled<W>> {
         &self.current
     }
 
@@ -199,7 +199,7 @@ impl<M: Module> HotSwap<M> {
 
     /// At a batch boundary: replaces `guest` by the staged module's guest,
     /// if one is staged. True when it did.
-    pub fn swap_staged(&mut self, guest: &mut M::Guest) -> bool {
+    pub fn swap_staged(&mut self, guest: &mut Guest<W>) -> bool {
         let started = Instant::now();
         let mut inner = self.shared.lock();
         let Some(staged) = inner.staged.take() else {
@@ -220,7 +220,7 @@ impl<M: Module> HotSwap<M> {
             took_over_at_index: None,
         };
         tracing::info!(
-            world = M::WORLD,
+            world = W::NAME,
             from = %record.from_sha256,
             to = %record.to_sha256,
             module = %file.path.display(),

@@ -6,19 +6,19 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::runtime::{self, Module, ModuleFile, Runtime};
+use crate::runtime::{self, Compiled, Guest, ModuleFile, Runtime, World};
 
 use super::{Answer, KEPT_REFUSALS, Refusal, Request, Shared, Staged};
 
 /// Compiles, probes and instantiates the module at `path`.
-pub(super) async fn accept<M: Module>(
+pub(super) async fn accept<W: World>(
     runtime: Arc<Runtime>,
     path: PathBuf,
-) -> Result<(Arc<M>, M::Guest), runtime::Error> {
+) -> Result<(Arc<Compiled<W>>, Guest<W>), runtime::Error> {
     tokio::task::spawn_blocking(move || {
-        let module = M::compile(&runtime, &path)?;
-        M::probe(&module)?;
-        let guest = M::guest(&module)?;
+        let module = Compiled::<W>::compile(&runtime, &path)?;
+        Compiled::probe(&module)?;
+        let guest = Compiled::guest(&module)?;
         Ok((module, guest))
     })
     .await
@@ -26,9 +26,9 @@ pub(super) async fn accept<M: Module>(
 }
 
 /// Serves requests until every sender is gone.
-pub(super) async fn run<M: Module>(
+pub(super) async fn run<W: World>(
     runtime: Arc<Runtime>,
-    shared: Arc<Shared<M>>,
+    shared: Arc<Shared<W>>,
     mut requests: mpsc::UnboundedReceiver<Request>,
 ) {
     while let Some(request) = requests.recv().await {
@@ -39,9 +39,9 @@ pub(super) async fn run<M: Module>(
     }
 }
 
-async fn handle<M: Module>(
+async fn handle<W: World>(
     runtime: &Arc<Runtime>,
-    shared: &Arc<Shared<M>>,
+    shared: &Arc<Shared<W>>,
     path: Option<PathBuf>,
     trigger: &'static str,
 ) -> Answer {
@@ -58,7 +58,7 @@ async fn handle<M: Module>(
             return Answer::Unchanged(file);
         }
     }
-    match accept::<M>(runtime.clone(), path.clone()).await {
+    match accept::<W>(runtime.clone(), path.clone()).await {
         Ok((module, guest)) => {
             let file = module.file().clone();
             tracing::info!(

@@ -17,7 +17,7 @@ use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::kafka::Consumed;
 use crate::lineage::{ArchiveLineage, module_metadata};
 use crate::registry::Registry;
-use crate::runtime::{Limits, RawFilterModule, RawRecord, Runtime, Verdict};
+use crate::runtime::{Limits, RawFilterWorld, RawRecord, Runtime, Verdict};
 use crate::sinks::parquet::ParquetSink;
 
 use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, RunOptions, by_partition};
@@ -60,7 +60,7 @@ struct Layout {
 impl BackupJob {
     pub async fn run(self) -> Result<BackupReport> {
         let runtime = Runtime::new(self.limits)?;
-        let (mut swap, mut guest) = HotSwap::<RawFilterModule>::start(runtime, &self.module, &self.swap).await?;
+        let (mut swap, mut guest) = HotSwap::<RawFilterWorld>::start(runtime, &self.module, &self.swap).await?;
         let mut consuming =
             Consuming::start(&self.kafka, self.options.clone(), JOB, BACKUP_USER, BACKUP_PASSWORD_VAR).await?;
         let mut decoder = Decoder::new(&self.registry);

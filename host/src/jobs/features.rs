@@ -18,7 +18,7 @@ use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::lineage::module_metadata;
 use crate::model::FeatureEvent;
 use crate::registry::Registry;
-use crate::runtime::{FeaturesModule, Limits, Runtime, WitTransaction};
+use crate::runtime::{FeaturesWorld, Limits, Runtime, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
 use crate::state::{Checkpoints, PartitionState};
@@ -63,7 +63,7 @@ pub struct FeaturesJob {
 impl FeaturesJob {
     pub async fn run(self) -> Result<FeaturesReport> {
         let runtime = Runtime::new(self.limits)?;
-        let (mut swap, mut guest) = HotSwap::<FeaturesModule>::start(runtime, &self.module, &self.swap).await?;
+        let (mut swap, mut guest) = HotSwap::<FeaturesWorld>::start(runtime, &self.module, &self.swap).await?;
         let mut checkpoints = Checkpoints::new(
             self.storage.clone(),
             &checkpoint_name(&self.options.group, &self.kafka.topic),

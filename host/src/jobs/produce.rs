@@ -14,7 +14,7 @@ use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::kafka::producer;
 use crate::model::{TRANSACTION_SCHEMA, Transaction, transaction_key};
 use crate::registry::{Registry, describe};
-use crate::runtime::{GeneratorModule, Limits, Runtime};
+use crate::runtime::{GeneratorWorld, Limits, Runtime};
 
 use super::{Error, Result, stop_signal};
 
@@ -49,7 +49,7 @@ pub struct ProduceReport {
 impl Produce {
     pub async fn run(self) -> Result<ProduceReport> {
         let runtime = Runtime::new(self.limits)?;
-        let (mut swap, mut guest) = HotSwap::<GeneratorModule>::start(runtime, &self.module, &self.swap).await?;
+        let (mut swap, mut guest) = HotSwap::<GeneratorWorld>::start(runtime, &self.module, &self.swap).await?;
         let credentials = self.kafka.admin_credentials();
         let producer = producer::create(self.kafka.client_config(credentials.as_ref()))?;
         let encoder = AvroEncoder::new(self.registry.settings().clone());

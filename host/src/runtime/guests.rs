@@ -1,8 +1,9 @@
-//! One module type and one guest type per world. A module is compiled and
-//! linked once (`InstancePre`) and probed; each worker makes its own guest,
-//! an instance in a store of its own, called once per batch under the
-//! runtime's limits. A guest whose call failed drops its instance and makes
-//! a fresh one for the next call; `process` applies the failure policy
+//! Modules and guests of the three worlds of wit/sluice.wit. A `Compiled`
+//! module is compiled and linked once (`InstancePre`) and can be probed;
+//! each worker makes its own `Guest` from it, an instance in a store of its
+//! own, called once per batch under the runtime's limits. A guest whose call
+//! failed drops its instance and makes a fresh one for the next call; the
+//! batch methods (`process`, `generate`) apply the failure policy
 //! (`isolate`).
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use wasmtime::Store;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, InstancePre, Linker};
 
 use super::bindings::{features, generator, raw_filter};
 use super::isolate::isolate;
@@ -100,22 +101,6 @@ fn blocking<R>(code: impl FnOnce() -> R) -> R {
     }
 }
 
-/// The live instance in `slot`, instantiated first if the slot is empty
-/// (at the start, or after a failed call dropped the last one).
-fn live<'a, B>(
-    slot: &'a mut Option<(GuestStore, B)>,
-    runtime: &Arc<Runtime>,
-    file: &ModuleFile,
-    instantiate: impl FnOnce(&mut Store<StoreData>) -> wasmtime::Result<B>,
-) -> Result<&'a mut (GuestStore, B)> {
-    if slot.is_none() {
-        let mut store = GuestStore::new(runtime, file)?;
-        let bindings = blocking(|| instantiate(&mut store.store)).map_err(|e| store.trap(e))?;
-        *slot = Some((store, bindings));
-    }
-    Ok(slot.as_mut().expect("filled above"))
-}
-
 fn wrong_world(file: &ModuleFile, world: &'static str, e: wasmtime::Error) -> Error {
     Error::WrongWorld {
         path: file.path.display().to_string(),
@@ -124,51 +109,40 @@ fn wrong_world(file: &ModuleFile, world: &'static str, e: wasmtime::Error) -> Er
     }
 }
 
-/// Compiles `path` and links it against `linker` for `world`.
-fn prepare<P>(
-    runtime: &Arc<Runtime>,
-    path: &Path,
-    world: &'static str,
-    linker: &Linker<StoreData>,
-    typed: impl FnOnce(wasmtime::component::InstancePre<StoreData>) -> wasmtime::Result<P>,
-) -> Result<(P, ModuleFile)> {
-    let (component, file): (Component, ModuleFile) = runtime.compile(path)?;
-    let pre = linker
-        .instantiate_pre(&component)
-        .and_then(typed)
-        .map_err(|e| wrong_world(&file, world, e))?;
-    Ok((pre, file))
+/// What sets one world apart: how a component is linked and typed for it,
+/// how it is instantiated, and the probe a candidate must pass (one call
+/// over a small fixed input in a scratch store: a trap, an error or the
+/// wrong number of outcomes refuses it).
+pub trait World: Send + Sync + Sized + 'static {
+    /// The world's name in wit/sluice.wit.
+    const NAME: &'static str;
+    type Pre: Send + Sync + 'static;
+    type Bindings: Send + 'static;
+    /// Host imports the world adds to WASI.
+    fn link(_linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+    fn typed(pre: InstancePre<StoreData>) -> wasmtime::Result<Self::Pre>;
+    fn instantiate(pre: &Self::Pre, store: &mut Store<StoreData>) -> wasmtime::Result<Self::Bindings>;
+    fn probe(guest: &mut Guest<Self>) -> Result<()>;
 }
 
-/// What every world's module offers the hot swap: compile, probe, and make
-/// a guest off the hot path.
-pub trait Module: Send + Sync + Sized + 'static {
-    /// The world of wit/sluice.wit it implements.
-    const WORLD: &'static str;
-    type Guest: Send + 'static;
-    fn compile(runtime: &Arc<Runtime>, path: &Path) -> Result<Arc<Self>>;
-    fn file(&self) -> &ModuleFile;
-    /// A guest in a store of its own, instantiated now.
-    fn guest(module: &Arc<Self>) -> Result<Self::Guest>;
-    /// One call over a small fixed input in a scratch store: a module that
-    /// traps, errs or answers with the wrong number of outcomes is refused.
-    fn probe(module: &Arc<Self>) -> Result<()>;
-}
-
-/// The transactions-producer's component (`generator` world).
-pub struct GeneratorModule {
-    pre: generator::GeneratorPre<StoreData>,
+/// A component compiled and linked once for world `W`.
+pub struct Compiled<W: World> {
+    pre: W::Pre,
     runtime: Arc<Runtime>,
     file: ModuleFile,
 }
 
-impl Module for GeneratorModule {
-    const WORLD: &'static str = "generator";
-    type Guest = GeneratorGuest;
-
-    fn compile(runtime: &Arc<Runtime>, path: &Path) -> Result<Arc<Self>> {
-        let linker = runtime.linker()?;
-        let (pre, file) = prepare(runtime, path, Self::WORLD, &linker, generator::GeneratorPre::new)?;
+impl<W: World> Compiled<W> {
+    pub fn compile(runtime: &Arc<Runtime>, path: &Path) -> Result<Arc<Self>> {
+        let mut linker = runtime.linker()?;
+        W::link(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
+        let (component, file) = runtime.compile(path)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(W::typed)
+            .map_err(|e| wrong_world(&file, W::NAME, e))?;
         Ok(Arc::new(Self {
             pre,
             runtime: runtime.clone(),
@@ -176,12 +150,14 @@ impl Module for GeneratorModule {
         }))
     }
 
-    fn file(&self) -> &ModuleFile {
+    /// The file it was compiled from, and the sha256 of those bytes.
+    pub fn file(&self) -> &ModuleFile {
         &self.file
     }
 
-    fn guest(module: &Arc<Self>) -> Result<GeneratorGuest> {
-        let mut guest = GeneratorGuest {
+    /// A guest in a store of its own, instantiated now.
+    pub fn guest(module: &Arc<Self>) -> Result<Guest<W>> {
+        let mut guest = Guest {
             module: module.clone(),
             instance: None,
         };
@@ -189,29 +165,68 @@ impl Module for GeneratorModule {
         Ok(guest)
     }
 
-    fn probe(module: &Arc<Self>) -> Result<()> {
-        Self::guest(module)?.call(0, 0, 1, 0).map(drop)
+    /// Refuses a module that cannot process the world's probe input.
+    pub fn probe(module: &Arc<Self>) -> Result<()> {
+        W::probe(&mut Self::guest(module)?)
     }
 }
 
-/// The transactions-producer guest.
-pub struct GeneratorGuest {
-    module: Arc<GeneratorModule>,
-    instance: Option<(GuestStore, generator::Generator)>,
+/// An instance of a compiled module, remade after a failed call.
+pub struct Guest<W: World> {
+    module: Arc<Compiled<W>>,
+    instance: Option<(GuestStore, W::Bindings)>,
 }
 
-impl GeneratorGuest {
-    pub fn module(&self) -> &Arc<GeneratorModule> {
+impl<W: World> Guest<W> {
+    pub fn module(&self) -> &Arc<Compiled<W>> {
         &self.module
     }
 
-    fn instance(&mut self) -> Result<&mut (GuestStore, generator::Generator)> {
-        let module = &self.module;
-        live(&mut self.instance, &module.runtime, &module.file, |store| {
-            module.pre.instantiate(store)
-        })
+    /// The live instance, instantiated first if there is none (at the
+    /// start, or after a failed call dropped the last one).
+    fn instance(&mut self) -> Result<&mut (GuestStore, W::Bindings)> {
+        if self.instance.is_none() {
+            let module = &self.module;
+            let mut store = GuestStore::new(&module.runtime, &module.file)?;
+            let bindings = blocking(|| W::instantiate(&module.pre, &mut store.store)).map_err(|e| store.trap(e))?;
+            self.instance = Some((store, bindings));
+        }
+        Ok(self.instance.as_mut().expect("instantiated above"))
     }
 
+    /// Drops the instance after a failed call: its memory may be anything.
+    fn settle<T>(&mut self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.instance = None;
+        }
+        result
+    }
+}
+
+/// The transactions-producer's world.
+pub struct GeneratorWorld;
+pub type GeneratorModule = Compiled<GeneratorWorld>;
+pub type GeneratorGuest = Guest<GeneratorWorld>;
+
+impl World for GeneratorWorld {
+    const NAME: &'static str = "generator";
+    type Pre = generator::GeneratorPre<StoreData>;
+    type Bindings = generator::Generator;
+
+    fn typed(pre: InstancePre<StoreData>) -> wasmtime::Result<Self::Pre> {
+        generator::GeneratorPre::new(pre)
+    }
+
+    fn instantiate(pre: &Self::Pre, store: &mut Store<StoreData>) -> wasmtime::Result<Self::Bindings> {
+        pre.instantiate(store)
+    }
+
+    fn probe(guest: &mut GeneratorGuest) -> Result<()> {
+        guest.call(0, 0, 1, 0).map(drop)
+    }
+}
+
+impl Guest<GeneratorWorld> {
     fn call(
         &mut self,
         seed: u64,
@@ -225,10 +240,7 @@ impl GeneratorGuest {
             Ok(out) => store.check_arity(count as usize, out),
             Err(e) => Err(store.trap(e)),
         };
-        if result.is_err() {
-            self.instance = None;
-        }
-        result
+        self.settle(result)
     }
 
     /// Transactions `first_index..first_index + count` of the seeded stream,
@@ -243,51 +255,31 @@ impl GeneratorGuest {
     ) -> Vec<Result<generator::sluice::pipeline::types::Transaction>> {
         let indexes: Vec<u64> = (first_index..first_index + u64::from(count)).collect();
         isolate(&indexes, "generator", |part| {
-            self.call(
-                seed,
-                part.first().copied().unwrap_or(first_index),
-                part.len() as u32,
-                start_millis,
-            )
+            let first = part.first().copied().unwrap_or(first_index);
+            self.call(seed, first, part.len() as u32, start_millis)
         })
     }
 }
 
-/// The backup job's component (`raw-filter` world).
-pub struct RawFilterModule {
-    pre: raw_filter::RawFilterPre<StoreData>,
-    runtime: Arc<Runtime>,
-    file: ModuleFile,
-}
+/// The backup job's world.
+pub struct RawFilterWorld;
+pub type RawFilterModule = Compiled<RawFilterWorld>;
+pub type RawFilterGuest = Guest<RawFilterWorld>;
 
-impl Module for RawFilterModule {
-    const WORLD: &'static str = "raw-filter";
-    type Guest = RawFilterGuest;
+impl World for RawFilterWorld {
+    const NAME: &'static str = "raw-filter";
+    type Pre = raw_filter::RawFilterPre<StoreData>;
+    type Bindings = raw_filter::RawFilter;
 
-    fn compile(runtime: &Arc<Runtime>, path: &Path) -> Result<Arc<Self>> {
-        let linker = runtime.linker()?;
-        let (pre, file) = prepare(runtime, path, Self::WORLD, &linker, raw_filter::RawFilterPre::new)?;
-        Ok(Arc::new(Self {
-            pre,
-            runtime: runtime.clone(),
-            file,
-        }))
+    fn typed(pre: InstancePre<StoreData>) -> wasmtime::Result<Self::Pre> {
+        raw_filter::RawFilterPre::new(pre)
     }
 
-    fn file(&self) -> &ModuleFile {
-        &self.file
+    fn instantiate(pre: &Self::Pre, store: &mut Store<StoreData>) -> wasmtime::Result<Self::Bindings> {
+        pre.instantiate(store)
     }
 
-    fn guest(module: &Arc<Self>) -> Result<RawFilterGuest> {
-        let mut guest = RawFilterGuest {
-            module: module.clone(),
-            instance: None,
-        };
-        guest.instance()?;
-        Ok(guest)
-    }
-
-    fn probe(module: &Arc<Self>) -> Result<()> {
+    fn probe(guest: &mut RawFilterGuest) -> Result<()> {
         let record = raw_filter::sluice::pipeline::types::RawRecord {
             key: Some(b"1".to_vec()),
             value: Some(Vec::new()),
@@ -296,28 +288,11 @@ impl Module for RawFilterModule {
             partition: 0,
             offset: 0,
         };
-        Self::guest(module)?.call(&[record]).map(drop)
+        guest.call(&[record]).map(drop)
     }
 }
 
-/// The backup guest.
-pub struct RawFilterGuest {
-    module: Arc<RawFilterModule>,
-    instance: Option<(GuestStore, raw_filter::RawFilter)>,
-}
-
-impl RawFilterGuest {
-    pub fn module(&self) -> &Arc<RawFilterModule> {
-        &self.module
-    }
-
-    fn instance(&mut self) -> Result<&mut (GuestStore, raw_filter::RawFilter)> {
-        let module = &self.module;
-        live(&mut self.instance, &module.runtime, &module.file, |store| {
-            module.pre.instantiate(store)
-        })
-    }
-
+impl Guest<RawFilterWorld> {
     fn call(
         &mut self,
         batch: &[raw_filter::sluice::pipeline::types::RawRecord],
@@ -332,10 +307,7 @@ impl RawFilterGuest {
             }),
             Err(e) => Err(store.trap(e)),
         };
-        if result.is_err() {
-            self.instance = None;
-        }
-        result
+        self.settle(result)
     }
 
     /// One verdict per record, in order, under the failure policy.
@@ -347,43 +319,29 @@ impl RawFilterGuest {
     }
 }
 
-/// The features component (`features` world).
-pub struct FeaturesModule {
-    pre: features::FeaturesPre<StoreData>,
-    runtime: Arc<Runtime>,
-    file: ModuleFile,
-}
+/// The features job's world, which reads and writes the host's keyed state.
+pub struct FeaturesWorld;
+pub type FeaturesModule = Compiled<FeaturesWorld>;
+pub type FeaturesGuest = Guest<FeaturesWorld>;
 
-impl Module for FeaturesModule {
-    const WORLD: &'static str = "features";
-    type Guest = FeaturesGuest;
+impl World for FeaturesWorld {
+    const NAME: &'static str = "features";
+    type Pre = features::FeaturesPre<StoreData>;
+    type Bindings = features::Features;
 
-    fn compile(runtime: &Arc<Runtime>, path: &Path) -> Result<Arc<Self>> {
-        let mut linker = runtime.linker()?;
-        features::sluice::pipeline::keyed_state::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |d| d)
-            .map_err(|e| Error::Engine(e.to_string()))?;
-        let (pre, file) = prepare(runtime, path, Self::WORLD, &linker, features::FeaturesPre::new)?;
-        Ok(Arc::new(Self {
-            pre,
-            runtime: runtime.clone(),
-            file,
-        }))
+    fn link(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
+        features::sluice::pipeline::keyed_state::add_to_linker::<StoreData, HasSelf<StoreData>>(linker, |d| d)
     }
 
-    fn file(&self) -> &ModuleFile {
-        &self.file
+    fn typed(pre: InstancePre<StoreData>) -> wasmtime::Result<Self::Pre> {
+        features::FeaturesPre::new(pre)
     }
 
-    fn guest(module: &Arc<Self>) -> Result<FeaturesGuest> {
-        let mut guest = FeaturesGuest {
-            module: module.clone(),
-            instance: None,
-        };
-        guest.instance()?;
-        Ok(guest)
+    fn instantiate(pre: &Self::Pre, store: &mut Store<StoreData>) -> wasmtime::Result<Self::Bindings> {
+        pre.instantiate(store)
     }
 
-    fn probe(module: &Arc<Self>) -> Result<()> {
+    fn probe(guest: &mut FeaturesGuest) -> Result<()> {
         let transaction = features::sluice::pipeline::types::Transaction {
             user_id: 1,
             transaction_timestamp_millis: 0,
@@ -391,28 +349,11 @@ impl Module for FeaturesModule {
             currency: "EUR".into(),
             counterpart_id: 2,
         };
-        Self::guest(module)?.call(&mut HashMap::new(), &[transaction]).map(drop)
+        guest.call(&mut HashMap::new(), &[transaction]).map(drop)
     }
 }
 
-/// The features guest, which reads and writes the host's keyed state.
-pub struct FeaturesGuest {
-    module: Arc<FeaturesModule>,
-    instance: Option<(GuestStore, features::Features)>,
-}
-
-impl FeaturesGuest {
-    pub fn module(&self) -> &Arc<FeaturesModule> {
-        &self.module
-    }
-
-    fn instance(&mut self) -> Result<&mut (GuestStore, features::Features)> {
-        let module = &self.module;
-        live(&mut self.instance, &module.runtime, &module.file, |store| {
-            module.pre.instantiate(store)
-        })
-    }
-
+impl Guest<FeaturesWorld> {
     /// One call. `state` is the keyed state of the batch's partition; it is
     /// lent to the guest for the call and holds the guest's updates
     /// afterwards, or, when the call fails in any way, what it held before.
@@ -440,10 +381,7 @@ impl FeaturesGuest {
             Err(_) => data.roll_back_state(),
         }
         std::mem::swap(&mut data.state, state);
-        if result.is_err() {
-            self.instance = None;
-        }
-        result
+        self.settle(result)
     }
 
     /// One outcome per transaction, in order, under the failure policy: a

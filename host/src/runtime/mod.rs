@@ -22,7 +22,8 @@ pub use bindings::features::sluice::pipeline::types::{Feature, FeatureOutcome, T
 pub use bindings::generator::sluice::pipeline::types::Transaction as GeneratedTransaction;
 pub use bindings::raw_filter::sluice::pipeline::types::{RawRecord, Verdict};
 pub use guests::{
-    FeaturesGuest, FeaturesModule, GeneratorGuest, GeneratorModule, Module, RawFilterGuest, RawFilterModule,
+    Compiled, FeaturesGuest, FeaturesModule, FeaturesWorld, GeneratorGuest, GeneratorModule, GeneratorWorld, Guest,
+    RawFilterGuest, RawFilterModule, RawFilterWorld, World,
 };
 pub use limits::Limits;
 use store_data::StoreData;

@@ -282,6 +282,14 @@ pub fn framed(schema_id: u32, body: Vec<u8>) -> Vec<u8> {
 /// The arguments that run a consumer job to the end of the topic in group
 /// `<topic>-<job>`.
 pub fn job_run_args(job: &str, topic: &str, output_url: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = run_args(job, &module(job), topic, output_url, &["--until-caught-up"]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The arguments of a consumer job with `module`, in group `<topic>-<job>`,
+/// with its own dead-letter topic and (features) Redis prefix.
+fn run_args(job: &str, module: &str, topic: &str, output_url: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--topic",
         topic,
@@ -291,10 +299,9 @@ pub fn job_run_args(job: &str, topic: &str, output_url: &str, extra: &[&str]) ->
         "--job",
         job,
         "--module",
-        &module(job),
+        module,
         "--group",
         &format!("{topic}-{job}"),
-        "--until-caught-up",
         "--output-url",
         output_url,
     ]
@@ -622,30 +629,9 @@ pub fn transaction(user_id: i32, index: i64, amount: f32) -> sluice::model::Tran
 }
 
 /// The arguments of a features job with its own module, in group
-/// `<topic>-features`, to the end of the topic.
+/// `<topic>-features`.
 pub fn features_args(topic: &str, output_url: &str, module: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--topic",
-        topic,
-        "--dlq-topic",
-        &format!("{topic}-dlq"),
-        "run",
-        "--job",
-        "features",
-        "--module",
-        module,
-        "--group",
-        &format!("{topic}-features"),
-        "--output-url",
-        output_url,
-        "--redis-prefix",
-        &format!("sluice:test:{topic}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    run_args("features", module, topic, output_url, extra)
 }
 
 /// A loopback address nobody listens on right now.

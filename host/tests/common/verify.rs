@@ -265,3 +265,20 @@ pub fn expected_feature_rows_without(
     rows.sort_unstable();
     rows
 }
+
+/// Checks that Redis holds each user's last count among `rows`.
+pub async fn assert_redis_holds_the_last_counts(topic: &str, rows: &[FeatureRow]) {
+    let mut last: BTreeMap<i32, i32> = BTreeMap::new();
+    for (user, count, ..) in rows {
+        let entry = last.entry(*user).or_default();
+        *entry = (*entry).max(*count);
+    }
+    let mut redis = redis().await;
+    for (user, count) in last {
+        let stored: Option<i32> = redis
+            .hget(format!("sluice:test:{topic}:user:{user}"), "total_transactions_count")
+            .await
+            .expect("hget");
+        assert_eq!(stored, Some(count), "user {user}");
+    }
+}

@@ -33,7 +33,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::config::Storage;
-use crate::runtime::{FeaturesModule, Limits, Module, Runtime};
+use crate::runtime::{FeaturesModule, Limits, Runtime};
 use crate::sinks::parquet::ParquetSink;
 use crate::state::Checkpoints;
 

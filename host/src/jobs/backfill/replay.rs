@@ -10,7 +10,7 @@ use object_store::ObjectStoreExt;
 use crate::config::Storage;
 use crate::lineage::module_metadata;
 use crate::model::FeatureEvent;
-use crate::runtime::{FeaturesGuest, FeaturesModule, Module, WitTransaction};
+use crate::runtime::{FeaturesGuest, FeaturesModule, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
 use crate::state::{Checkpoints, PartitionState};
 

@@ -13,25 +13,14 @@ wit_bindgen::generate!({ world: "features", path: "../../../wit" });
 
 mod common;
 
-use common::MARKER_USER;
-
 struct OpenFile;
 
 impl Guest for OpenFile {
     fn process(batch: Vec<Transaction>) -> Result<Vec<FeatureOutcome>, String> {
-        Ok(batch
-            .into_iter()
-            .map(|tx| {
-                let marked = tx.user_id == MARKER_USER;
-                let outcome = common::count(tx);
-                if marked {
-                    let read = std::fs::read("/etc/passwd").map_or(0, |bytes| bytes.len());
-                    common::shift_time(outcome, i64::try_from(read).unwrap_or(i64::MAX))
-                } else {
-                    outcome
-                }
-            })
-            .collect())
+        Ok(common::count_marked(batch, || {
+            let read = std::fs::read("/etc/passwd").map_or(0, |bytes| bytes.len());
+            i64::try_from(read).unwrap_or(i64::MAX)
+        }))
     }
 }
 

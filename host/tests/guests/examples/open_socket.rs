@@ -15,26 +15,15 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 
-use common::MARKER_USER;
-
 struct OpenSocket;
 
 impl Guest for OpenSocket {
     fn process(batch: Vec<Transaction>) -> Result<Vec<FeatureOutcome>, String> {
-        Ok(batch
-            .into_iter()
-            .map(|tx| {
-                let marked = tx.user_id == MARKER_USER;
-                let outcome = common::count(tx);
-                if marked {
-                    let redis = SocketAddr::from((Ipv4Addr::LOCALHOST, 6379));
-                    let connected = TcpStream::connect(redis).is_ok();
-                    common::shift_time(outcome, i64::from(connected))
-                } else {
-                    outcome
-                }
-            })
-            .collect())
+        Ok(common::count_marked(batch, || {
+            let redis = SocketAddr::from((Ipv4Addr::LOCALHOST, 6379));
+            let connected = TcpStream::connect(redis).is_ok();
+            i64::from(connected)
+        }))
     }
 }
 

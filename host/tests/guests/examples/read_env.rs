@@ -13,25 +13,14 @@ wit_bindgen::generate!({ world: "features", path: "../../../wit" });
 
 mod common;
 
-use common::MARKER_USER;
-
 struct ReadEnv;
 
 impl Guest for ReadEnv {
     fn process(batch: Vec<Transaction>) -> Result<Vec<FeatureOutcome>, String> {
-        Ok(batch
-            .into_iter()
-            .map(|tx| {
-                let marked = tx.user_id == MARKER_USER;
-                let outcome = common::count(tx);
-                if marked {
-                    let home = std::env::var("HOME").map_or(0, |home| home.len());
-                    common::shift_time(outcome, i64::try_from(home).unwrap_or(i64::MAX))
-                } else {
-                    outcome
-                }
-            })
-            .collect())
+        Ok(common::count_marked(batch, || {
+            let home = std::env::var("HOME").map_or(0, |home| home.len());
+            i64::try_from(home).unwrap_or(i64::MAX)
+        }))
     }
 }
 

@@ -11,25 +11,13 @@ wit_bindgen::generate!({ world: "features", path: "../../../wit" });
 
 mod common;
 
-use common::MARKER_USER;
-
 struct ReadRandom;
 
 impl Guest for ReadRandom {
     fn process(batch: Vec<Transaction>) -> Result<Vec<FeatureOutcome>, String> {
-        Ok(batch
-            .into_iter()
-            .map(|tx| {
-                let marked = tx.user_id == MARKER_USER;
-                let outcome = common::count(tx);
-                if marked {
-                    let noise = i64::from_ne_bytes(wasip2::random::random::get_random_u64().to_ne_bytes());
-                    common::shift_time(outcome, noise)
-                } else {
-                    outcome
-                }
-            })
-            .collect())
+        Ok(common::count_marked(batch, || {
+            i64::from_ne_bytes(wasip2::random::random::get_random_u64().to_ne_bytes())
+        }))
     }
 }
 
