@@ -242,8 +242,13 @@ pub struct GuestArgs {
     #[arg(long, env = "SLUICE_GUEST_FUEL")]
     pub guest_fuel: Option<u64>,
     /// Keyed-state entries one guest call may create.
-    #[arg(long, env = "SLUICE_GUEST_NEW_KEYS_PER_BATCH", default_value_t = 1_000_000)]
-    pub guest_new_keys_per_batch: usize,
+    #[arg(long, env = "SLUICE_GUEST_NEW_KEYS_PER_CALL", default_value_t = 1_000_000)]
+    pub guest_new_keys_per_call: usize,
+    /// Time the failure policy may spend isolating the records a guest fails
+    /// on in one batch, in milliseconds; then failing parts go to the
+    /// dead-letter topic whole.
+    #[arg(long, env = "SLUICE_GUEST_ISOLATION_BUDGET_MS", default_value_t = 120_000)]
+    pub guest_isolation_budget_ms: u64,
 }
 
 impl GuestArgs {
@@ -253,7 +258,8 @@ impl GuestArgs {
             memory_bytes: self.guest_memory_mb.saturating_mul(1 << 20),
             table_elements: self.guest_table_elements,
             fuel: self.guest_fuel,
-            new_keys_per_call: self.guest_new_keys_per_batch,
+            new_keys_per_call: self.guest_new_keys_per_call,
+            isolation_budget: std::time::Duration::from_millis(self.guest_isolation_budget_ms),
         }
     }
 }

@@ -259,7 +259,7 @@ async fn a_guest_that_creates_too_many_keys_in_one_call_is_split_until_it_fits()
         guest: "features_rebuilt.wasm",
         reason: "keyed-state limit",
         failing: Failing::None,
-        extra: &["--guest-new-keys-per-batch", "2"],
+        extra: &["--guest-new-keys-per-call", "2"],
     })
     .await;
 }

@@ -51,10 +51,17 @@ async fn handle<W: World>(
     };
     let path = path.unwrap_or_else(|| active.path.clone());
     // The same bytes as the module running (or about to) change nothing.
-    if let Ok((_, file)) = ModuleFile::read(&path) {
+    let reading = path.clone();
+    let read = tokio::task::spawn_blocking(move || ModuleFile::read(&reading)).await;
+    if let Ok(Ok((_, file))) = read {
         let newest = staged.as_ref().unwrap_or(&active);
         if file.sha256 == newest.sha256 {
-            tracing::info!(trigger, module = %path.display(), sha256 = %file.sha256, "module unchanged; nothing to swap");
+            // The file watcher reacts to any change in the folder.
+            if trigger == "file change" {
+                tracing::debug!(module = %path.display(), "module file unchanged");
+            } else {
+                tracing::info!(trigger, module = %path.display(), sha256 = %file.sha256, "module unchanged; nothing to swap");
+            }
             return Answer::Unchanged(file);
         }
     }

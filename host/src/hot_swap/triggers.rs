@@ -13,9 +13,11 @@ use super::{Error, Request};
 /// progress settles first.
 const SETTLE: Duration = Duration::from_millis(250);
 
-/// Watches the module file's folder (an editor or a deploy replaces the
-/// file by renaming a new one over it) and asks for a swap once changes
-/// to the file settle.
+/// Watches the module file's folder and asks for a swap once changes in it
+/// settle: an editor or a deploy replaces the file by renaming a new one
+/// over it, and a Kubernetes ConfigMap by swapping the `..data` link the
+/// file points through, so any write in the folder counts; the stager
+/// compares the file's sha256 with the running module's.
 pub(super) struct FileWatcher {
     _watcher: notify::RecommendedWatcher,
 }
@@ -31,7 +33,6 @@ impl FileWatcher {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
-        let name = path.file_name().map(|n| n.to_os_string());
         let (changed, mut changes) = mpsc::unbounded_channel::<()>();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
@@ -42,12 +43,7 @@ impl FileWatcher {
                     | EventKind::Modify(_)
                     | EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
             );
-            if writes
-                && event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-            {
+            if writes {
                 let _ = changed.send(());
             }
         })

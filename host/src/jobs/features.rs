@@ -85,10 +85,6 @@ impl FeaturesJob {
         let mut saved_at: HashMap<i32, i64> = HashMap::new();
         let mut report = FeaturesReport::default();
         while let Some(batch) = consuming.next_batch().await? {
-            // A batch boundary: a staged module takes over here.
-            if swap.swap_staged(&mut guest) {
-                checkpoints.set_module(swap.sha256());
-            }
             if consuming.assignment_changed() {
                 // Partitions may have moved: state is reloaded from the
                 // checkpoints, which the previous owners wrote last.
@@ -132,6 +128,11 @@ impl FeaturesJob {
                     checkpoints.save(partition, state).await?;
                     saved_at.insert(partition, first_offset);
                 }
+            }
+            // A batch boundary: a staged module takes over here (after the
+            // checkpoints above, which hold the state the old one left).
+            if swap.swap_staged(&mut guest) {
+                checkpoints.set_module(swap.sha256());
             }
             if !consuming.fence(&batch).await? {
                 continue;

@@ -9,10 +9,14 @@ pub mod raw_filter {
 }
 
 pub mod features {
-    // `set` traps when a call creates more keys than the store allows.
+    // Keyed state traps outside a call, and `set` when a call creates more
+    // keys than the store allows.
     wasmtime::component::bindgen!({
         world: "features",
         path: "../wit",
-        imports: { "sluice:pipeline/keyed-state.set": trappable },
+        imports: {
+            "sluice:pipeline/keyed-state.get": trappable,
+            "sluice:pipeline/keyed-state.set": trappable,
+        },
     });
 }

@@ -40,8 +40,10 @@ impl GuestStore {
         Ok(guest)
     }
 
-    /// Arms the deadline and the fuel for the next call.
+    /// Arms the deadline and the fuel for the next call, and forgets the
+    /// output of earlier calls (a failure quotes its own).
     fn arm(&mut self) -> Result<&mut Store<StoreData>> {
+        self.store.data().output.clear();
         self.store.set_epoch_deadline(self.runtime.deadline_ticks());
         if let Some(fuel) = self.runtime.limits.fuel {
             self.store.set_fuel(fuel).map_err(|e| Error::Engine(e.to_string()))?;
@@ -254,10 +256,15 @@ impl Guest<GeneratorWorld> {
         start_millis: i64,
     ) -> Vec<Result<generator::sluice::pipeline::types::Transaction>> {
         let indexes: Vec<u64> = (first_index..first_index + u64::from(count)).collect();
-        isolate(&indexes, "generator", |part| {
-            let first = part.first().copied().unwrap_or(first_index);
-            self.call(seed, first, part.len() as u32, start_millis)
-        })
+        isolate(
+            &indexes,
+            "generator",
+            self.module.runtime.limits.isolation_budget,
+            |part| {
+                let first = part.first().copied().unwrap_or(first_index);
+                self.call(seed, first, part.len() as u32, start_millis)
+            },
+        )
     }
 }
 
@@ -315,7 +322,12 @@ impl Guest<RawFilterWorld> {
         &mut self,
         batch: &[raw_filter::sluice::pipeline::types::RawRecord],
     ) -> Vec<Result<raw_filter::sluice::pipeline::types::Verdict>> {
-        isolate(batch, "raw-filter", |part| self.call(part))
+        isolate(
+            batch,
+            "raw-filter",
+            self.module.runtime.limits.isolation_budget,
+            |part| self.call(part),
+        )
     }
 }
 
@@ -363,7 +375,7 @@ impl Guest<FeaturesWorld> {
         batch: &[features::sluice::pipeline::types::Transaction],
     ) -> Result<Vec<features::sluice::pipeline::types::FeatureOutcome>> {
         let (store, bindings) = self.instance()?;
-        std::mem::swap(&mut store.store.data_mut().state, state);
+        store.store.data_mut().lend_state(state);
         let result = match store.arm() {
             Err(e) => Err(e),
             Ok(armed) => match blocking(|| bindings.call_process(armed, batch)) {
@@ -375,12 +387,7 @@ impl Guest<FeaturesWorld> {
                 Err(e) => Err(store.trap(e)),
             },
         };
-        let data = store.store.data_mut();
-        match result {
-            Ok(_) => data.commit_state(),
-            Err(_) => data.roll_back_state(),
-        }
-        std::mem::swap(&mut data.state, state);
+        store.store.data_mut().take_back_state(state, result.is_ok());
         self.settle(result)
     }
 
@@ -392,6 +399,8 @@ impl Guest<FeaturesWorld> {
         state: &mut HashMap<i64, i64>,
         batch: &[features::sluice::pipeline::types::Transaction],
     ) -> Vec<Result<features::sluice::pipeline::types::FeatureOutcome>> {
-        isolate(batch, "features", |part| self.call(state, part))
+        isolate(batch, "features", self.module.runtime.limits.isolation_budget, |part| {
+            self.call(state, part)
+        })
     }
 }

@@ -5,6 +5,13 @@
 //! come back as failures (the jobs send them to the dead-letter topic). The
 //! rest are processed in order, each record exactly once: a failed call's
 //! keyed-state changes are rolled back by the guest wrapper.
+//!
+//! Bisection is bounded in time: a guest that fails slowly (a loop stopped
+//! by the deadline) could otherwise hold a batch past the consumer's poll
+//! interval. Once `budget` has passed since the first failure, a part that
+//! still fails comes back whole as failures, without further splitting.
+
+use std::time::{Duration, Instant};
 
 use super::Error;
 
@@ -14,12 +21,14 @@ use super::Error;
 pub fn isolate<I, O>(
     items: &[I],
     what: &str,
+    budget: Duration,
     mut call: impl FnMut(&[I]) -> Result<Vec<O>, Error>,
 ) -> Vec<Result<O, Error>> {
     let first = match call(items) {
         Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
         Err(e) => e,
     };
+    let deadline = Instant::now() + budget;
     tracing::warn!(what, records = items.len(), error = %first, "guest failed on a batch; retrying it once on a fresh instance");
     let second = match call(items) {
         Ok(outcomes) => {
@@ -35,28 +44,54 @@ pub fn isolate<I, O>(
             tracing::warn!(what, records = n, error = %second, "guest failed again; bisecting the batch to isolate the records it fails on");
             let mut outcomes = Vec::with_capacity(n);
             let (left, right) = items.split_at(n / 2);
-            settle(left, &mut call, &mut outcomes);
-            settle(right, &mut call, &mut outcomes);
+            let mut isolating = Isolating {
+                call,
+                deadline,
+                budget,
+                outcomes: &mut outcomes,
+            };
+            isolating.settle(left);
+            isolating.settle(right);
             outcomes
         }
     }
 }
 
-/// Outcomes of `items`, splitting a failed call in halves down to single
-/// items.
-fn settle<I, O>(
-    items: &[I],
-    call: &mut impl FnMut(&[I]) -> Result<Vec<O>, Error>,
-    outcomes: &mut Vec<Result<O, Error>>,
-) {
-    match call(items) {
-        Ok(done) => outcomes.extend(done.into_iter().map(Ok)),
-        Err(e) if items.len() == 1 => outcomes.push(Err(e)),
-        Err(_) if items.is_empty() => {}
-        Err(_) => {
-            let (left, right) = items.split_at(items.len() / 2);
-            settle(left, call, outcomes);
-            settle(right, call, outcomes);
+/// The bisection of one batch.
+struct Isolating<'a, F, O> {
+    call: F,
+    deadline: Instant,
+    budget: Duration,
+    outcomes: &'a mut Vec<Result<O, Error>>,
+}
+
+impl<F, O> Isolating<'_, F, O> {
+    /// Outcomes of `items`, splitting a failed call in halves down to single
+    /// items while the budget lasts.
+    fn settle<I>(&mut self, items: &[I])
+    where
+        F: FnMut(&[I]) -> Result<Vec<O>, Error>,
+    {
+        if items.is_empty() {
+            return;
+        }
+        if Instant::now() >= self.deadline {
+            let reason = Error::IsolationBudget {
+                records: items.len(),
+                seconds: self.budget.as_secs_f64(),
+            };
+            tracing::warn!(records = items.len(), %reason, "giving up isolating");
+            self.outcomes.extend(items.iter().map(|_| Err(reason.clone())));
+            return;
+        }
+        match (self.call)(items) {
+            Ok(done) => self.outcomes.extend(done.into_iter().map(Ok)),
+            Err(e) if items.len() == 1 => self.outcomes.push(Err(e)),
+            Err(_) => {
+                let (left, right) = items.split_at(items.len() / 2);
+                self.settle(left);
+                self.settle(right);
+            }
         }
     }
 }
@@ -76,7 +111,7 @@ mod tests {
     fn only_the_records_the_guest_fails_on_fail_and_the_rest_are_processed_once_in_order() {
         let items: Vec<i32> = (0..100).collect();
         let mut seen = Vec::new();
-        let outcomes = isolate(&items, "test", |part: &[i32]| {
+        let outcomes = isolate(&items, "test", Duration::from_secs(60), |part: &[i32]| {
             if part.iter().any(|i| *i == 13 || *i == 77) {
                 return Err(failure());
             }
@@ -99,7 +134,7 @@ mod tests {
     fn a_failure_that_does_not_repeat_costs_one_retry() {
         let items = [1, 2, 3];
         let mut calls = 0;
-        let outcomes = isolate(&items, "test", |part: &[i32]| {
+        let outcomes = isolate(&items, "test", Duration::from_secs(60), |part: &[i32]| {
             calls += 1;
             if calls == 1 { Err(failure()) } else { Ok(part.to_vec()) }
         });
@@ -110,8 +145,27 @@ mod tests {
     #[test]
     fn a_guest_that_always_fails_fails_every_record() {
         let items = [1, 2, 3, 4, 5];
-        let outcomes = isolate(&items, "test", |_: &[i32]| Err::<Vec<i32>, _>(failure()));
+        let outcomes = isolate(&items, "test", Duration::from_secs(60), |_: &[i32]| {
+            Err::<Vec<i32>, _>(failure())
+        });
         assert_eq!(outcomes.len(), 5);
         assert!(outcomes.iter().all(Result::is_err));
+    }
+
+    #[test]
+    fn once_the_budget_is_spent_a_failing_part_fails_whole() {
+        let items: Vec<i32> = (0..8).collect();
+        let mut calls = 0;
+        let outcomes = isolate(&items, "test", Duration::ZERO, |_: &[i32]| {
+            calls += 1;
+            Err::<Vec<i32>, _>(failure())
+        });
+        // The call and its retry, then no splitting at all.
+        assert_eq!(calls, 2);
+        assert_eq!(outcomes.len(), 8);
+        for outcome in outcomes {
+            let reason = outcome.expect_err("failed").to_string();
+            assert!(reason.contains("--guest-isolation-budget-ms"), "{reason}");
+        }
     }
 }

@@ -28,7 +28,7 @@ pub use guests::{
 pub use limits::Limits;
 use store_data::StoreData;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("module {path}: file not found")]
     Missing { path: String },
@@ -50,6 +50,11 @@ pub enum Error {
     Arity { path: String, expected: usize, got: usize },
     #[error("wasmtime: {0}")]
     Engine(String),
+    #[error(
+        "not processed: the guest kept failing on a part of {records} records and isolating its failing records \
+         took longer than {seconds} s (--guest-isolation-budget-ms), so the part goes to the dead-letter topic whole"
+    )]
+    IsolationBudget { records: usize, seconds: f64 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -63,12 +68,29 @@ pub struct ModuleFile {
 }
 
 impl ModuleFile {
-    /// Reads a module file; the hash is of the very bytes returned.
+    /// Reads a module file; the hash is of the very bytes returned. Only a
+    /// regular file of at most `MAX_MODULE_BYTES` is read (not a FIFO or a
+    /// device someone named on the admin endpoint).
     pub fn read(path: &Path) -> Result<(Vec<u8>, Self)> {
         use sha2::{Digest, Sha256};
-        let bytes = std::fs::read(path).map_err(|_| Error::Missing {
-            path: path.display().to_string(),
-        })?;
+        let shown = path.display().to_string();
+        let metadata = std::fs::metadata(path).map_err(|_| Error::Missing { path: shown.clone() })?;
+        if !metadata.is_file() {
+            return Err(Error::NotAComponent {
+                path: shown,
+                reason: "it is not a regular file".into(),
+            });
+        }
+        if metadata.len() > MAX_MODULE_BYTES {
+            return Err(Error::NotAComponent {
+                path: shown,
+                reason: format!(
+                    "it has {} bytes, more than a module may ({MAX_MODULE_BYTES})",
+                    metadata.len()
+                ),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|_| Error::Missing { path: shown })?;
         let sha256 = format!("{:x}", Sha256::digest(&bytes));
         Ok((
             bytes,
@@ -79,6 +101,9 @@ impl ModuleFile {
         ))
     }
 }
+
+/// The largest module file sluice reads.
+const MAX_MODULE_BYTES: u64 = 256 << 20;
 
 /// The sha256 of a module file, hex.
 pub fn module_sha256(path: &Path) -> Result<String> {

@@ -11,7 +11,7 @@
 //! topic. What remains:
 //! - the environment, the arguments and the working directory are empty
 //!   (std's panic hook reads `RUST_BACKTRACE`, so a trap there would hide
-//!   every panic message); a guest that asks is named in the log;
+//!   every panic message); the log names the function asked for;
 //! - `insecure-seed` returns a fixed value (std seeds its `HashMap`s with it);
 //! - stdout and stderr go to a small per-store buffer whose tail explains a
 //!   failure (a panic message); nothing reaches the process's own stdio;
@@ -140,8 +140,8 @@ fn log_rate_limited(function: &str) {
         last.insert(function.to_string(), Instant::now());
         tracing::warn!(
             function,
-            "a guest asked for its environment, arguments or working directory: the sandbox gives guests none, \
-             so it got an empty answer"
+            "a guest asked for its environment, arguments or working directory (std's panic handler asks for \
+             RUST_BACKTRACE): the sandbox gives guests none, so it got an empty answer"
         );
     }
 }
@@ -170,6 +170,10 @@ impl OutputTail {
         tail.extend(&bytes[bytes.len() - keep..]);
         let excess = tail.len().saturating_sub(OUTPUT_TAIL_BYTES);
         tail.drain(..excess);
+    }
+
+    pub(super) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// What the kept output says about a failure, and forgets it all: a

@@ -18,7 +18,10 @@ pub struct StoreData {
     pub(super) budget: StoreBudget,
     pub(super) output: OutputTail,
     /// Keyed state lent to the guest for the duration of one `process` call.
-    pub(super) state: HashMap<i64, i64>,
+    state: HashMap<i64, i64>,
+    /// True during a `process` call: keyed state exists only then (not
+    /// while the instance is created, for example).
+    in_call: bool,
     /// Previous values of the keys set during the current call, so a failed
     /// call can be rolled back and the batch retried or dead-lettered
     /// without counting twice.
@@ -37,27 +40,44 @@ impl StoreData {
             budget: StoreBudget::new(limits),
             output,
             state: HashMap::new(),
+            in_call: false,
             undo: Vec::new(),
             new_keys: 0,
             new_keys_cap: limits.new_keys_per_call,
         }
     }
 
-    /// Forgets the undo log: the call's updates are kept.
-    pub(super) fn commit_state(&mut self) {
+    /// Lends a partition's state to the guest for one call.
+    pub(super) fn lend_state(&mut self, state: &mut HashMap<i64, i64>) {
+        std::mem::swap(&mut self.state, state);
         self.undo.clear();
         self.new_keys = 0;
+        self.in_call = true;
     }
 
-    /// Restores every key the call set to its value before the call.
-    pub(super) fn roll_back_state(&mut self) {
-        for (key, previous) in self.undo.drain(..).rev() {
-            match previous {
-                Some(v) => self.state.insert(key, v),
-                None => self.state.remove(&key),
-            };
+    /// Gives the state back after the call: with the call's updates when it
+    /// succeeded, else with every key it set restored.
+    pub(super) fn take_back_state(&mut self, state: &mut HashMap<i64, i64>, keep: bool) {
+        if !keep {
+            for (key, previous) in self.undo.drain(..).rev() {
+                match previous {
+                    Some(v) => self.state.insert(key, v),
+                    None => self.state.remove(&key),
+                };
+            }
         }
+        self.undo.clear();
         self.new_keys = 0;
+        self.in_call = false;
+        std::mem::swap(&mut self.state, state);
+    }
+
+    fn outside_a_call(&self) -> wasmtime::Result<()> {
+        if self.in_call {
+            Ok(())
+        } else {
+            wasmtime::bail!("keyed state is only available during a call of `process`, not while the instance starts")
+        }
     }
 }
 
@@ -71,18 +91,20 @@ impl WasiView for StoreData {
 }
 
 impl keyed_state::Host for StoreData {
-    fn get(&mut self, key: i64) -> Option<i64> {
-        self.state.get(&key).copied()
+    fn get(&mut self, key: i64) -> wasmtime::Result<Option<i64>> {
+        self.outside_a_call()?;
+        Ok(self.state.get(&key).copied())
     }
 
     fn set(&mut self, key: i64, value: i64) -> wasmtime::Result<()> {
+        self.outside_a_call()?;
         let previous = self.state.insert(key, value);
         self.undo.push((key, previous));
         if previous.is_none() {
             self.new_keys += 1;
             if self.new_keys > self.new_keys_cap {
                 wasmtime::bail!(
-                    "keyed-state limit: the guest created more than {} keys in one call (--guest-new-keys-per-batch)",
+                    "keyed-state limit: the guest created more than {} keys in one call (--guest-new-keys-per-call)",
                     self.new_keys_cap
                 );
             }

@@ -6,8 +6,10 @@
 //! `redis-cli HGET sluice:features:user:42 total_transactions_count`.
 //!
 //! Values are absolute counts, never INCR, and a write only lands when its
-//! source offset is newer than the one stored for the same partition, so a
-//! replay can neither double count nor move a value backwards.
+//! source offset is not older than the one stored for the same partition, so
+//! a replay can neither double count nor move a value backwards; it rewrites
+//! the values of its own offsets, as it rewrites the Parquet objects (with
+//! the same module, the same values).
 
 use redis::Script;
 use redis::aio::MultiplexedConnection;
@@ -31,7 +33,7 @@ for i, key in ipairs(KEYS) do
   local partition = ARGV[base + 3]
   local offset = tonumber(ARGV[base + 4])
   local stored = redis.call('HMGET', key, 'source_partition', 'source_offset')
-  if stored[1] ~= partition or stored[2] == false or tonumber(stored[2]) < offset then
+  if stored[1] ~= partition or stored[2] == false or tonumber(stored[2]) <= offset then
     redis.call('HSET', key,
       'total_transactions_count', ARGV[base + 1],
       'as_of_timestamp_millis', ARGV[base + 2],
