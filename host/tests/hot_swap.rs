@@ -71,7 +71,8 @@ async fn modules_swap_under_load_and_every_count_stays_exact() {
     assert_ne!(sha_v1, sha_rebuilt, "the rebuilt module must differ in bytes");
 
     let admin = free_loopback_addr();
-    let producer = spawn_producer(&topic, 40_000, 2_500);
+    // 20 s of load: every swap below takes over while records still arrive.
+    let producer = spawn_producer(&topic, 60_000, 3_000);
     let args = features_args(
         &topic,
         &url,
@@ -135,7 +136,7 @@ async fn modules_swap_under_load_and_every_count_stays_exact() {
 
     // Exactly once across every swap: each record counted once, in order.
     let expected = expected_feature_rows(&topic);
-    assert_eq!(expected.len(), 40_000);
+    assert_eq!(expected.len(), 60_000);
     assert_eq!(feature_rows(&url).await, expected);
     assert_redis_holds_the_last_counts(&topic, &expected).await;
     assert_lineage(&url, &sha_v1, &swaps).await;
@@ -322,7 +323,7 @@ async fn the_producer_swaps_its_generator_at_a_batch_boundary() {
             "--module",
             &producer,
             "--count",
-            "6000",
+            "12000",
             "--rate",
             "1500",
             "--batch",
@@ -342,13 +343,13 @@ async fn the_producer_swaps_its_generator_at_a_batch_boundary() {
     let (exit, stdout) = running.finish();
     assert!(exit.success());
     let report = report(&stdout);
-    assert_eq!(report["produced"], 6000, "{report}");
+    assert_eq!(report["produced"], 12000, "{report}");
     assert_eq!(report["module_sha256"], file_sha256(&xts).as_str());
     let took_over = report["swaps"][0]["took_over_at_index"]
         .as_u64()
         .expect("took over at an index");
     assert!(
-        took_over > 0 && took_over < 6000 && took_over.is_multiple_of(100),
+        took_over > 0 && took_over < 12000 && took_over.is_multiple_of(100),
         "{report}"
     );
 
@@ -359,5 +360,5 @@ async fn the_producer_swaps_its_generator_at_a_batch_boundary() {
         .iter()
         .filter(|r| decode_transaction(&schema, r).currency == "XTS")
         .count() as u64;
-    assert_eq!(marked, 6000 - took_over);
+    assert_eq!(marked, 12000 - took_over);
 }
