@@ -70,21 +70,10 @@ async fn modules_swap_under_load_and_every_count_stays_exact() {
     let (sha_v1, sha_rebuilt) = (file_sha256(&v1), file_sha256(&rebuilt));
     assert_ne!(sha_v1, sha_rebuilt, "the rebuilt module must differ in bytes");
 
-    let admin = free_loopback_addr();
     // 20 s of load: every swap below takes over while records still arrive.
     let producer = spawn_producer(&topic, 60_000, 3_000);
-    let args = features_args(
-        &topic,
-        &url,
-        &watched.display().to_string(),
-        &["--admin-listen", &admin, "--max-wait-ms", "300"],
-    );
-    let mut job = spawn_sluice(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
-    assert!(
-        job.wait_for("admin endpoint listening", Duration::from_secs(60)),
-        "{}",
-        job.log()
-    );
+    let (mut job, admin) =
+        spawn_features_with_admin(&topic, &url, &watched.display().to_string(), &["--max-wait-ms", "300"]);
 
     // Four swaps from the admin endpoint, then two from file changes, each
     // waited for until the new module has processed records.
@@ -159,20 +148,8 @@ async fn a_v2_module_changes_behaviour_from_its_hand_over_offset_on() {
     };
     produce_transactions(&topic, &batch(0)).await;
 
-    let admin = free_loopback_addr();
     // --no-watch: the file changes below, but only SIGHUP swaps.
-    let args = features_args(
-        &topic,
-        &url,
-        &watched.display().to_string(),
-        &["--admin-listen", &admin, "--no-watch"],
-    );
-    let mut job = spawn_sluice(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
-    assert!(
-        job.wait_for("admin endpoint listening", Duration::from_secs(60)),
-        "{}",
-        job.log()
-    );
+    let (mut job, admin) = spawn_features_with_admin(&topic, &url, &watched.display().to_string(), &["--no-watch"]);
     wait_group_caught_up(&topic, &format!("{topic}-features"), Duration::from_secs(60));
 
     replace_file(&v2, &watched);
@@ -256,14 +233,7 @@ async fn modules_that_cannot_run_are_refused_and_the_running_one_stays() {
     let v1 = module("features");
     let sha_v1 = file_sha256(&v1);
 
-    let admin = free_loopback_addr();
-    let args = features_args(&topic, &url, &v1, &["--admin-listen", &admin]);
-    let mut job = spawn_sluice(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
-    assert!(
-        job.wait_for("admin endpoint listening", Duration::from_secs(60)),
-        "{}",
-        job.log()
-    );
+    let (mut job, admin) = spawn_features_with_admin(&topic, &url, &v1, &[]);
 
     let candidates = [
         (not_wasm.display().to_string(), "does not compile"),
@@ -345,7 +315,8 @@ async fn the_producer_swaps_its_generator_at_a_batch_boundary() {
     let report = report(&stdout);
     assert_eq!(report["produced"], 12000, "{report}");
     assert_eq!(report["module_sha256"], file_sha256(&xts).as_str());
-    let took_over = report["swaps"][0]["took_over_at_index"]
+    // The producer's stream is partition 0 of `took_over`, its index the offset.
+    let took_over = report["swaps"][0]["took_over"]["0"]
         .as_u64()
         .expect("took over at an index");
     assert!(

@@ -29,7 +29,7 @@ async fn pipeline_round_trip(output_url: &str, topic: &str) {
         ("backup", topic, &backup),
         ("features", sluice::jobs::features::DATASET, &features),
     ] {
-        let sha = sha256sum(&module(job));
+        let sha = file_sha256(&module(job));
         assert_eq!(report["module_sha256"], sha, "{job} report");
         let objects = read_objects(&storage, dataset).await;
         assert!(!objects.is_empty());
@@ -48,21 +48,8 @@ async fn pipeline_round_trip(output_url: &str, topic: &str) {
     assert!(!checkpoints.is_empty());
     for (location, bytes) in checkpoints {
         let stored: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-        assert_eq!(stored["module_sha256"], sha256sum(&module("features")), "{location}");
+        assert_eq!(stored["module_sha256"], file_sha256(&module("features")), "{location}");
     }
-}
-
-/// The sha256 of a file, from coreutils' sha256sum.
-fn sha256sum(path: &str) -> String {
-    let output = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .next()
-        .expect("a digest")
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -133,14 +133,7 @@ async fn a_guest_that_grows_a_table_without_bound_hits_the_store_cap() {
     let topic = unique("hostile-grow-table");
     setup_topic(&topic);
     let (_dir, url) = local_lake();
-    let admin = free_loopback_addr();
-    let args = features_args(&topic, &url, &module("features"), &["--admin-listen", &admin]);
-    let mut job = spawn_sluice(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
-    assert!(
-        job.wait_for("admin endpoint listening", std::time::Duration::from_secs(60)),
-        "{}",
-        job.log()
-    );
+    let (mut job, admin) = spawn_features_with_admin(&topic, &url, &module("features"), &[]);
     let (status, answer) = admin_swap(&admin, &test_module("grow_table.wat")).await;
     assert_eq!(status, 422, "{answer}");
     let reason = answer["reason"].as_str().expect("reason");

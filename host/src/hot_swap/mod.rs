@@ -56,12 +56,9 @@ pub struct SwapRecord {
     pub trigger: &'static str,
     /// How long the batch loop waited for the exchange.
     pub pause_ms: f64,
-    /// Per partition, the first offset the new module processed.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    /// Per partition, the first offset the new module processed (for the
+    /// producer, key 0 holds the first record index it generated).
     pub took_over: BTreeMap<i32, i64>,
-    /// For the producer: the first record index the new module generated.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub took_over_at_index: Option<u64>,
 }
 
 /// A refused candidate.
@@ -188,11 +185,6 @@ impl<W: World> HotSwap<W> {
         ))
     }
 
-    /// The module in use.
-    pub fn module(&self) -> &Arc<Compiled<W>> {
-        &self.current
-    }
-
     pub fn sha256(&self) -> &str {
         &self.current.file().sha256
     }
@@ -217,7 +209,6 @@ impl<W: World> HotSwap<W> {
             trigger: staged.trigger,
             pause_ms: pause.as_secs_f64() * 1e3,
             took_over: BTreeMap::new(),
-            took_over_at_index: None,
         };
         tracing::info!(
             world = W::NAME,
@@ -237,7 +228,8 @@ impl<W: World> HotSwap<W> {
     }
 
     /// Notes that the current module processes `partition` from `offset`:
-    /// the first time, this is where it took over.
+    /// the first time, this is where it took over. The producer's stream is
+    /// partition 0 here, its record index the offset.
     pub fn took_over(&mut self, partition: i32, offset: i64) {
         if !self.taken_over.insert(partition) {
             return;
@@ -248,19 +240,6 @@ impl<W: World> HotSwap<W> {
         // The last swap, if any, is the one that made this module active.
         if let Some(swap) = inner.status.swaps.last_mut() {
             swap.took_over.insert(partition, offset);
-        }
-    }
-
-    /// For the producer: the first record index the current module generates.
-    pub fn took_over_at_index(&mut self, index: u64) {
-        if !self.taken_over.insert(0) {
-            return;
-        }
-        tracing::info!(index, module = %self.current.file().sha256, "module takes over");
-        let mut inner = self.shared.lock();
-        inner.status.active_took_over.insert(0, index as i64);
-        if let Some(swap) = inner.status.swaps.last_mut() {
-            swap.took_over_at_index = Some(index);
         }
     }
 

@@ -72,7 +72,7 @@ impl Produce {
             let first_index = self.first_index + produced;
             // A batch boundary: a staged module takes over here.
             swap.swap_staged(&mut guest);
-            swap.took_over_at_index(first_index);
+            swap.took_over(0, first_index as i64);
             let generated = guest.generate(self.seed, first_index, n, start_millis);
             let mut deliveries = Vec::with_capacity(generated.len());
             for (index, g) in (first_index..).zip(generated) {

@@ -77,15 +77,25 @@ impl GuestStore {
         }
     }
 
-    fn check_arity<T>(&self, expected: usize, got: Vec<T>) -> Result<Vec<T>> {
-        if got.len() == expected {
-            Ok(got)
-        } else {
-            Err(Error::Arity {
+    /// What a call over `expected` records returned, as its outcomes: a
+    /// trap, the guest's error and the wrong number of outcomes are failures.
+    fn outcomes<T>(
+        &self,
+        returned: wasmtime::Result<std::result::Result<Vec<T>, String>>,
+        expected: usize,
+    ) -> Result<Vec<T>> {
+        match returned {
+            Ok(Ok(got)) if got.len() == expected => Ok(got),
+            Ok(Ok(got)) => Err(Error::Arity {
                 path: self.path.clone(),
                 expected,
                 got: got.len(),
-            })
+            }),
+            Ok(Err(reason)) => Err(Error::Guest {
+                path: self.path.clone(),
+                reason,
+            }),
+            Err(e) => Err(self.trap(e)),
         }
     }
 }
@@ -100,14 +110,6 @@ fn blocking<R>(code: impl FnOnce() -> R) -> R {
     match Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(code),
         _ => code(),
-    }
-}
-
-fn wrong_world(file: &ModuleFile, world: &'static str, e: wasmtime::Error) -> Error {
-    Error::WrongWorld {
-        path: file.path.display().to_string(),
-        world,
-        reason: format!("{e:#}"),
     }
 }
 
@@ -144,7 +146,11 @@ impl<W: World> Compiled<W> {
         let pre = linker
             .instantiate_pre(&component)
             .and_then(W::typed)
-            .map_err(|e| wrong_world(&file, W::NAME, e))?;
+            .map_err(|e| Error::WrongWorld {
+                path: file.path.display().to_string(),
+                world: W::NAME,
+                reason: format!("{e:#}"),
+            })?;
         Ok(Arc::new(Self {
             pre,
             runtime: runtime.clone(),
@@ -180,10 +186,6 @@ pub struct Guest<W: World> {
 }
 
 impl<W: World> Guest<W> {
-    pub fn module(&self) -> &Arc<Compiled<W>> {
-        &self.module
-    }
-
     /// The live instance, instantiated first if there is none (at the
     /// start, or after a failed call dropped the last one).
     fn instance(&mut self) -> Result<&mut (GuestStore, W::Bindings)> {
@@ -207,7 +209,6 @@ impl<W: World> Guest<W> {
 
 /// The transactions-producer's world.
 pub struct GeneratorWorld;
-pub type GeneratorModule = Compiled<GeneratorWorld>;
 pub type GeneratorGuest = Guest<GeneratorWorld>;
 
 impl World for GeneratorWorld {
@@ -238,10 +239,8 @@ impl Guest<GeneratorWorld> {
     ) -> Result<Vec<generator::sluice::pipeline::types::Transaction>> {
         let (store, bindings) = self.instance()?;
         let armed = store.arm()?;
-        let result = match blocking(|| bindings.call_generate(armed, seed, first_index, count, start_millis)) {
-            Ok(out) => store.check_arity(count as usize, out),
-            Err(e) => Err(store.trap(e)),
-        };
+        let returned = blocking(|| bindings.call_generate(armed, seed, first_index, count, start_millis));
+        let result = store.outcomes(returned.map(Ok), count as usize);
         self.settle(result)
     }
 
@@ -270,7 +269,6 @@ impl Guest<GeneratorWorld> {
 
 /// The backup job's world.
 pub struct RawFilterWorld;
-pub type RawFilterModule = Compiled<RawFilterWorld>;
 pub type RawFilterGuest = Guest<RawFilterWorld>;
 
 impl World for RawFilterWorld {
@@ -306,14 +304,8 @@ impl Guest<RawFilterWorld> {
     ) -> Result<Vec<raw_filter::sluice::pipeline::types::Verdict>> {
         let (store, bindings) = self.instance()?;
         let armed = store.arm()?;
-        let result = match blocking(|| bindings.call_process(armed, batch)) {
-            Ok(Ok(out)) => store.check_arity(batch.len(), out),
-            Ok(Err(reason)) => Err(Error::Guest {
-                path: store.path.clone(),
-                reason,
-            }),
-            Err(e) => Err(store.trap(e)),
-        };
+        let returned = blocking(|| bindings.call_process(armed, batch));
+        let result = store.outcomes(returned, batch.len());
         self.settle(result)
     }
 
@@ -377,15 +369,11 @@ impl Guest<FeaturesWorld> {
         let (store, bindings) = self.instance()?;
         store.store.data_mut().lend_state(state);
         let result = match store.arm() {
+            Ok(armed) => {
+                let returned = blocking(|| bindings.call_process(armed, batch));
+                store.outcomes(returned, batch.len())
+            }
             Err(e) => Err(e),
-            Ok(armed) => match blocking(|| bindings.call_process(armed, batch)) {
-                Ok(Ok(out)) => store.check_arity(batch.len(), out),
-                Ok(Err(reason)) => Err(Error::Guest {
-                    path: store.path.clone(),
-                    reason,
-                }),
-                Err(e) => Err(store.trap(e)),
-            },
         };
         store.store.data_mut().take_back_state(state, result.is_ok());
         self.settle(result)

@@ -22,8 +22,8 @@ pub use bindings::features::sluice::pipeline::types::{Feature, FeatureOutcome, T
 pub use bindings::generator::sluice::pipeline::types::Transaction as GeneratedTransaction;
 pub use bindings::raw_filter::sluice::pipeline::types::{RawRecord, Verdict};
 pub use guests::{
-    Compiled, FeaturesGuest, FeaturesModule, FeaturesWorld, GeneratorGuest, GeneratorModule, GeneratorWorld, Guest,
-    RawFilterGuest, RawFilterModule, RawFilterWorld, World,
+    Compiled, FeaturesGuest, FeaturesModule, FeaturesWorld, GeneratorGuest, GeneratorWorld, Guest, RawFilterGuest,
+    RawFilterWorld, World,
 };
 pub use limits::Limits;
 use store_data::StoreData;
@@ -105,11 +105,6 @@ impl ModuleFile {
 /// The largest module file sluice reads.
 const MAX_MODULE_BYTES: u64 = 256 << 20;
 
-/// The sha256 of a module file, hex.
-pub fn module_sha256(path: &Path) -> Result<String> {
-    ModuleFile::read(path).map(|(_, file)| file.sha256)
-}
-
 /// Interval of the epoch ticker; call deadlines are counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -142,10 +137,6 @@ impl Runtime {
             limits,
             ticker_stop,
         }))
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     fn deadline_ticks(&self) -> u64 {
