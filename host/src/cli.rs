@@ -175,6 +175,18 @@ pub enum Command {
         #[command(flatten)]
         storage: StorageArgs,
     },
+    /// Write every user's latest features from the features job's
+    /// checkpoints to Redis (the running job also does this by itself when
+    /// Redis loses keys). Fenced: never moves a value backwards.
+    Republish {
+        /// Consumer group of the features job.
+        #[arg(long, default_value = jobs::features::JOB)]
+        group: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
     /// Serve the embedded schema registry (Confluent REST subset).
     Registry {
         #[arg(long, env = "SLUICE_REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
@@ -353,6 +365,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 partition,
             };
             println!("{}", serde_json::to_string(&rebuild.run().await?)?);
+        }
+        Command::Republish { group, storage, redis } => {
+            let republish = jobs::republish::Republish {
+                storage: storage.open()?,
+                redis,
+                group,
+                topic: cli.kafka.topic.clone(),
+            };
+            println!("{}", serde_json::to_string(&republish.run().await?)?);
         }
         Command::Registry { listen, data_file } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;

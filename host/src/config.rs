@@ -224,6 +224,29 @@ pub struct RedisArgs {
     /// Prefix of the per-user feature keys: `<prefix>:user:<user_id>`.
     #[arg(long, env = "SLUICE_REDIS_PREFIX", default_value = "sluice:features")]
     pub redis_prefix: String,
+    /// How long a job waits for a Redis that does not answer (a failover, a
+    /// snapshot fork, a restart) before it stops, in milliseconds.
+    #[arg(long, env = "SLUICE_REDIS_PATIENCE_MS", default_value_t = 120_000)]
+    pub redis_patience_ms: u64,
+    /// features: how often the job checks that Redis still holds its
+    /// partitions' values (and republishes them when not), in milliseconds.
+    #[arg(long, env = "SLUICE_REDIS_CHECK_INTERVAL_MS", default_value_t = 2_000)]
+    pub redis_check_interval_ms: u64,
+}
+
+impl RedisArgs {
+    pub fn patience(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.redis_patience_ms)
+    }
+
+    pub fn check_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.redis_check_interval_ms.max(1))
+    }
+
+    /// A connection that waits out outages up to `--redis-patience-ms`.
+    pub async fn connect(&self) -> crate::redis_conn::Result<crate::redis_conn::RedisConn> {
+        crate::redis_conn::RedisConn::connect(&self.redis_url, self.patience()).await
+    }
 }
 
 /// Limits of the guest sandbox (README "Guest limits").
@@ -244,6 +267,10 @@ pub struct GuestArgs {
     /// Keyed-state entries one guest call may create.
     #[arg(long, env = "SLUICE_GUEST_NEW_KEYS_PER_CALL", default_value_t = 1_000_000)]
     pub guest_new_keys_per_call: usize,
+    /// Keyed-state entries one partition's state may hold in all (about 40
+    /// bytes of host memory each).
+    #[arg(long, env = "SLUICE_STATE_MAX_KEYS_PER_PARTITION", default_value_t = 2_000_000)]
+    pub state_max_keys_per_partition: usize,
     /// Time the failure policy may spend isolating the records a guest fails
     /// on in one batch, in milliseconds; then failing parts go to the
     /// dead-letter topic whole.
@@ -259,6 +286,7 @@ impl GuestArgs {
             table_elements: self.guest_table_elements,
             fuel: self.guest_fuel,
             new_keys_per_call: self.guest_new_keys_per_call,
+            keys_per_partition: self.state_max_keys_per_partition,
             isolation_budget: std::time::Duration::from_millis(self.guest_isolation_budget_ms),
         }
     }

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod kafka;
 pub mod lineage;
 pub mod model;
+pub mod redis_conn;
 pub mod registry;
 pub mod runtime;
 pub mod sinks;

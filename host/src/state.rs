@@ -35,7 +35,20 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Default, Clone)]
 pub struct PartitionState {
     pub next_offset: i64,
+    /// The guest's keyed state.
     pub values: HashMap<i64, i64>,
+    /// The latest feature of each user the partition emitted: what Redis
+    /// serves, kept so a Redis that lost its keys is republished from here
+    /// rather than by a replay from Kafka.
+    pub latest: HashMap<i32, Latest>,
+}
+
+/// A user's latest feature and the source offset it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latest {
+    pub total_transactions_count: i32,
+    pub as_of_timestamp_millis: i64,
+    pub source_offset: i64,
 }
 
 /// The stored form: keys in order, so equal state gives equal bytes.
@@ -43,6 +56,9 @@ pub struct PartitionState {
 struct Stored {
     next_offset: i64,
     values: BTreeMap<i64, i64>,
+    /// Absent in checkpoints written before the serving view was kept.
+    #[serde(default)]
+    latest: BTreeMap<i32, Latest>,
     /// The module whose outputs the state reflects last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     module_sha256: Option<String>,
@@ -172,6 +188,20 @@ impl Checkpoints {
         Ok(handoffs)
     }
 
+    /// The partitions that have checkpoints under this name, ascending.
+    pub async fn partitions(&self) -> Result<Vec<i32>> {
+        let root = self.storage.path(&format!("_checkpoints/{}", self.name));
+        let mut partitions: Vec<i32> = self
+            .list(&root)
+            .await?
+            .iter()
+            .filter_map(|o| partition_in_path(&o.location))
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        Ok(partitions)
+    }
+
     /// Where a partition's checkpoints live, for messages.
     pub fn describe(&self, partition: i32) -> String {
         format!("{}/{}", self.storage.url.trim_end_matches('/'), self.folder(partition))
@@ -235,7 +265,7 @@ impl Checkpoints {
             }
             return Ok(PartitionState {
                 next_offset: first_offset,
-                values: HashMap::new(),
+                ..PartitionState::default()
             });
         };
         let path = self.path(partition, offset);
@@ -266,6 +296,7 @@ impl Checkpoints {
         Ok(PartitionState {
             next_offset: stored.next_offset,
             values: stored.values.into_iter().collect(),
+            latest: stored.latest.into_iter().collect(),
         })
     }
 
@@ -282,6 +313,7 @@ impl Checkpoints {
         let stored = Stored {
             next_offset: state.next_offset,
             values: state.values.iter().map(|(k, v)| (*k, *v)).collect(),
+            latest: state.latest.iter().map(|(k, v)| (*k, *v)).collect(),
             module_sha256: self.module_sha256.clone(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(|e| Self::error(&path, e))?;
@@ -343,6 +375,7 @@ mod tests {
         PartitionState {
             next_offset,
             values: values.iter().copied().collect(),
+            ..PartitionState::default()
         }
     }
 

@@ -9,7 +9,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::verify::verify_outputs;
+use std::sync::{Arc, Mutex};
+
+use common::redis_server::RedisServer;
+use common::verify::{verify_outputs, verify_outputs_with_redis};
 use common::*;
 use redis::AsyncCommands;
 use sluice::kafka::partitioner::partition_of;
@@ -21,25 +24,49 @@ const STALL: Duration = Duration::from_secs(9);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn zombies_that_wake_up_mid_batch_cannot_corrupt_outputs() {
-    let topic = unique("zombies");
+    zombie_scenario("zombies", None).await;
+}
+
+/// The zombie scenario again, with its own Redis (append-only, an fsync per
+/// write, as production claims need) SIGKILLed and restarted while each
+/// zombie is stalled for the second time: the claims that fence zombies
+/// survive the restart, the jobs reconnect, and every output stays exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn zombies_cannot_corrupt_outputs_across_a_redis_restart() {
+    let server = Arc::new(Mutex::new(RedisServer::start(true)));
+    zombie_scenario("zombies-redis-restart", Some(server)).await;
+}
+
+/// Two members per job; one of each stalls three times, each time past its
+/// session, right after claiming a batch or while writing it. With `redis`,
+/// the jobs use that server, which is restarted during each second stall.
+async fn zombie_scenario(name: &str, redis: Option<Arc<Mutex<RedisServer>>>) {
+    let topic = unique(name);
     setup_topic_with(&topic, 4);
     let (_lake, url) = local_lake();
     let records = 54_000u64;
     let producer = spawn_producer(&topic, records, 1500);
+    let redis_url = match &redis {
+        Some(server) => server.lock().expect("server").url(),
+        None => env("SLUICE_REDIS_URL"),
+    };
 
-    // Two members per job; one of each stalls three times, each time past its
-    // session, right after claiming a batch or while writing it.
     let mut members = Vec::new();
     let mut stallers = Vec::new();
+    let mut restarts = Vec::new();
     for job in ["backup", "features"] {
         let group = format!("{topic}-{job}");
-        let args = job_args(job, &topic, &group, &url);
+        let mut args = job_args(job, &topic, &group, &url);
+        args.extend(["--redis-url".to_string(), redis_url.clone()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         members.push(spawn_sluice(&args, &[]));
         let mut zombie = spawn_sluice(
             &args,
             &[("SLUICE_STALL_AT", "after-guest:2,after-upload:5,after-guest:9")],
         );
+        let redis = redis.clone();
+        let (restarted, restart_seen) = std::sync::mpsc::channel();
+        restarts.push(restart_seen);
         stallers.push(std::thread::spawn(move || {
             for stall in 1..=3 {
                 assert!(
@@ -50,13 +77,23 @@ async fn zombies_that_wake_up_mid_batch_cannot_corrupt_outputs() {
                 let pid = zombie.child.id();
                 signal(pid, "STOP");
                 // The stall itself (a GC pause, a frozen VM), past the session.
-                std::thread::sleep(STALL);
+                let stalled_at = std::time::Instant::now();
+                if let (2, Some(server)) = (stall, &redis) {
+                    server.lock().expect("server").restart();
+                    let _ = restarted.send(());
+                }
+                std::thread::sleep(STALL.saturating_sub(stalled_at.elapsed()));
                 signal(pid, "CONT");
             }
             zombie
         }));
     }
     let zombies: Vec<Running> = stallers.into_iter().map(|s| s.join().expect("staller")).collect();
+    if redis.is_some() {
+        for seen in restarts {
+            seen.recv().expect("redis restarted during a stall");
+        }
+    }
     assert!(producer.child.wait_with_output().expect("producer").status.success());
     for job in ["backup", "features"] {
         wait_group_caught_up(&topic, &format!("{topic}-{job}"), Duration::from_secs(180));
@@ -74,7 +111,7 @@ async fn zombies_that_wake_up_mid_batch_cannot_corrupt_outputs() {
         fenced > 0,
         "no zombie ever lost its partitions: the scenario did not happen"
     );
-    verify_outputs(&topic, &url, records).await;
+    verify_outputs_with_redis(&topic, &url, records, &redis_url).await;
 }
 
 /// Half of each user's records come from a producer with librdkafka's

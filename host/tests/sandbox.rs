@@ -256,3 +256,67 @@ async fn a_guest_that_creates_too_many_keys_in_one_call_is_split_until_it_fits()
     })
     .await;
 }
+
+/// Peak resident memory of a process so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("kB");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_creates_a_million_keys_per_call_stays_within_the_state_budget() {
+    // Every call of this guest creates a million entries of its own. Per
+    // call that is allowed here (2,000,000 new keys), so only the total
+    // budget of the partition (100,000 keys) stops it: each call fails at
+    // the budget, like any other limit, and its records go to the
+    // dead-letter topic alone. Forty-one batches of three records:
+    // unbounded, the state would reach 41 million entries (gigabytes).
+    let topic = unique("hostile-hoard-keys");
+    setup_topic_with(&topic, 1);
+    let transactions = transactions();
+    produce_transactions(&topic, &transactions).await;
+    let (_dir, url) = local_lake();
+    let module = test_module("hoard_keys.wasm");
+    let args = features_args(
+        &topic,
+        &url,
+        &module,
+        &[
+            "--batch-size",
+            "3",
+            "--guest-new-keys-per-call",
+            "2000000",
+            "--state-max-keys-per-partition",
+            "100000",
+        ],
+    );
+    let mut job = spawn_sluice(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    wait_group_caught_up(
+        &topic,
+        &format!("{topic}-features"),
+        std::time::Duration::from_secs(300),
+    );
+    let peak = peak_rss(job.child.id());
+    let log = job.log();
+    let (status, stdout) = job.terminate();
+    assert!(status.success(), "the job stopped:\n{log}");
+    let reason = "the partition's state would hold more than 100000 keys";
+    assert!(log.contains(reason), "{log}");
+
+    let letters = read_topic(&format!("{topic}-dlq"));
+    assert_eq!(letters.len(), transactions.len(), "every call fails at the budget");
+    for letter in &letters {
+        assert!(letter.headers["sluice.reason"].contains(reason), "{:?}", letter.headers);
+    }
+    let rows = feature_rows(&url).await;
+    assert_eq!(
+        rows.len() + letters.len(),
+        transactions.len(),
+        "every record counted or dead-lettered"
+    );
+    assert_eq!(report(&stdout)["dead_lettered"], letters.len() as u64, "{stdout}");
+    println!("peak resident memory {} MiB", peak >> 20);
+    assert!(peak < 300 << 20, "peak resident memory {} MiB", peak >> 20);
+}

@@ -69,6 +69,9 @@ impl BackupJob {
         let sink = ParquetSink::new(self.storage.clone(), &self.kafka.topic);
         let mut report = BackupReport::default();
         while let Some(batch) = consuming.next_batch().await? {
+            if batch.is_empty() {
+                continue;
+            }
             // A batch boundary: a staged module takes over here.
             swap.swap_staged(&mut guest);
             if !consuming.fence(&batch).await? {

@@ -15,14 +15,14 @@
 //!
 //! Keys: `<prefix>:claims:<group>:<topic>:<partition>`, a hash from first
 //! offset to end. Production Redis needs persistence (AOF) for claims to
-//! survive a Redis restart.
+//! survive a Redis restart. A Redis that stops answering for a while is
+//! waited out (`redis_conn`): every command here is idempotent.
 
 use std::collections::HashMap;
 
 use redis::Script;
-use redis::aio::MultiplexedConnection;
 
-use crate::sinks::redis::{Error, redis_error};
+use crate::redis_conn::{Error, RedisConn};
 
 /// KEYS: one hash per partition. ARGV: (first offset, end) per key, then the
 /// hash's time to live in seconds. Returns the agreed end of each.
@@ -53,8 +53,7 @@ pub struct Range {
 }
 
 pub struct Claims {
-    connection: MultiplexedConnection,
-    url: String,
+    connection: RedisConn,
     key_prefix: String,
     script: Script,
     /// First offsets this process claimed, per partition.
@@ -63,14 +62,13 @@ pub struct Claims {
 
 impl Claims {
     /// Claims of `group` on `topic`, under `<prefix>:claims:`.
-    pub async fn connect(url: &str, prefix: &str, group: &str, topic: &str) -> Result<Self, Error> {
-        Ok(Self {
-            connection: crate::sinks::redis::connect(url).await?,
-            url: url.to_string(),
+    pub fn new(connection: RedisConn, prefix: &str, group: &str, topic: &str) -> Self {
+        Self {
+            connection,
             key_prefix: format!("{prefix}:claims:{group}:{topic}"),
             script: Script::new(CLAIM),
             made: HashMap::new(),
-        })
+        }
     }
 
     fn key(&self, partition: i32) -> String {
@@ -91,10 +89,7 @@ impl Claims {
                 .arg(range.end);
         }
         invocation.arg(CLAIM_TTL_SECONDS);
-        let agreed: Vec<i64> = invocation
-            .invoke_async(&mut self.connection)
-            .await
-            .map_err(redis_error(&self.url))?;
+        let agreed: Vec<i64> = self.connection.invoke("claiming a batch's range", &invocation).await?;
         for range in ranges {
             self.made.entry(range.partition).or_default().push(range.first);
         }
@@ -112,12 +107,9 @@ impl Claims {
         }
         made.retain(|o| *o >= committed);
         let key = self.key(partition);
-        redis::cmd("HDEL")
-            .arg(&key)
-            .arg(&stale)
-            .query_async::<i64>(&mut self.connection)
-            .await
-            .map_err(redis_error(&self.url))?;
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(&key).arg(&stale);
+        self.connection.query::<i64>("deleting stale claims", &cmd).await?;
         Ok(())
     }
 }

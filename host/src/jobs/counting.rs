@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use crate::kafka::partitioner::partition_of;
 use crate::model::{FeatureEvent, write_transaction_key};
 use crate::runtime::{FeatureOutcome, FeaturesGuest, WitTransaction};
-use crate::state::PartitionState;
+use crate::state::{Latest, PartitionState};
 
 /// What to do with a record that is not on its user's partition (a producer
 /// partitioned it with something other than murmur2 of the user id). Counts
@@ -91,13 +91,24 @@ pub fn count(
     };
     for (index, (offset, outcome)) in offsets.iter().zip(outcomes).enumerate() {
         match outcome {
-            Ok(FeatureOutcome::Emit(f)) => counted.events.push(FeatureEvent {
-                user_id: f.user_id,
-                total_transactions_count: f.total_transactions_count,
-                as_of_timestamp_millis: f.as_of_timestamp_millis,
-                source_partition: partition,
-                source_offset: *offset,
-            }),
+            Ok(FeatureOutcome::Emit(f)) => {
+                // What Redis serves for the user from now on (see `Latest`).
+                state.latest.insert(
+                    f.user_id,
+                    Latest {
+                        total_transactions_count: f.total_transactions_count,
+                        as_of_timestamp_millis: f.as_of_timestamp_millis,
+                        source_offset: *offset,
+                    },
+                );
+                counted.events.push(FeatureEvent {
+                    user_id: f.user_id,
+                    total_transactions_count: f.total_transactions_count,
+                    as_of_timestamp_millis: f.as_of_timestamp_millis,
+                    source_partition: partition,
+                    source_offset: *offset,
+                });
+            }
             Ok(FeatureOutcome::Skip) => {}
             Ok(FeatureOutcome::Reject(reason)) => {
                 counted.rejected.push((index, format!("rejected by guest: {reason}")))

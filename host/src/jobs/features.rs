@@ -4,7 +4,6 @@
 //! user to Redis (real-time inference).
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,6 +24,7 @@ use crate::state::{Checkpoints, PartitionState};
 
 pub use super::counting::OnMispartitioned;
 use super::counting::{Placement, count, mispartitioned_refusal};
+use super::serving::Serving;
 use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, RunOptions, by_partition};
 
 pub const JOB: &str = "transactions-ml-features-job";
@@ -42,6 +42,9 @@ pub struct FeaturesReport {
     pub mispartitioned: u64,
     pub files: u64,
     pub redis_updates: u64,
+    /// Users written to Redis again because Redis had lost them (or never
+    /// had them: a backfill's hand-off), from the keyed state.
+    pub republished: u64,
     /// The module that computed the features at the end (each object's
     /// key-value metadata and each checkpoint name theirs).
     pub module_sha256: String,
@@ -60,15 +63,48 @@ pub struct FeaturesJob {
     pub swap: SwapOptions,
 }
 
+/// The partitions' keyed state this member holds, loaded from checkpoints
+/// as partitions are assigned.
+#[derive(Default)]
+struct Held {
+    states: HashMap<i32, PartitionState>,
+    /// The offset of each partition's newest checkpoint known to exist.
+    saved_at: HashMap<i32, i64>,
+}
+
+impl Held {
+    /// Loads the state of every assigned partition not held yet, and
+    /// publishes it to Redis when Redis lacks it (see `Serving`).
+    async fn load_assigned(
+        &mut self,
+        consuming: &Consuming,
+        checkpoints: &mut Checkpoints,
+        serving: &mut Serving,
+    ) -> Result<()> {
+        for partition in consuming.assigned() {
+            if self.states.contains_key(&partition) {
+                continue;
+            }
+            let start = consuming
+                .start_of(partition)
+                .ok_or_else(|| Error::Other(format!("partition {partition} has no start")))?;
+            let state = checkpoints.resume(partition, start.committed, start.offset).await?;
+            if let Some(committed) = start.committed {
+                self.saved_at.insert(partition, committed);
+            }
+            serving.loaded(partition, &state).await?;
+            self.states.insert(partition, state);
+        }
+        Ok(())
+    }
+}
+
 impl FeaturesJob {
     pub async fn run(self) -> Result<FeaturesReport> {
         let runtime = Runtime::new(self.limits)?;
         let (mut swap, mut guest) = HotSwap::<FeaturesWorld>::start(runtime, &self.module, &self.swap).await?;
-        let mut checkpoints = Checkpoints::new(
-            self.storage.clone(),
-            &checkpoint_name(&self.options.group, &self.kafka.topic),
-        )
-        .with_module(swap.sha256());
+        let name = checkpoint_name(&self.options.group, &self.kafka.topic);
+        let mut checkpoints = Checkpoints::new(self.storage.clone(), &name).with_module(swap.sha256());
         let mut options = self.options.clone();
         options.handoffs = checkpoints.handoffs().await?;
         // Hand-offs not yet superseded by a commit of this process.
@@ -78,18 +114,24 @@ impl FeaturesJob {
         }
         let mut consuming = Consuming::start(&self.kafka, options, JOB, FEATURES_USER, FEATURES_PASSWORD_VAR).await?;
         let mut decoder = Decoder::new(&self.registry);
-        let mut redis = RedisSink::connect(&self.options.redis.redis_url, &self.options.redis.redis_prefix).await?;
+        let mut serving = Serving::new(
+            RedisSink::new(consuming.redis(), &self.options.redis.redis_prefix),
+            &name,
+            self.options.redis.check_interval(),
+        );
         let sink = ParquetSink::new(self.storage.clone(), DATASET);
-        let mut states: HashMap<i32, PartitionState> = HashMap::new();
-        // The offset of each partition's newest checkpoint known to exist.
-        let mut saved_at: HashMap<i32, i64> = HashMap::new();
+        let mut held = Held::default();
         let mut report = FeaturesReport::default();
         while let Some(batch) = consuming.next_batch().await? {
             if consuming.assignment_changed() {
                 // Partitions may have moved: state is reloaded from the
                 // checkpoints, which the previous owners wrote last.
-                states.clear();
-                saved_at.clear();
+                held = Held::default();
+            }
+            held.load_assigned(&consuming, &mut checkpoints, &mut serving).await?;
+            serving.check(&held.states).await?;
+            if batch.is_empty() {
+                continue;
             }
             decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
             let readers = decoder.readers();
@@ -103,19 +145,10 @@ impl FeaturesJob {
             // records leave the last checkpoint under another name.
             for (partition, records) in by_partition(&batch) {
                 let first_offset = records[0].offset;
-                let state = match states.entry(partition) {
-                    Entry::Occupied(entry) => entry.into_mut(),
-                    Entry::Vacant(entry) => {
-                        let start = consuming
-                            .start_of(partition)
-                            .ok_or_else(|| Error::Other(format!("partition {partition} has no start")))?;
-                        let state = checkpoints.resume(partition, start.committed, start.offset).await?;
-                        if let Some(committed) = start.committed {
-                            saved_at.insert(partition, committed);
-                        }
-                        entry.insert(state)
-                    }
-                };
+                let state = held
+                    .states
+                    .get_mut(&partition)
+                    .ok_or_else(|| Error::Other(format!("partition {partition} is not assigned to this member")))?;
                 if first_offset < state.next_offset {
                     return Err(Error::Other(format!(
                         "partition {partition}: the state already reflects offsets below {} but the batch starts at \
@@ -123,10 +156,10 @@ impl FeaturesJob {
                         state.next_offset
                     )));
                 }
-                if saved_at.get(&partition) != Some(&first_offset) {
+                if held.saved_at.get(&partition) != Some(&first_offset) {
                     state.next_offset = first_offset;
                     checkpoints.save(partition, state).await?;
-                    saved_at.insert(partition, first_offset);
+                    held.saved_at.insert(partition, first_offset);
                 }
             }
             // A batch boundary: a staged module takes over here (after the
@@ -146,12 +179,11 @@ impl FeaturesJob {
             let mut touched = Vec::new();
             for (partition, records) in by_partition(&batch) {
                 let first_offset = records[0].offset;
-                let Some(state) = states.get_mut(&partition) else {
+                let Some(state) = held.states.get_mut(&partition) else {
                     continue;
                 };
                 // The fence committed the first offset: older checkpoints are stale.
                 checkpoints.forget_below(partition, first_offset).await?;
-
                 let mut inputs = Vec::with_capacity(records.len());
                 let mut input_records = Vec::with_capacity(records.len());
                 for record in &records {
@@ -208,18 +240,19 @@ impl FeaturesJob {
                 report.features += partition_events.len() as u64;
                 events.extend(partition_events);
             }
-            report.redis_updates += redis.write_latest(&events).await? as u64;
+            report.redis_updates += serving.write_latest(&events).await? as u64;
             crate::fault::point("after-redis");
             for partition in touched {
-                if let Some(state) = states.get(&partition) {
+                if let Some(state) = held.states.get(&partition) {
                     checkpoints.save(partition, state).await?;
-                    saved_at.insert(partition, state.next_offset);
+                    held.saved_at.insert(partition, state.next_offset);
                     crate::fault::point("mid-checkpoint");
                 }
             }
             consuming.done(&batch).await?;
         }
         report.throughput = consuming.throughput(report.records);
+        report.republished = serving.republished;
         report.module_sha256 = swap.sha256().to_string();
         report.swaps = swap.swaps();
         Ok(report)

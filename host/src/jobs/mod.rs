@@ -8,6 +8,8 @@ pub mod counting;
 pub mod features;
 pub mod produce;
 pub mod rebuild;
+pub mod republish;
+pub mod serving;
 pub mod setup;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -20,6 +22,7 @@ use crate::config::{KafkaArgs, RedisArgs};
 use crate::dlq::DeadLetters;
 use crate::kafka::starting_offsets::{OnDataLoss, Start};
 use crate::kafka::{Commit, Consumed, Position, Source, producer};
+use crate::redis_conn::RedisConn;
 
 use self::claims::{Claims, Range};
 
@@ -66,6 +69,8 @@ pub struct RunOptions {
 pub struct Consuming {
     source: Source,
     claims: Claims,
+    /// The Redis connection claims use, shared with the job's other writes.
+    redis: RedisConn,
     stop: watch::Receiver<bool>,
     options: RunOptions,
     pub dead_letters: DeadLetters,
@@ -110,17 +115,13 @@ impl Consuming {
             options.handoffs.clone(),
         )?;
         let dead_letters = DeadLetters::new(producer::create(config)?, &kafka.dlq_topic, &kafka.topic, job);
-        let claims = Claims::connect(
-            &options.redis.redis_url,
-            &options.redis.redis_prefix,
-            &options.group,
-            &kafka.topic,
-        )
-        .await?;
+        let redis = options.redis.connect().await?;
+        let claims = Claims::new(redis.clone(), &options.redis.redis_prefix, &options.group, &kafka.topic);
         tracing::info!(job, topic = %kafka.topic, group = %options.group, "consuming");
         Ok(Self {
             source,
             claims,
+            redis,
             stop: stop_signal(),
             options,
             dead_letters,
@@ -153,6 +154,8 @@ impl Consuming {
     /// The next claimed batch, or `None` once the job should stop: on
     /// SIGINT/SIGTERM, or when it was asked to stop once the group has
     /// caught up and it has. Call `fence` before writing any of its outputs.
+    /// An empty batch is an idle tick (the topic is quiet): it comes about
+    /// every `max_wait`, so a job can do its housekeeping between records.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<Consumed>>> {
         while !*self.stop.borrow() {
             let batch = self
@@ -174,7 +177,7 @@ impl Consuming {
                         Err(e) => tracing::warn!(error = %e, "cannot tell whether caught up yet"),
                     }
                 }
-                continue;
+                return Ok(Some(Vec::new()));
             }
             self.first_batch_at.get_or_insert_with(Instant::now);
             let batch = self.agree(batch).await?;
@@ -296,6 +299,16 @@ impl Consuming {
     /// Where an assigned partition started: its committed offset and more.
     pub fn start_of(&self, partition: i32) -> Option<Start> {
         self.source.start(partition)
+    }
+
+    /// The Redis connection of this job (claims, and the features' writes).
+    pub fn redis(&self) -> RedisConn {
+        self.redis.clone()
+    }
+
+    /// The partitions assigned to this member, as of the last assignment.
+    pub fn assigned(&self) -> Vec<i32> {
+        self.source.assigned()
     }
 
     /// Partitions of the topic, as of the last assignment.

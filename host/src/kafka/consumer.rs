@@ -313,6 +313,13 @@ impl Source {
         self.context.lock().starts.get(&partition).copied()
     }
 
+    /// The partitions assigned to this member, ascending.
+    pub fn assigned(&self) -> Vec<i32> {
+        let mut partitions: Vec<i32> = self.context.lock().starts.keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
     /// Partitions of the topic, as of the last assignment.
     pub fn partition_count(&self) -> Option<i32> {
         self.context.lock().partition_count

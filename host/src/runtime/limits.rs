@@ -1,6 +1,6 @@
 //! What one guest store may take: a deadline and optional fuel per call, a
-//! memory and table budget over the whole store, a few instances, and a cap
-//! on the keyed-state entries one call may create.
+//! memory and table budget over the whole store, a few instances, and caps
+//! on the keyed-state entries one call may create and one partition may hold.
 
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ pub struct Limits {
     /// Keyed-state entries one call may create (keys it sets that did not
     /// exist before the call).
     pub new_keys_per_call: usize,
+    /// Keyed-state entries one partition's state may hold in all: a call
+    /// that would pass it fails like any other limit.
+    pub keys_per_partition: usize,
     /// How long the failure policy may spend isolating the records a guest
     /// fails on in one batch (`isolate`).
     pub isolation_budget: Duration,
@@ -37,6 +40,7 @@ impl Default for Limits {
             table_elements: 100_000,
             fuel: None,
             new_keys_per_call: 1_000_000,
+            keys_per_partition: 2_000_000,
             isolation_budget: Duration::from_secs(120),
         }
     }

@@ -29,6 +29,8 @@ pub struct StoreData {
     /// Keys the current call created, and how many it may.
     new_keys: usize,
     new_keys_cap: usize,
+    /// Keys a partition's state may hold in all.
+    keys_cap: usize,
 }
 
 impl StoreData {
@@ -44,6 +46,7 @@ impl StoreData {
             undo: Vec::new(),
             new_keys: 0,
             new_keys_cap: limits.new_keys_per_call,
+            keys_cap: limits.keys_per_partition,
         }
     }
 
@@ -106,6 +109,13 @@ impl keyed_state::Host for StoreData {
                 wasmtime::bail!(
                     "keyed-state limit: the guest created more than {} keys in one call (--guest-new-keys-per-call)",
                     self.new_keys_cap
+                );
+            }
+            if self.state.len() > self.keys_cap {
+                wasmtime::bail!(
+                    "keyed-state limit: the partition's state would hold more than {} keys \
+                     (--state-max-keys-per-partition)",
+                    self.keys_cap
                 );
             }
         }

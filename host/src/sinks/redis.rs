@@ -10,19 +10,19 @@
 //! a replay can neither double count nor move a value backwards; it rewrites
 //! the values of its own offsets, as it rewrites the Parquet objects (with
 //! the same module, the same values).
+//!
+//! Redis is a serving copy of the keyed state, not its source of truth: when
+//! it loses keys, the job republishes them from its state (see `publish` and
+//! the sentinel keys).
+
+use std::collections::HashMap;
 
 use redis::Script;
-use redis::aio::MultiplexedConnection;
 
 use crate::model::FeatureEvent;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("redis at {url}: {source}")]
-    Redis { url: String, source: redis::RedisError },
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
+use crate::redis_conn::RedisConn;
+pub use crate::redis_conn::{Error, Result};
+use crate::state::Latest;
 
 /// KEYS: one hash per user. ARGV: 4 values per key (count, as-of, partition,
 /// offset). Returns how many hashes were written.
@@ -49,20 +49,18 @@ return written
 const KEYS_PER_CALL: usize = 1_000;
 
 pub struct RedisSink {
-    connection: MultiplexedConnection,
+    connection: RedisConn,
     prefix: String,
-    url: String,
     script: Script,
 }
 
 impl RedisSink {
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
-        Ok(Self {
-            connection: connect(url).await?,
+    pub fn new(connection: RedisConn, prefix: &str) -> Self {
+        Self {
+            connection,
             prefix: prefix.to_string(),
-            url: url.to_string(),
             script: Script::new(FENCED_WRITE),
-        })
+        }
     }
 
     pub fn key(&self, user_id: i32) -> String {
@@ -72,46 +70,92 @@ impl RedisSink {
     /// Writes the latest event per user of `events` (later events win), fenced
     /// by source offset. Returns how many users were updated.
     pub async fn write_latest(&mut self, events: &[FeatureEvent]) -> Result<usize> {
-        let mut latest: std::collections::HashMap<i32, &FeatureEvent> = std::collections::HashMap::new();
+        let mut latest: HashMap<i32, &FeatureEvent> = HashMap::new();
         for event in events {
             latest.insert(event.user_id, event);
         }
         let latest: Vec<&FeatureEvent> = latest.into_values().collect();
         let mut written = 0;
         for chunk in latest.chunks(KEYS_PER_CALL) {
-            let mut invocation = self.script.prepare_invoke();
-            for event in chunk {
-                invocation
-                    .key(self.key(event.user_id))
-                    .arg(event.total_transactions_count)
-                    .arg(event.as_of_timestamp_millis)
-                    .arg(event.source_partition)
-                    .arg(event.source_offset);
-            }
-            let n: usize = invocation
-                .invoke_async(&mut self.connection)
-                .await
-                .map_err(redis_error(&self.url))?;
-            written += n;
+            let rows = chunk.iter().map(|e| {
+                (
+                    e.user_id,
+                    Latest {
+                        total_transactions_count: e.total_transactions_count,
+                        as_of_timestamp_millis: e.as_of_timestamp_millis,
+                        source_offset: e.source_offset,
+                    },
+                    e.source_partition,
+                )
+            });
+            written += self.fenced_write(rows).await?;
         }
         Ok(written)
     }
-}
 
-/// A connection to the Redis at `url`, shared by every command on it.
-pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
-    let client = redis::Client::open(url).map_err(redis_error(url))?;
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(redis_error(url))
-}
+    /// Writes every user's latest value of one partition's serving view,
+    /// fenced as any write: a value Redis holds from a newer offset stays.
+    /// Returns how many users were written.
+    pub async fn publish(&mut self, partition: i32, latest: &HashMap<i32, Latest>) -> Result<usize> {
+        let users: Vec<(&i32, &Latest)> = latest.iter().collect();
+        let mut written = 0;
+        for chunk in users.chunks(KEYS_PER_CALL) {
+            written += self
+                .fenced_write(chunk.iter().map(|(user, value)| (**user, **value, partition)))
+                .await?;
+        }
+        Ok(written)
+    }
 
-/// Wraps a Redis failure with the server it happened on.
-pub fn redis_error(url: &str) -> impl FnOnce(redis::RedisError) -> Error + '_ {
-    move |source| Error::Redis {
-        url: url.to_string(),
-        source,
+    async fn fenced_write(&mut self, rows: impl Iterator<Item = (i32, Latest, i32)>) -> Result<usize> {
+        let mut invocation = self.script.prepare_invoke();
+        for (user_id, value, partition) in rows {
+            invocation
+                .key(self.key(user_id))
+                .arg(value.total_transactions_count)
+                .arg(value.as_of_timestamp_millis)
+                .arg(partition)
+                .arg(value.source_offset);
+        }
+        self.connection.invoke("a fenced feature write", &invocation).await
+    }
+
+    /// The key that says a partition's serving view was published to this
+    /// Redis (`<prefix>:published:<group>:<topic>:<partition>`). A Redis that
+    /// lost its data (a flush, a restart without persistence, an empty
+    /// replica after a failover) lost it too.
+    fn sentinel(&self, name: &str, partition: i32) -> String {
+        format!("{}:published:{name}:{partition}", self.prefix)
+    }
+
+    /// Marks a partition as published.
+    pub async fn mark_published(&mut self, name: &str, partition: i32) -> Result<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.sentinel(name, partition)).arg(1);
+        self.connection.query::<()>("marking a partition published", &cmd).await
+    }
+
+    /// Whether a partition's sentinel is still there.
+    pub async fn is_published(&mut self, name: &str, partition: i32) -> Result<bool> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(self.sentinel(name, partition));
+        let n: i64 = self.connection.query("checking a partition's sentinel", &cmd).await?;
+        Ok(n == 1)
+    }
+
+    /// How many of `users` have no value in Redis (keys evicted or deleted
+    /// while the sentinel stayed).
+    pub async fn missing(&mut self, users: &[i32]) -> Result<usize> {
+        if users.is_empty() {
+            return Ok(0);
+        }
+        // EXISTS of many keys counts those that exist, in one round trip.
+        let mut cmd = redis::cmd("EXISTS");
+        for user in users {
+            cmd.arg(self.key(*user));
+        }
+        let present: usize = self.connection.query("sampling feature keys", &cmd).await?;
+        Ok(users.len().saturating_sub(present))
     }
 }
 

@@ -3,6 +3,7 @@
 //! read results back straight from Kafka, object storage and Redis.
 #![allow(dead_code)]
 
+pub mod redis_server;
 pub mod verify;
 
 use std::collections::HashMap;

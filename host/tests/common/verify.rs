@@ -122,6 +122,16 @@ fn assert_disjoint_offset_ranges(objects: &[(String, RecordBatch)]) {
 /// Checks every output of both jobs against the topic's `records` records;
 /// returns the true count per user.
 pub async fn verify_outputs(topic: &str, output_url: &str, records: u64) -> BTreeMap<i32, i64> {
+    verify_outputs_with_redis(topic, output_url, records, &env("SLUICE_REDIS_URL")).await
+}
+
+/// As `verify_outputs`, with the features in the Redis at `redis_url`.
+pub async fn verify_outputs_with_redis(
+    topic: &str,
+    output_url: &str,
+    records: u64,
+    redis_url: &str,
+) -> BTreeMap<i32, i64> {
     let prefix = format!("sluice:test:{topic}");
     // The archive holds exactly the produced records, field for field.
     let truth = produced_rows(topic);
@@ -144,7 +154,11 @@ pub async fn verify_outputs(topic: &str, output_url: &str, records: u64) -> BTre
     for row in &truth {
         *counts.entry(row.0).or_default() += 1;
     }
-    let mut redis = redis().await;
+    let mut redis = redis::Client::open(redis_url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
     for (user, count) in &counts {
         let stored: Option<i64> = redis
             .hget(format!("{prefix}:user:{user}"), "total_transactions_count")
