@@ -90,7 +90,9 @@ impl Serving {
     pub async fn publish(&mut self, partition: i32, state: &PartitionState, reason: &str) -> Result<usize> {
         let started = Instant::now();
         let written = self.sink.publish(partition, &state.latest).await?;
-        self.sink.mark_published(&self.name, partition).await?;
+        self.sink
+            .mark_published(&self.name, partition, state.latest.len())
+            .await?;
         self.republished += written as u64;
         tracing::info!(
             partition,

@@ -128,10 +128,11 @@ impl RedisSink {
         format!("{}:published:{name}:{partition}", self.prefix)
     }
 
-    /// Marks a partition as published.
-    pub async fn mark_published(&mut self, name: &str, partition: i32) -> Result<()> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.sentinel(name, partition)).arg(1);
+    /// Marks a partition as published (a hash, as every key sluice writes,
+    /// holding how many users were published).
+    pub async fn mark_published(&mut self, name: &str, partition: i32, users: usize) -> Result<()> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.sentinel(name, partition)).arg("users").arg(users);
         self.connection.query::<()>("marking a partition published", &cmd).await
     }
 
