@@ -6,7 +6,8 @@
 # the guests (`make guests`); run with `make bench`.
 #
 # Environment: BENCH_COUNT (records, 200000), BENCH_BACKFILL_COUNT (archived
-# records for the backfill row, 5000000; 0 skips it), BENCH_SWAPS (hot swaps
+# records for the backfill row, 5000000; 0 skips it), BENCH_PROBES, BENCH_RATE
+# and BENCH_ROLL_SECONDS (the latency and object-size rows, below), BENCH_SWAPS (hot swaps
 # under load, 20; 0 skips them), BENCH_RESTARTS (restarts they are compared
 # with, 3), PEER_SCRIPT (path to peer.py),
 # SLUICE_BIN (default $CARGO_TARGET_DIR/release/sluice or target/release/sluice).
@@ -129,6 +130,64 @@ PY
     printf '\n%-9s %10s %8s %14s %14s %8s\n' run records objects sluice_rec_s duckdb_rec_s ratio
     python3 -c 'import sys; n, o, s, d = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]); print(f"{sys.argv[1]:<9} {n:10d} {o:8d} {n / s:14.0f} {n / d:14.0f} {d / s:7.2f}x")' \
         backfill "$records" "$objects" "$sluice_s" "$duck_s"
+fi
+
+# Real-time freshness and object sizes at a steady BENCH_RATE (2,000)
+# records/s over 6 partitions: the features and backup jobs run with their
+# default roll settings while the producer loads the topic. The shared
+# redis_latency.py probes Redis (BENCH_PROBES, 150, one every 100 ms), from
+# the broker's acknowledgement to Redis showing the new count. The jobs then
+# run on for BENCH_ROLL_SECONDS (660: two default 5-minute roll intervals),
+# and the objects each rolled before the stop give objects per hour and rows
+# per object.
+PROBES=${BENCH_PROBES:-150}
+if ((PROBES > 0)); then
+    RATE=${BENCH_RATE:-2000}
+    ROLL_SECONDS=${BENCH_ROLL_SECONDS:-660}
+    LATENCY_SCRIPT=${LATENCY_SCRIPT:-$ROOT/../shared/bench/redis_latency.py}
+    t=bench-latency-$(date +%s)
+    "$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" setup --partitions 6 >/dev/null
+    pids=()
+    for job in features backup; do
+        "$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" run --job "$job" --module "modules/$job.wasm" \
+            --group "$t-$job" --output-url "file://$out/$t" --redis-prefix "bench:$t" \
+            >"$out/$t-$job.json" 2>"$out/$t-$job.log" &
+        pids+=($!)
+    done
+    for job in features backup; do
+        for _ in $(seq 600); do grep -q "partitions assigned" "$out/$t-$job.log" && break; sleep 0.1; done
+    done
+    started=$(date +%s.%N)
+    "$SLUICE_BIN" --topic "$t" produce --module modules/producer.wasm --rate "$RATE" \
+        --count $((RATE * (ROLL_SECONDS + PROBES / 10 + 120))) >/dev/null 2>&1 &
+    producer=$!
+    echo
+    SLUICE_REDIS_URL=$SLUICE_REDIS_URL "$VENV/bin/python" "$LATENCY_SCRIPT" "$t" "bench:$t" "$PROBES"
+    sleep "$ROLL_SECONDS"
+    stopped=$(date +%s.%N)
+    kill "$producer" 2>/dev/null || true
+    kill -TERM "${pids[@]}"
+    wait "${pids[@]}" || true
+    "$VENV/bin/python" - "$out/$t" "$t" "$started" "$stopped" "$RATE" <<'PY'
+import os, statistics, sys
+import pyarrow.parquet as pq
+root, topic, started, stopped, rate = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+hours = (stopped - started) / 3600
+print(f"\n{'dataset':<22} {'objects':>8} {'per_hour':>9} {'rows_min':>9} {'rows_median':>12}   (at {rate} records/s, 6 partitions)")
+for dataset in (topic, "transactions_features"):
+    rows = []
+    for folder, _, files in os.walk(os.path.join(root, dataset)):
+        for name in files:
+            path = os.path.join(folder, name)
+            # Objects rolled while the producer ran, not the ones the stop rolled.
+            if name.endswith(".parquet") and os.path.getmtime(path) < stopped - 1:
+                rows.append(pq.ParquetFile(path).metadata.num_rows)
+    if rows:
+        print(f"{dataset[:22]:<22} {len(rows):8d} {len(rows) / hours:9.0f} {min(rows):9d} {statistics.median(rows):12.0f}")
+    else:
+        print(f"{dataset[:22]:<22} {0:8d}   (none rolled within {hours * 3600:.0f} s)")
+PY
+    redis-cli --scan --pattern "bench:$t:*" | xargs -r -n 500 redis-cli del >/dev/null
 fi
 
 # Hot swap: 20 swaps of the features module under load (BENCH_SWAPS),

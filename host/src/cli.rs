@@ -81,15 +81,25 @@ pub enum Command {
         /// Consumer group; defaults to the job's name.
         #[arg(long)]
         group: Option<String>,
-        /// Records per batch at most.
-        #[arg(long, default_value_t = 50_000)]
+        /// Records per micro-batch at most (what the real-time path takes at once).
+        #[arg(long, env = "SLUICE_BATCH_SIZE", default_value_t = 10_000)]
         batch_size: usize,
-        /// Close a batch after this many milliseconds without a record.
-        #[arg(long, default_value_t = 200)]
+        /// The topic counts as quiet after this many milliseconds without a
+        /// record (--until-caught-up rolls open objects then).
+        #[arg(long, env = "SLUICE_IDLE_MS", default_value_t = 200)]
         idle_ms: u64,
-        /// Close a batch at this age (milliseconds) at the latest.
-        #[arg(long, default_value_t = 2_000)]
+        /// A micro-batch closes at this age (milliseconds) at the latest.
+        #[arg(long, env = "SLUICE_MAX_WAIT_MS", default_value_t = 10)]
         max_wait_ms: u64,
+        /// A partition's Parquet object rolls once it holds this many records.
+        #[arg(long, env = "SLUICE_ROLL_ROWS", default_value_t = 1_000_000)]
+        roll_rows: usize,
+        /// ... or this many bytes of consumed keys and values (MiB).
+        #[arg(long, env = "SLUICE_ROLL_MB", default_value_t = 64)]
+        roll_mb: usize,
+        /// ... or once its first record arrived this many milliseconds ago.
+        #[arg(long, env = "SLUICE_ROLL_INTERVAL_MS", default_value_t = 300_000)]
+        roll_interval_ms: u64,
         /// Consumer session timeout: how soon partitions of a member that
         /// died move to the others.
         #[arg(long, env = "SLUICE_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
@@ -262,6 +272,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             batch_size,
             idle_ms,
             max_wait_ms,
+            roll_rows,
+            roll_mb,
+            roll_interval_ms,
             session_timeout_ms,
             until_caught_up,
             on_data_loss,
@@ -280,6 +293,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 batch_size: batch_size.max(1),
                 idle: Duration::from_millis(idle_ms.max(1)),
                 max_wait: Duration::from_millis(max_wait_ms.max(1)),
+                roll: jobs::rolling::RollPolicy {
+                    rows: roll_rows.max(1),
+                    bytes: roll_mb.max(1).saturating_mul(1 << 20),
+                    interval: Duration::from_millis(roll_interval_ms.max(1)),
+                },
                 session_timeout: Duration::from_millis(session_timeout_ms),
                 until_caught_up,
                 on_data_loss,

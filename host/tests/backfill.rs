@@ -203,7 +203,12 @@ async fn backfill_is_idempotent_resumable_and_counts_a_record_once() {
     setup_topic_with(&topic, 3);
     produce(&topic, 9_000, 0);
     let (archive_dir, archive) = local_lake();
-    run_job("backup", &topic, &archive, &["--batch-size", "500"]);
+    run_job(
+        "backup",
+        &topic,
+        &archive,
+        &["--batch-size", "500", "--roll-rows", "500"],
+    );
     let expected = expected_feature_rows(&topic);
 
     // One archive object stored twice, under a second name.
@@ -469,7 +474,12 @@ async fn people_watch_a_backfill_on_a_terminal_or_in_the_log() {
     setup_topic_with(&topic, 2);
     produce(&topic, 4_000, 0);
     let (_archive_dir, archive) = local_lake();
-    run_job("backup", &topic, &archive, &["--batch-size", "500"]);
+    run_job(
+        "backup",
+        &topic,
+        &archive,
+        &["--batch-size", "500", "--roll-rows", "500"],
+    );
 
     // No terminal: a log line every interval.
     let (_logged_dir, logged) = local_lake();

@@ -189,6 +189,11 @@ impl<W: World> HotSwap<W> {
         &self.current.file().sha256
     }
 
+    /// True when a module waits to be swapped in.
+    pub fn is_staged(&self) -> bool {
+        self.shared.lock().staged.is_some()
+    }
+
     /// At a batch boundary: replaces `guest` by the staged module's guest,
     /// if one is staged. True when it did.
     pub fn swap_staged(&mut self, guest: &mut Guest<W>) -> bool {

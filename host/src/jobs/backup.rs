@@ -20,7 +20,7 @@ use crate::registry::Registry;
 use crate::runtime::{Limits, RawFilterWorld, RawRecord, Runtime, Verdict};
 use crate::sinks::parquet::ParquetSink;
 
-use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, RunOptions, by_partition};
+use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, RunOptions, Step, by_partition};
 
 pub const JOB: &str = "transactions-job-backup";
 
@@ -68,10 +68,11 @@ impl BackupJob {
         let mut layout = self.latest_layout(&subject).await?;
         let sink = ParquetSink::new(self.storage.clone(), &self.kafka.topic);
         let mut report = BackupReport::default();
-        while let Some(batch) = consuming.next_batch().await? {
-            if batch.is_empty() {
+        while let Some(step) = consuming.next().await? {
+            // The backup job has no real-time output: it works per roll.
+            let Step::Roll(batch) = step else {
                 continue;
-            }
+            };
             // A batch boundary: a staged module takes over here.
             swap.swap_staged(&mut guest);
             if !consuming.fence(&batch).await? {

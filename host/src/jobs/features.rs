@@ -3,7 +3,7 @@
 //! goes to Parquet (history for analysts and training) and the latest per
 //! user to Redis (real-time inference).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -11,13 +11,14 @@ use arrow_array::{Int32Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::Serialize;
 
-use crate::avro::{Decoder, transaction_from_value};
+use crate::avro::{Decoder, Readers, transaction_from_value};
 use crate::config::{KafkaArgs, Storage};
 use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
+use crate::kafka::Consumed;
 use crate::lineage::module_metadata;
 use crate::model::FeatureEvent;
 use crate::registry::Registry;
-use crate::runtime::{FeaturesWorld, Limits, Runtime, WitTransaction};
+use crate::runtime::{FeaturesGuest, FeaturesWorld, Limits, Runtime, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
 use crate::state::{Checkpoints, PartitionState};
@@ -25,7 +26,7 @@ use crate::state::{Checkpoints, PartitionState};
 pub use super::counting::OnMispartitioned;
 use super::counting::{Placement, count, mispartitioned_refusal};
 use super::serving::Serving;
-use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, RunOptions, by_partition};
+use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, RunOptions, Step, by_partition};
 
 pub const JOB: &str = "transactions-ml-features-job";
 /// The Parquet dataset of feature events.
@@ -99,164 +100,328 @@ impl Held {
     }
 }
 
+/// What the real-time path made of an open object's records, until it
+/// rolls: the feature events it emitted and the records it left out.
+#[derive(Default)]
+struct OpenOutputs {
+    events: Vec<FeatureEvent>,
+    /// Dead letters, sent once the object's range passed the fence.
+    left_out: Vec<(Consumed, String)>,
+}
+
+impl OpenOutputs {
+    /// The outputs of the records below `end`; the rest stays open.
+    fn take_below(&mut self, end: i64) -> (Vec<FeatureEvent>, Vec<(Consumed, String)>) {
+        let events_cut = self.events.partition_point(|e| e.source_offset < end);
+        let letters_cut = self.left_out.partition_point(|(r, _)| r.offset < end);
+        (
+            self.events.drain(..events_cut).collect(),
+            self.left_out.drain(..letters_cut).collect(),
+        )
+    }
+}
+
+/// What the feature logic made of one partition's records.
+struct Processed {
+    events: Vec<FeatureEvent>,
+    left_out: Vec<(Consumed, String)>,
+    mispartitioned: u64,
+}
+
+/// Decodes one partition's records, checks their placement and counts them
+/// through the guest over `state`: the same for the real-time path and for
+/// the recount of a range an earlier claim cut short.
+fn process(
+    records: &[&Consumed],
+    partition: i32,
+    state: &mut PartitionState,
+    guest: &mut FeaturesGuest,
+    readers: &Readers<'_>,
+    placement: &mut Placement,
+    on_mispartitioned: OnMispartitioned,
+) -> Result<Processed> {
+    let mut processed = Processed {
+        events: Vec::new(),
+        left_out: Vec::new(),
+        mispartitioned: 0,
+    };
+    let mut inputs = Vec::with_capacity(records.len());
+    let mut input_records = Vec::with_capacity(records.len());
+    for record in records {
+        let decoded = readers
+            .decode(record.value.as_deref())
+            .and_then(|(_, v)| transaction_from_value(&v));
+        let tx = match decoded {
+            Ok(tx) => tx,
+            Err(e) => {
+                processed.left_out.push(((*record).clone(), e.to_string()));
+                continue;
+            }
+        };
+        if let Some(reason) = placement.misplaced(tx.user_id, partition, record.offset) {
+            processed.mispartitioned += 1;
+            match on_mispartitioned {
+                OnMispartitioned::Fail => return Err(mispartitioned_refusal(&reason)),
+                OnMispartitioned::DeadLetter => {
+                    processed.left_out.push(((*record).clone(), reason));
+                    continue;
+                }
+            }
+        }
+        inputs.push(WitTransaction {
+            user_id: tx.user_id,
+            transaction_timestamp_millis: tx.transaction_timestamp_millis,
+            amount: tx.amount,
+            currency: tx.currency,
+            counterpart_id: tx.counterpart_id,
+        });
+        input_records.push(*record);
+    }
+    let offsets: Vec<i64> = input_records.iter().map(|r| r.offset).collect();
+    let counted = count(guest, state, partition, &offsets, &inputs);
+    for (index, reason) in counted.rejected {
+        processed.left_out.push((input_records[index].clone(), reason));
+    }
+    // In offset order, as the dead letters of one object are sent.
+    processed.left_out.sort_by_key(|(r, _)| r.offset);
+    processed.events = counted.events;
+    Ok(processed)
+}
+
+/// One run of the features job: the real-time path per micro-batch, the
+/// durable path per roll.
+struct Run {
+    job: FeaturesJob,
+    swap: HotSwap<FeaturesWorld>,
+    guest: FeaturesGuest,
+    checkpoints: Checkpoints,
+    decoder: Decoder,
+    serving: Serving,
+    sink: ParquetSink,
+    held: Held,
+    open: HashMap<i32, OpenOutputs>,
+    /// Hand-offs not yet superseded by a commit of this process.
+    handoffs: BTreeMap<i32, i64>,
+    report: FeaturesReport,
+}
+
 impl FeaturesJob {
     pub async fn run(self) -> Result<FeaturesReport> {
         let runtime = Runtime::new(self.limits)?;
-        let (mut swap, mut guest) = HotSwap::<FeaturesWorld>::start(runtime, &self.module, &self.swap).await?;
+        let (swap, guest) = HotSwap::<FeaturesWorld>::start(runtime, &self.module, &self.swap).await?;
         let name = checkpoint_name(&self.options.group, &self.kafka.topic);
-        let mut checkpoints = Checkpoints::new(self.storage.clone(), &name).with_module(swap.sha256());
+        let checkpoints = Checkpoints::new(self.storage.clone(), &name).with_module(swap.sha256());
         let mut options = self.options.clone();
         options.handoffs = checkpoints.handoffs().await?;
-        // Hand-offs not yet superseded by a commit of this process.
-        let mut handoffs = options.handoffs.clone();
         if !options.handoffs.is_empty() {
             tracing::info!(handoffs = ?options.handoffs, "a backfill left state for this group");
         }
+        let handoffs = options.handoffs.clone();
         let mut consuming = Consuming::start(&self.kafka, options, JOB, FEATURES_USER, FEATURES_PASSWORD_VAR).await?;
-        let mut decoder = Decoder::new(&self.registry);
-        let mut serving = Serving::new(
+        let serving = Serving::new(
             RedisSink::new(consuming.redis(), &self.options.redis.redis_prefix),
             &name,
             self.options.redis.check_interval(),
         );
-        let sink = ParquetSink::new(self.storage.clone(), DATASET);
-        let mut held = Held::default();
-        let mut report = FeaturesReport::default();
-        while let Some(batch) = consuming.next_batch().await? {
+        let mut run = Run {
+            decoder: Decoder::new(&self.registry),
+            sink: ParquetSink::new(self.storage.clone(), DATASET),
+            job: self,
+            swap,
+            guest,
+            checkpoints,
+            serving,
+            held: Held::default(),
+            open: HashMap::new(),
+            handoffs,
+            report: FeaturesReport::default(),
+        };
+        while let Some(step) = consuming.next().await? {
             if consuming.assignment_changed() {
                 // Partitions may have moved: state is reloaded from the
                 // checkpoints, which the previous owners wrote last.
-                held = Held::default();
+                run.held = Held::default();
+                run.open.clear();
             }
-            held.load_assigned(&consuming, &mut checkpoints, &mut serving).await?;
-            serving.check(&held.states).await?;
-            if batch.is_empty() {
-                continue;
-            }
-            decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
-            let readers = decoder.readers();
-            let partitions = consuming
-                .partition_count()
-                .ok_or_else(|| Error::Other(format!("the partition count of {} is unknown", self.kafka.topic)))?;
-            let mut placement = Placement::new(partitions);
-            // Before the fence commits the batch's first offsets, each
-            // partition's state as of its first offset must be checkpointed
-            // under that offset: a fresh partition, an offset gap or skipped
-            // records leave the last checkpoint under another name.
-            for (partition, records) in by_partition(&batch) {
-                let first_offset = records[0].offset;
-                let state = held
-                    .states
-                    .get_mut(&partition)
-                    .ok_or_else(|| Error::Other(format!("partition {partition} is not assigned to this member")))?;
-                if first_offset < state.next_offset {
-                    return Err(Error::Other(format!(
-                        "partition {partition}: the state already reflects offsets below {} but the batch starts at \
-                         {first_offset}; refusing to count records twice",
-                        state.next_offset
-                    )));
-                }
-                if held.saved_at.get(&partition) != Some(&first_offset) {
-                    state.next_offset = first_offset;
-                    checkpoints.save(partition, state).await?;
-                    held.saved_at.insert(partition, first_offset);
-                }
-            }
-            // A batch boundary: a staged module takes over here (after the
-            // checkpoints above, which hold the state the old one left).
-            if swap.swap_staged(&mut guest) {
-                checkpoints.set_module(swap.sha256());
-            }
-            if !consuming.fence(&batch).await? {
-                continue;
-            }
-            for partition in by_partition(&batch).keys() {
-                if handoffs.remove(partition).is_some() {
-                    checkpoints.retire_handoff(*partition).await?;
-                }
-            }
-            let mut events = Vec::new();
-            let mut touched = Vec::new();
-            for (partition, records) in by_partition(&batch) {
-                let first_offset = records[0].offset;
-                let Some(state) = held.states.get_mut(&partition) else {
-                    continue;
-                };
-                // The fence committed the first offset: older checkpoints are stale.
-                checkpoints.forget_below(partition, first_offset).await?;
-                let mut inputs = Vec::with_capacity(records.len());
-                let mut input_records = Vec::with_capacity(records.len());
-                for record in &records {
-                    report.records += 1;
-                    let decoded = readers
-                        .decode(record.value.as_deref())
-                        .and_then(|(_, v)| transaction_from_value(&v));
-                    let tx = match decoded {
-                        Ok(tx) => tx,
-                        Err(e) => {
-                            consuming.dead_letters.send(record, &e.to_string()).await?;
-                            report.dead_lettered += 1;
-                            continue;
-                        }
-                    };
-                    if let Some(reason) = placement.misplaced(tx.user_id, partition, record.offset) {
-                        report.mispartitioned += 1;
-                        match self.on_mispartitioned {
-                            OnMispartitioned::Fail => return Err(mispartitioned_refusal(&reason)),
-                            OnMispartitioned::DeadLetter => {
-                                consuming.dead_letters.send(record, &reason).await?;
-                                report.dead_lettered += 1;
-                                continue;
+            run.held
+                .load_assigned(&consuming, &mut run.checkpoints, &mut run.serving)
+                .await?;
+            run.serving.check(&run.held.states).await?;
+            match step {
+                Step::Quiet => {}
+                Step::Arrived => {
+                    // A staged module takes over once every open object has
+                    // rolled, so that each object is one module's.
+                    if run.swap.is_staged() {
+                        if consuming.nothing_open() {
+                            if run.swap.swap_staged(&mut run.guest) {
+                                run.checkpoints.set_module(run.swap.sha256());
                             }
+                        } else {
+                            consuming.roll_all();
                         }
                     }
-                    inputs.push(WitTransaction {
-                        user_id: tx.user_id,
-                        transaction_timestamp_millis: tx.transaction_timestamp_millis,
-                        amount: tx.amount,
-                        currency: tx.currency,
-                        counterpart_id: tx.counterpart_id,
-                    });
-                    input_records.push(*record);
+                    run.realtime(&consuming).await?;
                 }
-                swap.took_over(partition, first_offset);
-                let offsets: Vec<i64> = input_records.iter().map(|r| r.offset).collect();
-                let counted = count(&mut guest, state, partition, &offsets, &inputs);
-                crate::fault::point("after-guest");
-                for (index, reason) in &counted.rejected {
-                    consuming.dead_letters.send(input_records[*index], reason).await?;
-                    report.dead_lettered += 1;
-                }
-                let partition_events = counted.events;
-                state.next_offset = records[records.len() - 1].offset + 1;
-                touched.push(partition);
-                if !partition_events.is_empty() {
-                    let metadata = vec![module_metadata(swap.sha256())];
-                    sink.write(partition, first_offset, &feature_batch(&partition_events), metadata)
-                        .await?;
-                    crate::fault::point("after-upload");
-                    report.files += 1;
-                }
-                report.features += partition_events.len() as u64;
-                events.extend(partition_events);
+                Step::Roll(batch) => run.durable(&mut consuming, batch).await?,
             }
-            report.redis_updates += serving.write_latest(&events).await? as u64;
-            crate::fault::point("after-redis");
-            for partition in touched {
-                if let Some(state) = held.states.get(&partition) {
-                    checkpoints.save(partition, state).await?;
-                    held.saved_at.insert(partition, state.next_offset);
-                    crate::fault::point("mid-checkpoint");
-                }
-            }
-            consuming.done(&batch).await?;
         }
+        let mut report = run.report;
         report.throughput = consuming.throughput(report.records);
-        report.republished = serving.republished;
-        report.module_sha256 = swap.sha256().to_string();
-        report.swaps = swap.swaps();
+        report.republished = run.serving.republished;
+        report.module_sha256 = run.swap.sha256().to_string();
+        report.swaps = run.swap.swaps();
         Ok(report)
     }
+}
+
+impl Run {
+    /// The real-time path: counts the records that just arrived and writes
+    /// each user's new count to Redis, fenced by source offset.
+    async fn realtime(&mut self, consuming: &Consuming) -> Result<()> {
+        let micro = consuming.arrived();
+        self.decoder.prepare(micro.iter().map(|r| r.value.as_deref())).await?;
+        let readers = self.decoder.readers();
+        let mut placement = Placement::new(partition_count(consuming, &self.job.kafka.topic)?);
+        let mut events = Vec::new();
+        for (partition, records) in by_partition(micro) {
+            let first = records[0].offset;
+            let state = self
+                .held
+                .states
+                .get_mut(&partition)
+                .ok_or_else(|| Error::Other(format!("partition {partition} is not assigned to this member")))?;
+            if first < state.next_offset {
+                return Err(Error::Other(format!(
+                    "partition {partition}: the state already reflects offsets below {} but records arrive from \
+                     {first}; refusing to count records twice",
+                    state.next_offset
+                )));
+            }
+            // These records open a new object: before its fence commits its
+            // first offset, the state as of that offset must be checkpointed
+            // under it (a fresh partition, an offset gap or skipped records
+            // leave the last checkpoint under another name).
+            if consuming.open_first(partition).is_none() && self.held.saved_at.get(&partition) != Some(&first) {
+                state.next_offset = first;
+                self.checkpoints.save(partition, state).await?;
+                self.held.saved_at.insert(partition, first);
+            }
+            self.swap.took_over(partition, first);
+            let processed = process(
+                &records,
+                partition,
+                state,
+                &mut self.guest,
+                &readers,
+                &mut placement,
+                self.job.on_mispartitioned,
+            )?;
+            crate::fault::point("after-guest");
+            state.next_offset = records[records.len() - 1].offset + 1;
+            self.report.records += records.len() as u64;
+            self.report.features += processed.events.len() as u64;
+            self.report.mispartitioned += processed.mispartitioned;
+            let open = self.open.entry(partition).or_default();
+            open.events.extend(processed.events.iter().cloned());
+            open.left_out.extend(processed.left_out);
+            events.extend(processed.events);
+        }
+        self.report.redis_updates += self.serving.write_latest(&events).await? as u64;
+        crate::fault::point("after-redis");
+        Ok(())
+    }
+
+    /// The durable path of a roll: past the fence, each partition's dead
+    /// letters, its features object and the checkpoint of its state as of
+    /// the range's end; then the commit.
+    async fn durable(&mut self, consuming: &mut Consuming, batch: Vec<Consumed>) -> Result<()> {
+        if !consuming.fence(&batch).await? {
+            self.open.clear();
+            return Ok(());
+        }
+        for partition in by_partition(&batch).keys() {
+            if self.handoffs.remove(partition).is_some() {
+                self.checkpoints.retire_handoff(*partition).await?;
+            }
+        }
+        for (partition, records) in by_partition(&batch) {
+            let first = records[0].offset;
+            let end = records[records.len() - 1].offset + 1;
+            // The fence committed the first offset: older checkpoints are stale.
+            self.checkpoints.forget_below(partition, first).await?;
+            let (events, left_out) = self.open.entry(partition).or_default().take_below(end);
+            for (record, reason) in &left_out {
+                consuming.dead_letters.send(record, reason).await?;
+            }
+            self.report.dead_lettered += left_out.len() as u64;
+            if !events.is_empty() {
+                let metadata = vec![module_metadata(self.swap.sha256())];
+                self.sink
+                    .write(partition, first, &feature_batch(&events), metadata)
+                    .await?;
+                crate::fault::point("after-upload");
+                self.report.files += 1;
+            }
+            let ahead = self
+                .held
+                .states
+                .get(&partition)
+                .is_some_and(|state| state.next_offset != end);
+            if ahead {
+                // An earlier claim ended this range before the records the
+                // real-time path counted since: recount it from the
+                // checkpoint of its first offset.
+                let mut state = self.recount(consuming, partition, first, &records).await?;
+                state.next_offset = end;
+                self.checkpoints.save(partition, &state).await?;
+                self.held.saved_at.insert(partition, end);
+                // The next object starts past an offset gap: its first offset
+                // needs the checkpoint before its fence, too.
+                if let Some(next) = consuming.open_first(partition).filter(|next| *next != end) {
+                    state.next_offset = next;
+                    self.checkpoints.save(partition, &state).await?;
+                    self.held.saved_at.insert(partition, next);
+                }
+            } else if let Some(state) = self.held.states.get(&partition) {
+                self.checkpoints.save(partition, state).await?;
+                self.held.saved_at.insert(partition, end);
+            }
+            crate::fault::point("mid-checkpoint");
+        }
+        consuming.done(&batch).await
+    }
+
+    /// The state of `partition` after `records` (a range from `first`),
+    /// from the checkpoint of `first`.
+    async fn recount(
+        &mut self,
+        consuming: &Consuming,
+        partition: i32,
+        first: i64,
+        records: &[&Consumed],
+    ) -> Result<PartitionState> {
+        let mut state = self.checkpoints.resume(partition, Some(first), first).await?;
+        self.decoder.prepare(records.iter().map(|r| r.value.as_deref())).await?;
+        let readers = self.decoder.readers();
+        let mut placement = Placement::new(partition_count(consuming, &self.job.kafka.topic)?);
+        process(
+            records,
+            partition,
+            &mut state,
+            &mut self.guest,
+            &readers,
+            &mut placement,
+            self.job.on_mispartitioned,
+        )?;
+        Ok(state)
+    }
+}
+
+fn partition_count(consuming: &Consuming, topic: &str) -> Result<i32> {
+    consuming
+        .partition_count()
+        .ok_or_else(|| Error::Other(format!("the partition count of {topic} is unknown")))
 }
 
 /// The checkpoints' folder name of a group's state of a topic.

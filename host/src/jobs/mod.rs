@@ -9,6 +9,7 @@ pub mod features;
 pub mod produce;
 pub mod rebuild;
 pub mod republish;
+pub mod rolling;
 pub mod serving;
 pub mod setup;
 
@@ -25,6 +26,7 @@ use crate::kafka::{Commit, Consumed, Position, Source, producer};
 use crate::redis_conn::RedisConn;
 
 use self::claims::{Claims, Range};
+use self::rolling::{RollPolicy, Rolling};
 
 /// The consumer user of each job, created by `sluice setup`.
 pub const BACKUP_USER: &str = "transactions-backup-job-user";
@@ -37,12 +39,16 @@ pub const FEATURES_PASSWORD_VAR: &str = "SLUICE_FEATURES_JOB_PASSWORD";
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub group: String,
-    /// Records per batch at most (one Parquet object per partition per batch).
+    /// Records per micro-batch at most: what the real-time path takes at once.
     pub batch_size: usize,
-    /// A batch closes early when no record arrived for this long.
+    /// The topic counts as quiet after this long without a record (the
+    /// job's housekeeping; `until_caught_up` rolls and checks then).
     pub idle: Duration,
-    /// A batch closes at this age at the latest: bounds end-to-end latency.
+    /// A micro-batch closes at this age at the latest: bounds the real-time
+    /// path's latency.
     pub max_wait: Duration,
+    /// When a partition's Parquet object rolls (the durable path).
+    pub roll: RollPolicy,
     /// How long a member that died without leaving keeps its partitions.
     pub session_timeout: Duration,
     /// Stop once the group has read every partition of the topic to its end.
@@ -56,16 +62,33 @@ pub struct RunOptions {
     pub handoffs: BTreeMap<i32, i64>,
 }
 
+/// A micro-batch closes once no record arrived for this long (or at
+/// `max_wait`): records are passed on as soon as a fetch has delivered them.
+const MICRO_BATCH_IDLE: Duration = Duration::from_millis(2);
+
+/// What `Consuming::next` has for the job.
+pub enum Step {
+    /// Records arrived (`Consuming::arrived`): the real-time path's input.
+    /// They also join their partitions' open objects.
+    Arrived,
+    /// Claimed ranges of one or more partitions that rolled: the durable
+    /// path's input, one object per partition. Call `fence` before writing
+    /// any of its outputs, and `done` once they are durable.
+    Roll(Vec<Consumed>),
+    /// Nothing arrived for `idle`.
+    Quiet,
+}
+
 /// What every consumer job shares: group membership as the job's user,
-/// batches, stop on signal or once caught up, the delivery protocol's
-/// commits and the dead-letter topic.
+/// micro-batches as records arrive (the real-time path), open objects that
+/// roll (the durable path), stop on signal or once caught up, the delivery
+/// protocol's commits and the dead-letter topic.
 ///
-/// The protocol, per batch: `next_batch` claims the batch's range per
-/// partition (`claims`), adopting a range an earlier claim fixed; `fence`
-/// commits its first offsets, which the group refuses to a member that lost
-/// the partitions; only then does the job write its outputs. `done` flushes
-/// the dead letters and marks the batch durable; its offsets are committed
-/// with the next batch's fence, when the topic goes quiet, or at the stop.
+/// The protocol, per roll: `next` claims each rolling partition's range
+/// (`claims`), adopting a range an earlier claim fixed; `fence` commits its
+/// first offsets, which the group refuses to a member that lost the
+/// partitions; only then does the job write its durable outputs. `done`
+/// flushes the dead letters and commits the ranges' ends.
 pub struct Consuming {
     source: Source,
     claims: Claims,
@@ -74,6 +97,14 @@ pub struct Consuming {
     stop: watch::Receiver<bool>,
     options: RunOptions,
     pub dead_letters: DeadLetters,
+    /// The last micro-batch, until the next call of `next`.
+    arrived: Vec<Consumed>,
+    /// Each partition's records since its last roll.
+    rolling: Rolling,
+    /// The rebalance count the open objects belong to.
+    rolling_rebalances: u64,
+    /// Since when no record arrived, and when the last `Quiet` step was.
+    quiet_since: Option<Instant>,
     /// Next offsets whose outputs are durable but not yet committed, and the
     /// rebalance count they belong to (a rebalance voids them).
     durable: HashMap<i32, i64>,
@@ -125,6 +156,10 @@ impl Consuming {
             stop: stop_signal(),
             options,
             dead_letters,
+            arrived: Vec::new(),
+            rolling: Rolling::default(),
+            rolling_rebalances: 0,
+            quiet_since: None,
             durable: HashMap::new(),
             durable_rebalances: 0,
             first_batch_at: None,
@@ -151,43 +186,101 @@ impl Consuming {
         }
     }
 
-    /// The next claimed batch, or `None` once the job should stop: on
-    /// SIGINT/SIGTERM, or when it was asked to stop once the group has
-    /// caught up and it has. Call `fence` before writing any of its outputs.
-    /// An empty batch is an idle tick (the topic is quiet): it comes about
-    /// every `max_wait`, so a job can do its housekeeping between records.
-    pub async fn next_batch(&mut self) -> Result<Option<Vec<Consumed>>> {
-        while !*self.stop.borrow() {
-            let batch = self
+    /// The next step, or `None` once the job should stop: on SIGINT/SIGTERM
+    /// (after rolling what can roll), or when it was asked to stop once the
+    /// group has caught up and it has.
+    pub async fn next(&mut self) -> Result<Option<Step>> {
+        self.rolling.add(std::mem::take(&mut self.arrived));
+        loop {
+            let stopping = *self.stop.borrow();
+            if stopping {
+                self.rolling.roll_all();
+            }
+            if let Some(batch) = self.roll().await? {
+                return Ok(Some(Step::Roll(batch)));
+            }
+            if stopping {
+                // Ranges still waiting for the rest of a claim are fetched
+                // again by whoever resumes their partitions.
+                self.rolling.clear();
+                self.commit_durable().await?;
+                return Ok(None);
+            }
+            let micro = self
                 .source
                 .next_batch(
                     self.options.batch_size,
-                    self.options.idle,
+                    MICRO_BATCH_IDLE.min(self.options.max_wait),
                     self.options.max_wait,
                     &self.stop,
                 )
                 .await?;
-            if batch.is_empty() {
-                self.commit_durable().await?;
-                if self.options.until_caught_up {
-                    match self.source.group_caught_up() {
-                        Ok(true) => break,
-                        Ok(false) => {}
-                        // The broker may be away for a while; ask again later.
-                        Err(e) => tracing::warn!(error = %e, "cannot tell whether caught up yet"),
-                    }
-                }
-                return Ok(Some(Vec::new()));
+            if self.source.rebalances() != self.rolling_rebalances {
+                // Open objects may hold partitions that moved: their records
+                // are fetched again from the committed offsets.
+                self.rolling_rebalances = self.source.rebalances();
+                self.rolling.clear();
             }
-            self.first_batch_at.get_or_insert_with(Instant::now);
-            let batch = self.agree(batch).await?;
-            if batch.is_empty() {
+            if !micro.is_empty() {
+                self.quiet_since = None;
+                self.first_batch_at.get_or_insert_with(Instant::now);
+                self.arrived = micro;
+                return Ok(Some(Step::Arrived));
+            }
+            let quiet_since = *self.quiet_since.get_or_insert_with(Instant::now);
+            if quiet_since.elapsed() < self.options.idle {
                 continue;
             }
-            return Ok(Some(batch));
+            self.quiet_since = Some(Instant::now());
+            self.commit_durable().await?;
+            if self.options.until_caught_up {
+                if !self.rolling.is_empty() {
+                    // The end of the topic: what is open rolls now.
+                    self.rolling.roll_all();
+                    continue;
+                }
+                match self.source.group_caught_up() {
+                    Ok(true) => return Ok(None),
+                    Ok(false) => {}
+                    // The broker may be away for a while; ask again later.
+                    Err(e) => tracing::warn!(error = %e, "cannot tell whether caught up yet"),
+                }
+            }
+            return Ok(Some(Step::Quiet));
         }
-        self.commit_durable().await?;
-        Ok(None)
+    }
+
+    /// The records of the last `Step::Arrived`.
+    pub fn arrived(&self) -> &[Consumed] {
+        &self.arrived
+    }
+
+    /// Rolls every open object at the next chance (before a module swap,
+    /// so each object is one module's).
+    pub fn roll_all(&mut self) {
+        self.rolling.roll_all();
+    }
+
+    /// The first offset of a partition's open object, if one is open.
+    pub fn open_first(&self, partition: i32) -> Option<i64> {
+        self.rolling.first(partition)
+    }
+
+    /// True when no record waits in an open object (the last micro-batch
+    /// joins them at the next `next`).
+    pub fn nothing_open(&self) -> bool {
+        self.rolling.is_empty()
+    }
+
+    /// Claims the ranges due to roll; the records of the agreed ranges.
+    async fn roll(&mut self) -> Result<Option<Vec<Consumed>>> {
+        let ranges = self.rolling.due(&self.options.roll);
+        if ranges.is_empty() {
+            return Ok(None);
+        }
+        let agreed = self.claims.claim(&ranges).await?;
+        let batch = self.rolling.take(&ranges, &agreed);
+        Ok((!batch.is_empty()).then_some(batch))
     }
 
     /// Commits the claimed batch's first offsets (with the durable positions
@@ -211,50 +304,15 @@ impl Consuming {
         Ok(true)
     }
 
-    /// Claims the batch's range of each partition and keeps what the agreed
-    /// ranges hold: records past an agreed end wait for the next batch; a
-    /// partition whose agreed end lies beyond its records waits whole until
-    /// the next batch completes the range.
-    async fn agree(&mut self, batch: Vec<Consumed>) -> Result<Vec<Consumed>> {
-        let ranges: Vec<Range> = ranges(&batch);
-        let agreed = self.claims.claim(&ranges).await?;
-        let mut ends: HashMap<i32, i64> = HashMap::new();
-        let mut incomplete = Vec::new();
-        for (range, end) in ranges.iter().zip(agreed) {
-            if end != range.end {
-                tracing::info!(
-                    partition = range.partition,
-                    first = range.first,
-                    end,
-                    "adopting the range an earlier claim fixed"
-                );
-            }
-            // Short of the agreed end: wait for the rest, unless the batch
-            // already saw past it (the range's last offsets are gone).
-            if end > range.end && !self.source.claim_completed(range.partition) {
-                incomplete.push((range.partition, end));
-            }
-            ends.insert(range.partition, end);
-        }
-        let (kept, held): (Vec<Consumed>, Vec<Consumed>) = batch
-            .into_iter()
-            .partition(|r| r.offset < ends[&r.partition] && !incomplete.iter().any(|(p, _)| *p == r.partition));
-        if !held.is_empty() {
-            self.source.hold_back(held, &incomplete);
-        }
-        Ok(kept)
-    }
-
     /// Call once every output of `batch` is written: flushes its dead
-    /// letters and marks its offsets durable (committed with the next claim,
-    /// when the topic goes quiet, or at the stop).
+    /// letters and commits its ranges' ends.
     pub async fn done(&mut self, batch: &[Consumed]) -> Result<()> {
         self.dead_letters.flush().await?;
         self.durable_rebalances = self.source.rebalances();
         for range in ranges(batch) {
             self.durable.insert(range.partition, range.end);
         }
-        Ok(())
+        self.commit_durable().await
     }
 
     /// Durable positions of partitions this batch does not claim. After a
@@ -290,8 +348,10 @@ impl Consuming {
         }
         crate::fault::point("before-commit");
         let outcome = self.source.commit(positions).await?;
-        if outcome == Commit::Done {
-            self.last_commit_at = Some(Instant::now());
+        match outcome {
+            Commit::Done => self.last_commit_at = Some(Instant::now()),
+            // This member lost its partitions: nothing open is its to write.
+            Commit::Fenced => self.rolling.clear(),
         }
         Ok(outcome)
     }

@@ -9,7 +9,7 @@ use arrow_array::RecordBatch;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
@@ -84,10 +84,21 @@ impl ParquetSink {
     }
 }
 
-/// Snappy, the codec every Parquet reader (Spark, DuckDB, Trino) takes.
+/// Rows per row group. Objects hold minutes of records (100,000 to a few
+/// million rows); row groups of this size keep each group's min/max
+/// statistics narrow in event time (a partition's records arrive roughly in
+/// time order), so SparkSQL and DuckDB skip the groups a date filter
+/// excludes, while each column chunk stays large enough (hundreds of KiB) to
+/// read efficiently.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Zstandard at level 3, chosen over Snappy for smaller objects (a scan
+/// reads fewer bytes); Spark (3.2 and later), DuckDB, Trino and the backfill
+/// all read it.
 fn encode(batch: &RecordBatch, metadata: Vec<KeyValue>) -> std::result::Result<Vec<u8>, parquet::errors::ParquetError> {
     let properties = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_key_value_metadata((!metadata.is_empty()).then_some(metadata))
         .build();
     let mut buffer = Vec::with_capacity(batch.get_array_memory_size() / 2);

@@ -43,12 +43,21 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
 }
 
+/// Objects roll after a second in the tests (`--roll-interval-ms`, through
+/// its variable, so a test's own flag still wins): every test's jobs commit
+/// soon after records arrive, as the delivery tests need.
+pub const ROLL_INTERVAL_MS: &str = "1000";
+
+/// The sluice binary, with the tests' roll interval.
+fn sluice_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.env("SLUICE_ROLL_INTERVAL_MS", ROLL_INTERVAL_MS);
+    command
+}
+
 /// Runs the sluice binary with the services' environment.
 pub fn sluice(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .output()
-        .expect("run sluice");
+    let output = sluice_command().args(args).output().expect("run sluice");
     let stderr = String::from_utf8_lossy(&output.stderr);
     // A guest's panic is reported in the log (after "the guest wrote:"); the
     // host's own must never happen.
@@ -384,7 +393,7 @@ pub struct Running {
 /// Starts sluice in the background with extra environment variables.
 pub fn spawn_sluice(args: &[&str], envs: &[(&str, &str)]) -> Running {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let mut child = sluice_command()
         .args(args)
         .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
