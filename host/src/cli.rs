@@ -91,6 +91,11 @@ pub enum Command {
         /// A micro-batch closes at this age (milliseconds) at the latest.
         #[arg(long, env = "SLUICE_MAX_WAIT_MS", default_value_t = 10)]
         max_wait_ms: u64,
+        /// How long the broker may hold a fetch with no records yet
+        /// (milliseconds; librdkafka's fetch.wait.max.ms): a broker that holds
+        /// fetches for the whole wait adds up to this to the real-time path.
+        #[arg(long, env = "SLUICE_FETCH_WAIT_MS", default_value_t = 50)]
+        fetch_wait_ms: u64,
         /// A partition's Parquet object rolls once it holds this many records.
         #[arg(long, env = "SLUICE_ROLL_ROWS", default_value_t = 1_000_000)]
         roll_rows: usize,
@@ -275,6 +280,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             roll_rows,
             roll_mb,
             roll_interval_ms,
+            fetch_wait_ms,
             session_timeout_ms,
             until_caught_up,
             on_data_loss,
@@ -298,6 +304,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     bytes: roll_mb.max(1).saturating_mul(1 << 20),
                     interval: Duration::from_millis(roll_interval_ms.max(1)),
                 },
+                fetch_wait: Duration::from_millis(fetch_wait_ms.max(1)),
                 session_timeout: Duration::from_millis(session_timeout_ms),
                 until_caught_up,
                 on_data_loss,

@@ -49,6 +49,9 @@ pub struct RunOptions {
     pub max_wait: Duration,
     /// When a partition's Parquet object rolls (the durable path).
     pub roll: RollPolicy,
+    /// How long the broker may hold a fetch that has no records yet: part
+    /// of the real-time path's latency.
+    pub fetch_wait: Duration,
     /// How long a member that died without leaving keeps its partitions.
     pub session_timeout: Duration,
     /// Stop once the group has read every partition of the topic to its end.
@@ -142,6 +145,7 @@ impl Consuming {
             &options.group,
             &kafka.topic,
             options.session_timeout,
+            options.fetch_wait,
             options.on_data_loss,
             options.handoffs.clone(),
         )?;

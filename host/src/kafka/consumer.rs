@@ -252,6 +252,7 @@ impl Source {
         group: &str,
         topic: &str,
         session_timeout: Duration,
+        fetch_wait: Duration,
         on_data_loss: OnDataLoss,
         handoffs: BTreeMap<i32, i64>,
     ) -> Result<Self> {
@@ -266,7 +267,11 @@ impl Source {
             // Eager rebalancing; see the module comment.
             .set("partition.assignment.strategy", "roundrobin")
             // How long a member that died without leaving keeps its partitions.
-            .set("session.timeout.ms", session_timeout.as_millis().to_string());
+            .set("session.timeout.ms", session_timeout.as_millis().to_string())
+            // The real-time path waits on fetches: a broker that holds a
+            // fetch until its wait passes (nisshi does) delays every record
+            // by up to this (`--fetch-wait-ms`).
+            .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string());
         let context = GroupContext {
             topic: topic.to_string(),
             on_data_loss,
