@@ -6,7 +6,9 @@
 # the guests (`make guests`); run with `make bench`.
 #
 # Environment: BENCH_COUNT (records, 200000), BENCH_BACKFILL_COUNT (archived
-# records for the backfill row, 5000000; 0 skips it), BENCH_PROBES, BENCH_RATE
+# records for the backfill row, 5000000; 0 skips it), BENCH_STATE_USERS and
+# BENCH_STATE_ROLL_ROWS (the state rows, below; 0 users skips them),
+# BENCH_PRUNE_PER_DAY (the daily report row; 0 skips it), BENCH_PROBES, BENCH_RATE
 # and BENCH_ROLL_SECONDS (the latency and object-size rows, below), BENCH_SWAPS (hot swaps
 # under load, 20; 0 skips them), BENCH_RESTARTS (restarts they are compared
 # with, 3), PEER_SCRIPT (path to peer.py),
@@ -130,6 +132,127 @@ PY
     printf '\n%-9s %10s %8s %14s %14s %8s\n' run records objects sluice_rec_s duckdb_rec_s ratio
     python3 -c 'import sys; n, o, s, d = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]); print(f"{sys.argv[1]:<9} {n:10d} {o:8d} {n / s:14.0f} {n / d:14.0f} {d / s:7.2f}x")' \
         backfill "$records" "$objects" "$sluice_s" "$duck_s"
+fi
+
+# A daily report over the archive: BENCH_PRUNE_PER_DAY (300,000) records on
+# each of three days, archived by the backup job in rolls of a quarter of a
+# day's records per partition, then one day's count and sum by DuckDB and by
+# SparkSQL (pyspark, local mode). Prints the bytes each read for the whole
+# archive and for the one day (the process's read() bytes, /proc/<pid>/io),
+# and the filter each pushed into its Parquet scan: row-group statistics on
+# the event time let both skip the other days' data, reading their footers
+# only.
+PRUNE=${BENCH_PRUNE_PER_DAY:-300000}
+if ((PRUNE > 0)); then
+    if ! "$VENV/bin/python" -c 'import pyspark' 2>/dev/null; then
+        echo "bench: installing pyspark into $VENV (SparkSQL for the daily report row)" >&2
+        "$VENV/bin/pip" install --quiet 'pyspark==3.5.3'
+    fi
+    t=bench-prune-$(date +%s)
+    "$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" setup --partitions 6 >/dev/null
+    today=$(( $(date +%s) / 86400 * 86400000 ))
+    for day in 2 1 0; do
+        "$SLUICE_BIN" --topic "$t" produce --module modules/producer.wasm --count "$PRUNE" --batch 10000 \
+            --first-index $(( (2 - day) * PRUNE )) --start-millis $(( today - day * 86400000 - (2 - day) * PRUNE )) >/dev/null
+    done
+    "$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" run --job backup --module modules/backup.wasm \
+        --group "$t-backup" --until-caught-up --roll-rows $(( PRUNE / 24 )) --output-url "file://$out/prune" >/dev/null 2>&1
+    "$VENV/bin/python" - "$out/prune/$t" "$(( today - 86400000 ))" <<'PY'
+import glob, os, re, sys
+archive, day_start = sys.argv[1], int(sys.argv[2])
+day_end = day_start + 86_400_000
+files = glob.glob(f"{archive}/*/*.parquet")
+where = f"transaction_timestamp_millis >= {day_start} AND transaction_timestamp_millis < {day_end}"
+whole_q = "SELECT count(*), sum(amount) FROM archive"
+day_q = f"{whole_q} WHERE {where}"
+
+def read_bytes(pid="self"):
+    with open(f"/proc/{pid}/io") as f:
+        return int(next(l for l in f if l.startswith("rchar:")).split()[1])
+
+def measured(run, pid="self"):
+    before = read_bytes(pid)
+    result = run()
+    return result, read_bytes(pid) - before
+
+import duckdb
+con = duckdb.connect()
+con.execute(f"CREATE VIEW archive AS SELECT * FROM read_parquet({files!r})")
+duck = {}
+for name, q in (("whole", whole_q), ("day", day_q)):
+    con.execute(q).fetchall()  # warm: the same work, so both runs read alike
+    duck[name] = measured(lambda: con.execute(q).fetchall())
+plan = con.execute(f"EXPLAIN {day_q}").fetchall()[0][1]
+duck_filter = " ".join(l.strip("│ ") for l in plan.splitlines() if "transaction_timestamp_millis" in l)
+
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+         .config("spark.driver.memory", "1g").getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+spark.read.parquet(*files).createOrReplaceTempView("archive")
+jvm = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+sparks = {}
+for name, q in (("whole", whole_q), ("day", day_q)):
+    spark.sql(q).collect()
+    sparks[name] = measured(lambda: spark.sql(q).collect(), jvm)
+spark_plan = spark.sql(day_q)._jdf.queryExecution().executedPlan().toString()
+pushed = re.search(r"PushedFilters: \[[^\]]*\]", spark_plan)
+spark.stop()
+
+assert duck["day"][0][0][0] == sparks["day"][0][0][0], (duck, sparks)
+print(f"\n{'daily report':<14} {'objects':>8} {'rows_day':>9} {'whole_kb':>9} {'day_kb':>8} {'day/whole':>10}")
+for engine, r in (("duckdb", duck), ("sparksql", sparks)):
+    print(f"{engine:<14} {len(files):8d} {r['day'][0][0][0]:9d} {r['whole'][1] / 1024:9.0f} {r['day'][1] / 1024:8.0f} {r['day'][1] / max(r['whole'][1], 1):9.2f}x")
+print(f"duckdb pushes:   {duck_filter}")
+print(f"sparksql pushes: {pushed.group(0) if pushed else spark_plan}")
+PY
+fi
+
+# Keyed state at scale: BENCH_STATE_USERS (1,000,000) distinct users, then a
+# fifth as many updates, counted by the features job in rolls of
+# BENCH_STATE_ROLL_ROWS (200,000) records. Reports the job's peak resident
+# memory, its checkpoints (whole states and deltas: count and mean bytes and
+# seconds each) and, after a restart, the time to load the state back.
+STATE_USERS=${BENCH_STATE_USERS:-1000000}
+if ((STATE_USERS > 0)); then
+    STATE_ROLL_ROWS=${BENCH_STATE_ROLL_ROWS:-200000}
+    t=bench-state-$(date +%s)
+    "$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" setup --partitions 6 >/dev/null
+    first=$((STATE_USERS + STATE_USERS / 5))
+    "$SLUICE_BIN" --topic "$t" produce --module modules/test/generator_users.wasm --seed "$STATE_USERS" \
+        --count "$first" --batch 10000 >/dev/null
+    # Peak RSS of a whole process, as its parent sees it.
+    peak_rss() {
+        python3 -c 'import resource, subprocess, sys
+r = subprocess.run(sys.argv[2:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+sys.stdout.write(r.stdout.decode())
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024))
+sys.exit(r.returncode)' "$@"
+    }
+    features_run() {
+        peak_rss "$out/$t-rss" "$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" run --job features \
+            --module modules/features.wasm --group "$t-features" --until-caught-up --roll-rows "$STATE_ROLL_ROWS" \
+            --output-url "file://$out/$t" --redis-prefix "bench:$t"
+    }
+    counted=$(features_run)
+    counted_rss=$(cat "$out/$t-rss")
+    "$SLUICE_BIN" --topic "$t" produce --module modules/test/generator_users.wasm --seed "$STATE_USERS" \
+        --first-index "$first" --count 50000 --batch 10000 >/dev/null
+    restarted=$(features_run)
+    restarted_rss=$(cat "$out/$t-rss")
+    python3 - "$STATE_USERS" "$counted" "$counted_rss" "$restarted" "$restarted_rss" <<'PY'
+import json, sys
+users, counted, counted_rss, restarted, restarted_rss = sys.argv[1:]
+a, b = (json.loads(x.strip().splitlines()[-1]) for x in (counted, restarted))
+c = a["checkpoints"]
+deltas = c["written"] - c["whole"]
+mean = lambda total, n: total / n if n else 0.0
+print(f"\n{'state':<10} {'users':>9} {'peak_rss_mb':>12} {'whole':>6} {'whole_mb':>9} {'deltas':>7} {'delta_mb':>9} {'s_per_ckpt':>11} {'restore_s':>10}")
+print(f"{'counting':<10} {int(users):9d} {int(counted_rss):12d} {c['whole']:6d} {mean(c['whole_bytes'], c['whole']) / 1e6:9.2f} "
+      f"{deltas:7d} {mean(c['bytes'] - c['whole_bytes'], deltas) / 1e6:9.2f} {mean(c['seconds'], c['written']):11.3f} {'-':>10}")
+print(f"{'restarted':<10} {b['restored_users']:9d} {int(restarted_rss):12d} {'':>6} {'':>9} {'':>7} {'':>9} {'':>11} {b['restore_seconds']:10.2f}")
+PY
+    redis-cli --scan --pattern "bench:$t:*" | xargs -r -n 500 redis-cli del >/dev/null
 fi
 
 # Real-time freshness and object sizes at a steady BENCH_RATE (2,000)

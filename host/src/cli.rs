@@ -64,6 +64,11 @@ pub enum Command {
         /// Index of the first record in the seeded stream.
         #[arg(long, default_value_t = 0)]
         first_index: u64,
+        /// Event time of record 0 of the stream, in Unix milliseconds (each
+        /// later record is 1 ms later); the time the command starts when
+        /// unset. For test data of past days.
+        #[arg(long)]
+        start_millis: Option<i64>,
         /// Records per guest call.
         #[arg(long, default_value_t = 1_000)]
         batch: u32,
@@ -252,6 +257,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             rate,
             seed,
             first_index,
+            start_millis,
             batch,
             guest,
             swap,
@@ -264,6 +270,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 rate,
                 seed,
                 first_index,
+                start_millis,
                 batch: batch.max(1),
                 limits: guest.limits(),
                 swap: swap.options(),

@@ -443,6 +443,29 @@ async fn a_live_job_continues_exactly_from_the_backfill_handoff() {
     assert_redis_holds_the_last_counts(&topic, &expected).await;
 }
 
+/// A live job that takes over a hand-off with no record after it is caught
+/// up at once: it commits the hand-off offsets as the group's, so
+/// `--until-caught-up` ends instead of waiting for a record that may never
+/// come.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handoff_with_nothing_after_it_is_caught_up_at_once() {
+    let topic = unique("handoff-idle");
+    setup_topic_with(&topic, 2);
+    produce(&topic, 2_000, 0);
+    let (_archive_dir, archive) = local_lake();
+    run_job("backup", &topic, &archive, &[]);
+    let (_deployment_dir, deployment) = local_lake();
+    let group = format!("{topic}-features");
+    backfill_ok(&topic, &archive, &deployment, &["--handoff-group", &group]);
+    assert!(!group_lag(&topic, &group).is_empty(), "the group has no commits yet");
+    let live = run_job("features", &topic, &deployment, &[]);
+    assert_eq!(live["records"], 0, "{live}");
+    assert!(
+        group_lag(&topic, &group).is_empty(),
+        "the hand-off offsets are the group's commits now"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handoff_the_topic_no_longer_reaches_is_refused() {
     let topic = unique("handoff-gap");

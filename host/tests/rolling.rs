@@ -81,3 +81,62 @@ async fn objects_roll_by_rows_or_by_age_under_a_steady_producer() {
     }
     verify_outputs(&topic, &url, records).await;
 }
+
+/// State whose checkpoints cost what changed: after the first whole
+/// checkpoint, rolls that change few users write deltas; a restart loads
+/// the state back from a delta and its base, and every count stays exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoints_after_the_first_are_deltas_and_a_restart_restores_them() {
+    let topic = unique("delta-checkpoints");
+    setup_topic_with(&topic, 2);
+    let (lake, url) = local_lake();
+    // About 7,000 distinct users, in rolls of 500 records (micro-batches of
+    // 500, so that each roll is one): each touches a few hundred of them.
+    let small_rolls = ["--roll-rows", "500", "--batch-size", "500"];
+    produce(&topic, 20_000, 0);
+    let report = run_job("features", &topic, &url, &small_rolls);
+    let checkpoints = &report["checkpoints"];
+    let written = checkpoints["written"].as_u64().expect("written");
+    let whole = checkpoints["whole"].as_u64().expect("whole");
+    let delta_bytes =
+        checkpoints["bytes"].as_u64().expect("bytes") - checkpoints["whole_bytes"].as_u64().expect("whole");
+    assert!(whole >= 2, "a partition's first checkpoint is whole: {report}");
+    assert!(written >= 3 * whole, "mostly deltas: {report}");
+    let mean_delta = delta_bytes / (written - whole);
+    // What stays after the clean-up: per partition, the newest checkpoint
+    // and the chain it is built on: one whole state, then deltas.
+    let folder = lake.path().join(format!("_checkpoints/{topic}-features/{topic}"));
+    for partition in 0..2 {
+        let folder = folder.join(format!("partition={partition}"));
+        let mut names: Vec<String> = std::fs::read_dir(&folder)
+            .expect("checkpoints")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let (whole, deltas): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| !n.contains(".delta-"));
+        assert_eq!(whole.len(), 1, "partition {partition}: {names:?}");
+        assert!(
+            names[0] == *whole[0] && deltas.len() + 1 == names.len(),
+            "partition {partition}: the whole state first, then its deltas: {names:?}"
+        );
+        let whole_size = std::fs::metadata(folder.join(whole[0])).expect("whole").len();
+        assert!(
+            mean_delta * 2 < whole_size,
+            "partition {partition}: a delta ({mean_delta} bytes on average) costs far less than the whole state \
+             ({whole_size} bytes)"
+        );
+        println!(
+            "partition {partition}: whole {whole_size} bytes, {} deltas after it",
+            deltas.len()
+        );
+    }
+
+    produce(&topic, 2_000, 20_000);
+    let restarted = run_job("features", &topic, &url, &small_rolls);
+    assert!(
+        restarted["restored_users"].as_u64().expect("restored") > 1_000,
+        "{restarted}"
+    );
+    run_job("backup", &topic, &url, &[]);
+    verify_outputs(&topic, &url, 22_000).await;
+}

@@ -17,10 +17,13 @@ use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::kafka::Consumed;
 use crate::lineage::{ArchiveLineage, module_metadata};
 use crate::registry::Registry;
-use crate::runtime::{Limits, RawFilterWorld, RawRecord, Runtime, Verdict};
+use crate::runtime::{Limits, RawFilterGuest, RawFilterWorld, RawRecord, Runtime, Verdict};
 use crate::sinks::parquet::ParquetSink;
 
-use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, RunOptions, Step, by_partition};
+use super::claims::Range;
+use super::durable::{Outputs, PartitionOutputs, Sinks};
+use super::pipeline::{self, Stages};
+use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, Roll, RunOptions, by_partition};
 
 pub const JOB: &str = "transactions-job-backup";
 
@@ -57,90 +60,54 @@ struct Layout {
     columns: Arc<ColumnarSchema>,
 }
 
+/// One run of the backup job: per roll, the guest's verdicts and the
+/// archive rows of what it keeps.
+struct Run {
+    job: BackupJob,
+    swap: HotSwap<RawFilterWorld>,
+    guest: RawFilterGuest,
+    decoder: Decoder,
+    subject: String,
+    layout: Layout,
+    report: BackupReport,
+}
+
 impl BackupJob {
     pub async fn run(self) -> Result<BackupReport> {
         let runtime = Runtime::new(self.limits)?;
-        let (mut swap, mut guest) = HotSwap::<RawFilterWorld>::start(runtime, &self.module, &self.swap).await?;
-        let mut consuming =
-            Consuming::start(&self.kafka, self.options.clone(), JOB, BACKUP_USER, BACKUP_PASSWORD_VAR).await?;
-        let mut decoder = Decoder::new(&self.registry);
+        let (swap, guest) = HotSwap::<RawFilterWorld>::start(runtime, &self.module, &self.swap).await?;
+        let sinks = Sinks {
+            objects: ParquetSink::new(self.storage.clone(), &self.kafka.topic),
+            checkpoints: None,
+        };
+        let mut consuming = Consuming::start(
+            &self.kafka,
+            self.options.clone(),
+            JOB,
+            BACKUP_USER,
+            BACKUP_PASSWORD_VAR,
+            sinks,
+        )
+        .await?;
         let subject = crate::model::value_subject(&self.kafka.topic);
-        let mut layout = self.latest_layout(&subject).await?;
-        let sink = ParquetSink::new(self.storage.clone(), &self.kafka.topic);
-        let mut report = BackupReport::default();
-        while let Some(step) = consuming.next().await? {
-            // The backup job has no real-time output: it works per roll.
-            let Step::Roll(batch) = step else {
-                continue;
-            };
-            // A batch boundary: a staged module takes over here.
-            swap.swap_staged(&mut guest);
-            if !consuming.fence(&batch).await? {
-                continue;
-            }
-            decoder.prepare(batch.iter().map(|r| r.value.as_deref())).await?;
-            let mut uncovered = uncovered_writers(&decoder, &batch, &layout);
-            if !uncovered.is_empty() {
-                // A newer version was registered: the archive follows the latest.
-                layout = self.latest_layout(&subject).await?;
-                tracing::info!(schema_id = layout.schema_id, "archive layout follows the latest schema");
-                uncovered = uncovered_writers(&decoder, &batch, &layout);
-            }
-            let readers = decoder.readers();
-            let partitions = consuming
-                .partition_count()
-                .ok_or_else(|| Error::Other(format!("the partition count of {} is unknown", self.kafka.topic)))?;
-            for (partition, records) in by_partition(&batch) {
-                swap.took_over(partition, records[0].offset);
-                let raw: Vec<RawRecord> = records.iter().map(|r| raw_record(r)).collect();
-                let verdicts = guest.process(&raw);
-                crate::fault::point("after-guest");
-                drop(raw);
-                let mut rows = RowsBuilder::new(layout.columns.clone());
-                let mut offsets = Vec::with_capacity(records.len());
-                let mut excluded = Vec::new();
-                for (record, verdict) in records.iter().zip(verdicts) {
-                    report.records += 1;
-                    let reason = match verdict {
-                        Ok(Verdict::Keep) => match archive_row(&readers, &uncovered, &mut rows, record) {
-                            Ok(()) => {
-                                offsets.push(record.offset);
-                                continue;
-                            }
-                            Err(reason) => reason,
-                        },
-                        Ok(Verdict::Drop) => {
-                            report.dropped += 1;
-                            excluded.push(record.offset);
-                            continue;
-                        }
-                        Ok(Verdict::Reject(reason)) => format!("rejected by guest: {reason}"),
-                        Err(failure) => failure.to_string(),
-                    };
-                    excluded.push(record.offset);
-                    consuming.dead_letters.send(record, &reason).await?;
-                    report.dead_lettered += 1;
-                }
-                // An object is written even when no record survived: its
-                // lineage says the range was consumed, so the backfill can
-                // tell a dead-lettered or filtered range from a lost object.
-                report.archived += rows.len() as u64;
-                let first_offset = records[0].offset;
-                let consumed = first_offset..records[records.len() - 1].offset + 1;
-                let lineage =
-                    ArchiveLineage::new(&self.kafka.topic, partition, partitions, consumed, &offsets, &excluded);
-                let mut metadata = lineage.to_metadata();
-                metadata.push(module_metadata(swap.sha256()));
-                let path = sink.write(partition, first_offset, &rows.finish(), metadata).await?;
-                crate::fault::point("after-upload");
-                report.files += 1;
-                tracing::debug!(%path, "archived");
-            }
-            consuming.done(&batch).await?;
-        }
-        report.throughput = consuming.throughput(report.records);
-        report.module_sha256 = swap.sha256().to_string();
-        report.swaps = swap.swaps();
+        let layout = self.latest_layout(&subject).await?;
+        let mut run = Run {
+            decoder: Decoder::new(&self.registry),
+            job: self,
+            swap,
+            guest,
+            subject,
+            layout,
+            report: BackupReport::default(),
+        };
+        pipeline::run(&mut consuming, &mut run).await?;
+        let (throughput, durable) = consuming.finish(run.report.records).await?;
+        let mut report = run.report;
+        report.throughput = throughput;
+        report.files = durable.files;
+        report.dead_lettered = durable.dead_lettered;
+        report.module_sha256 = run.swap.sha256().to_string();
+        report.swaps = run.swap.swaps();
         Ok(report)
     }
 
@@ -153,6 +120,96 @@ impl BackupJob {
             schema_id: latest.id,
             columns,
         })
+    }
+}
+
+impl Stages for Run {
+    /// The backup job has no real-time output: it works per roll.
+    async fn roll(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs> {
+        // A roll boundary: a staged module takes over here.
+        self.swap.swap_staged(&mut self.guest);
+        self.decoder
+            .prepare(roll.records.iter().map(|r| r.value.as_deref()))
+            .await?;
+        let mut uncovered = uncovered_writers(&self.decoder, &roll.records, &self.layout);
+        if !uncovered.is_empty() {
+            // A newer version was registered: the archive follows the latest.
+            self.layout = self.job.latest_layout(&self.subject).await?;
+            tracing::info!(
+                schema_id = self.layout.schema_id,
+                "archive layout follows the latest schema"
+            );
+            uncovered = uncovered_writers(&self.decoder, &roll.records, &self.layout);
+        }
+        let readers = self.decoder.readers();
+        let topic = &self.job.kafka.topic;
+        let partitions = consuming
+            .partition_count()
+            .ok_or_else(|| Error::Other(format!("the partition count of {topic} is unknown")))?;
+        let mut outputs = Outputs {
+            partitions: Vec::new(),
+            module_sha256: self.swap.sha256().to_string(),
+        };
+        for (partition, records) in by_partition(&roll.records) {
+            self.swap.took_over(partition, records[0].offset);
+            let raw: Vec<RawRecord> = records.iter().map(|r| raw_record(r)).collect();
+            let verdicts = self.guest.process(&raw);
+            crate::fault::point("after-guest");
+            drop(raw);
+            let mut rows = RowsBuilder::new(self.layout.columns.clone());
+            let mut offsets = Vec::with_capacity(records.len());
+            let mut excluded = Vec::new();
+            let mut dead_letters = Vec::new();
+            for (record, verdict) in records.iter().zip(verdicts) {
+                self.report.records += 1;
+                let reason = match verdict {
+                    Ok(Verdict::Keep) => match archive_row(&readers, &uncovered, &mut rows, record) {
+                        Ok(()) => {
+                            offsets.push(record.offset);
+                            continue;
+                        }
+                        Err(reason) => reason,
+                    },
+                    Ok(Verdict::Drop) => {
+                        self.report.dropped += 1;
+                        excluded.push(record.offset);
+                        continue;
+                    }
+                    Ok(Verdict::Reject(reason)) => format!("rejected by guest: {reason}"),
+                    Err(failure) => failure.to_string(),
+                };
+                excluded.push(record.offset);
+                dead_letters.push(((*record).clone(), reason));
+            }
+            // An object is written even when no record survived: its
+            // lineage says the range was consumed, so the backfill can tell
+            // a dead-lettered or filtered range from a lost object.
+            self.report.archived += rows.len() as u64;
+            let range = Range {
+                partition,
+                first: records[0].offset,
+                end: records[records.len() - 1].offset + 1,
+            };
+            let lineage = ArchiveLineage::new(
+                topic,
+                partition,
+                partitions,
+                range.first..range.end,
+                &offsets,
+                &excluded,
+            );
+            let mut metadata = lineage.to_metadata();
+            metadata.push(module_metadata(self.swap.sha256()));
+            outputs.partitions.push(PartitionOutputs {
+                range,
+                dead_letters,
+                object: Some((rows.finish(), metadata)),
+                checkpoint_at_first: None,
+                checkpoints: Vec::new(),
+                retire_handoff: false,
+            });
+        }
+        Ok(outputs)
     }
 }
 

@@ -19,6 +19,7 @@
 //! waited out (`redis_conn`): every command here is idempotent.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use redis::Script;
 
@@ -52,12 +53,15 @@ pub struct Range {
     pub end: i64,
 }
 
+/// A handle on a group's claims; clones share what this process claimed
+/// (the consumer claims, the durable path deletes what commits passed).
+#[derive(Clone)]
 pub struct Claims {
     connection: RedisConn,
     key_prefix: String,
     script: Script,
     /// First offsets this process claimed, per partition.
-    made: HashMap<i32, Vec<i64>>,
+    made: Arc<Mutex<HashMap<i32, Vec<i64>>>>,
 }
 
 impl Claims {
@@ -67,8 +71,12 @@ impl Claims {
             connection,
             key_prefix: format!("{prefix}:claims:{group}:{topic}"),
             script: Script::new(CLAIM),
-            made: HashMap::new(),
+            made: Arc::default(),
         }
+    }
+
+    fn made(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Vec<i64>>> {
+        self.made.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn key(&self, partition: i32) -> String {
@@ -77,7 +85,7 @@ impl Claims {
 
     /// Claims `ranges`; returns the agreed end of each (its own, or the one
     /// an earlier claim of the same first offset fixed).
-    pub async fn claim(&mut self, ranges: &[Range]) -> Result<Vec<i64>, Error> {
+    pub async fn claim(&self, ranges: &[Range]) -> Result<Vec<i64>, Error> {
         if ranges.is_empty() {
             return Ok(Vec::new());
         }
@@ -90,22 +98,27 @@ impl Claims {
         }
         invocation.arg(CLAIM_TTL_SECONDS);
         let agreed: Vec<i64> = self.connection.invoke("claiming a batch's range", &invocation).await?;
+        let mut made = self.made();
         for range in ranges {
-            self.made.entry(range.partition).or_default().push(range.first);
+            made.entry(range.partition).or_default().push(range.first);
         }
         Ok(agreed)
     }
 
     /// Deletes the claims this process made below `committed`.
-    pub async fn forget_below(&mut self, partition: i32, committed: i64) -> Result<(), Error> {
-        let Some(made) = self.made.get_mut(&partition) else {
-            return Ok(());
+    pub async fn forget_below(&self, partition: i32, committed: i64) -> Result<(), Error> {
+        let stale: Vec<i64> = {
+            let mut made = self.made();
+            let Some(made) = made.get_mut(&partition) else {
+                return Ok(());
+            };
+            let stale = made.iter().copied().filter(|o| *o < committed).collect();
+            made.retain(|o| *o >= committed);
+            stale
         };
-        let stale: Vec<i64> = made.iter().copied().filter(|o| *o < committed).collect();
         if stale.is_empty() {
             return Ok(());
         }
-        made.retain(|o| *o >= committed);
         let key = self.key(partition);
         let mut cmd = redis::cmd("HDEL");
         cmd.arg(&key).arg(&stale);

@@ -84,16 +84,25 @@ pub fn count(
     offsets: &[i64],
     inputs: &[WitTransaction],
 ) -> Counted {
-    let outcomes = guest.process(&mut state.values, inputs);
+    let outcomes = guest.process(&mut state.values, &mut state.changes.keys, inputs);
     let mut counted = Counted {
         events: Vec::with_capacity(outcomes.len()),
         rejected: Vec::new(),
     };
     for (index, (offset, outcome)) in offsets.iter().zip(outcomes).enumerate() {
         match outcome {
+            // The serving view holds one entry per user of the partition's
+            // own records: a feature of any other user is out of contract.
+            Ok(FeatureOutcome::Emit(f)) if f.user_id != inputs[index].user_id => counted.rejected.push((
+                index,
+                format!(
+                    "the guest emitted a feature of user {} for a transaction of user {}",
+                    f.user_id, inputs[index].user_id
+                ),
+            )),
             Ok(FeatureOutcome::Emit(f)) => {
                 // What Redis serves for the user from now on (see `Latest`).
-                state.latest.insert(
+                state.set_latest(
                     f.user_id,
                     Latest {
                         total_transactions_count: f.total_transactions_count,

@@ -21,12 +21,15 @@ use crate::registry::Registry;
 use crate::runtime::{FeaturesGuest, FeaturesWorld, Limits, Runtime, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
-use crate::state::{Checkpoints, PartitionState};
+use crate::state::{Checkpoints, PartitionState, Snapshot};
 
+use super::claims::Range;
 pub use super::counting::OnMispartitioned;
 use super::counting::{Placement, count, mispartitioned_refusal};
+use super::durable::{CheckpointsReport, Outputs, PartitionOutputs, Sinks};
+use super::pipeline::{self, Stages};
 use super::serving::Serving;
-use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, RunOptions, Step, by_partition};
+use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, Roll, RunOptions, by_partition};
 
 pub const JOB: &str = "transactions-ml-features-job";
 /// The Parquet dataset of feature events.
@@ -42,6 +45,13 @@ pub struct FeaturesReport {
     /// Records on another partition than their user's (see `OnMispartitioned`).
     pub mispartitioned: u64,
     pub files: u64,
+    /// The keyed state's checkpoints: how many, how many whole, their bytes
+    /// and the time spent writing them.
+    pub checkpoints: CheckpointsReport,
+    /// Time spent loading assigned partitions' state from checkpoints, and
+    /// the users they held.
+    pub restore_seconds: f64,
+    pub restored_users: u64,
     pub redis_updates: u64,
     /// Users written to Redis again because Redis had lost them (or never
     /// had them: a backfill's hand-off), from the keyed state.
@@ -79,8 +89,9 @@ impl Held {
     async fn load_assigned(
         &mut self,
         consuming: &Consuming,
-        checkpoints: &mut Checkpoints,
+        checkpoints: &Checkpoints,
         serving: &mut Serving,
+        report: &mut FeaturesReport,
     ) -> Result<()> {
         for partition in consuming.assigned() {
             if self.states.contains_key(&partition) {
@@ -89,7 +100,10 @@ impl Held {
             let start = consuming
                 .start_of(partition)
                 .ok_or_else(|| Error::Other(format!("partition {partition} has no start")))?;
+            let started = std::time::Instant::now();
             let state = checkpoints.resume(partition, start.committed, start.offset).await?;
+            report.restore_seconds += started.elapsed().as_secs_f64();
+            report.restored_users += state.latest.len() as u64;
             if let Some(committed) = start.committed {
                 self.saved_at.insert(partition, committed);
             }
@@ -107,6 +121,9 @@ struct OpenOutputs {
     events: Vec<FeatureEvent>,
     /// Dead letters, sent once the object's range passed the fence.
     left_out: Vec<(Consumed, String)>,
+    /// The state as of the object's first offset, when no checkpoint of
+    /// that name exists or is on its way: saved before the object's fence.
+    at_first: Option<Snapshot>,
 }
 
 impl OpenOutputs {
@@ -194,10 +211,11 @@ struct Run {
     job: FeaturesJob,
     swap: HotSwap<FeaturesWorld>,
     guest: FeaturesGuest,
+    /// Read here (state of assigned partitions, recounts); the durable path
+    /// writes them.
     checkpoints: Checkpoints,
     decoder: Decoder,
     serving: Serving,
-    sink: ParquetSink,
     held: Held,
     open: HashMap<i32, OpenOutputs>,
     /// Hand-offs not yet superseded by a commit of this process.
@@ -217,7 +235,12 @@ impl FeaturesJob {
             tracing::info!(handoffs = ?options.handoffs, "a backfill left state for this group");
         }
         let handoffs = options.handoffs.clone();
-        let mut consuming = Consuming::start(&self.kafka, options, JOB, FEATURES_USER, FEATURES_PASSWORD_VAR).await?;
+        let sinks = Sinks {
+            objects: ParquetSink::new(self.storage.clone(), DATASET),
+            checkpoints: Some(Checkpoints::new(self.storage.clone(), &name).with_module(swap.sha256())),
+        };
+        let mut consuming =
+            Consuming::start(&self.kafka, options, JOB, FEATURES_USER, FEATURES_PASSWORD_VAR, sinks).await?;
         let serving = Serving::new(
             RedisSink::new(consuming.redis(), &self.options.redis.redis_prefix),
             &name,
@@ -225,7 +248,6 @@ impl FeaturesJob {
         );
         let mut run = Run {
             decoder: Decoder::new(&self.registry),
-            sink: ParquetSink::new(self.storage.clone(), DATASET),
             job: self,
             swap,
             guest,
@@ -236,42 +258,50 @@ impl FeaturesJob {
             handoffs,
             report: FeaturesReport::default(),
         };
-        while let Some(step) = consuming.next().await? {
-            if consuming.assignment_changed() {
-                // Partitions may have moved: state is reloaded from the
-                // checkpoints, which the previous owners wrote last.
-                run.held = Held::default();
-                run.open.clear();
-            }
-            run.held
-                .load_assigned(&consuming, &mut run.checkpoints, &mut run.serving)
-                .await?;
-            run.serving.check(&run.held.states).await?;
-            match step {
-                Step::Quiet => {}
-                Step::Arrived => {
-                    // A staged module takes over once every open object has
-                    // rolled, so that each object is one module's.
-                    if run.swap.is_staged() {
-                        if consuming.nothing_open() {
-                            if run.swap.swap_staged(&mut run.guest) {
-                                run.checkpoints.set_module(run.swap.sha256());
-                            }
-                        } else {
-                            consuming.roll_all();
-                        }
-                    }
-                    run.realtime(&consuming).await?;
-                }
-                Step::Roll(batch) => run.durable(&mut consuming, batch).await?,
-            }
-        }
+        pipeline::run(&mut consuming, &mut run).await?;
+        let (throughput, durable) = consuming.finish(run.report.records).await?;
         let mut report = run.report;
-        report.throughput = consuming.throughput(report.records);
+        report.throughput = throughput;
+        report.files = durable.files;
+        report.dead_lettered = durable.dead_lettered;
+        report.checkpoints = durable.checkpoints;
         report.republished = run.serving.republished;
         report.module_sha256 = run.swap.sha256().to_string();
         report.swaps = run.swap.swaps();
         Ok(report)
+    }
+}
+
+impl Stages for Run {
+    async fn prepare(&mut self, consuming: &mut Consuming) -> Result<()> {
+        if consuming.assignment_changed() {
+            // Partitions may have moved: state is reloaded from the
+            // checkpoints, which the previous owners wrote last.
+            self.held = Held::default();
+            self.open.clear();
+        }
+        self.held
+            .load_assigned(consuming, &self.checkpoints, &mut self.serving, &mut self.report)
+            .await?;
+        self.serving.check(&self.held.states).await?;
+        Ok(())
+    }
+
+    async fn arrived(&mut self, consuming: &mut Consuming) -> Result<()> {
+        // A staged module takes over once every open object has rolled, so
+        // that each object is one module's.
+        if self.swap.is_staged() {
+            if consuming.nothing_open() {
+                self.swap.swap_staged(&mut self.guest);
+            } else {
+                consuming.roll_all();
+            }
+        }
+        self.realtime(consuming).await
+    }
+
+    async fn roll(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs> {
+        self.outputs_of(consuming, roll).await
     }
 }
 
@@ -283,7 +313,8 @@ impl Run {
         self.decoder.prepare(micro.iter().map(|r| r.value.as_deref())).await?;
         let readers = self.decoder.readers();
         let mut placement = Placement::new(partition_count(consuming, &self.job.kafka.topic)?);
-        let mut events = Vec::new();
+        // Where this micro-batch's events start in each partition's open outputs.
+        let mut fresh = Vec::new();
         for (partition, records) in by_partition(micro) {
             let first = records[0].offset;
             let state = self
@@ -298,13 +329,14 @@ impl Run {
                     state.next_offset
                 )));
             }
+            let open = self.open.entry(partition).or_default();
             // These records open a new object: before its fence commits its
             // first offset, the state as of that offset must be checkpointed
             // under it (a fresh partition, an offset gap or skipped records
             // leave the last checkpoint under another name).
             if consuming.open_first(partition).is_none() && self.held.saved_at.get(&partition) != Some(&first) {
                 state.next_offset = first;
-                self.checkpoints.save(partition, state).await?;
+                open.at_first = Some(state.snapshot());
                 self.held.saved_at.insert(partition, first);
             }
             self.swap.took_over(partition, first);
@@ -322,99 +354,104 @@ impl Run {
             self.report.records += records.len() as u64;
             self.report.features += processed.events.len() as u64;
             self.report.mispartitioned += processed.mispartitioned;
-            let open = self.open.entry(partition).or_default();
-            open.events.extend(processed.events.iter().cloned());
+            fresh.push((partition, open.events.len()));
+            open.events.extend(processed.events);
             open.left_out.extend(processed.left_out);
-            events.extend(processed.events);
         }
-        self.report.redis_updates += self.serving.write_latest(&events).await? as u64;
+        let events = fresh
+            .iter()
+            .flat_map(|(partition, from)| self.open[partition].events[*from..].iter());
+        self.report.redis_updates += self.serving.write_latest(events).await? as u64;
         crate::fault::point("after-redis");
         Ok(())
     }
 
-    /// The durable path of a roll: past the fence, each partition's dead
-    /// letters, its features object and the checkpoint of its state as of
-    /// the range's end; then the commit.
-    async fn durable(&mut self, consuming: &mut Consuming, batch: Vec<Consumed>) -> Result<()> {
-        if !consuming.fence(&batch).await? {
-            self.open.clear();
-            return Ok(());
-        }
-        for partition in by_partition(&batch).keys() {
-            if self.handoffs.remove(partition).is_some() {
-                self.checkpoints.retire_handoff(*partition).await?;
-            }
-        }
-        for (partition, records) in by_partition(&batch) {
-            let first = records[0].offset;
-            let end = records[records.len() - 1].offset + 1;
-            // The fence committed the first offset: older checkpoints are stale.
-            self.checkpoints.forget_below(partition, first).await?;
-            let (events, left_out) = self.open.entry(partition).or_default().take_below(end);
-            for (record, reason) in &left_out {
-                consuming.dead_letters.send(record, reason).await?;
-            }
-            self.report.dead_lettered += left_out.len() as u64;
-            if !events.is_empty() {
-                let metadata = vec![module_metadata(self.swap.sha256())];
-                self.sink
-                    .write(partition, first, &feature_batch(&events), metadata)
-                    .await?;
-                crate::fault::point("after-upload");
-                self.report.files += 1;
-            }
+    /// The durable outputs of a roll: each partition's dead letters, its
+    /// features object and its state as of the range's end.
+    async fn outputs_of(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs> {
+        let mut outputs = Outputs {
+            partitions: Vec::new(),
+            module_sha256: self.swap.sha256().to_string(),
+        };
+        for (partition, records) in by_partition(&roll.records) {
+            let range = Range {
+                partition,
+                first: records[0].offset,
+                end: records[records.len() - 1].offset + 1,
+            };
+            let open = self.open.entry(partition).or_default();
+            let (events, dead_letters) = open.take_below(range.end);
+            let checkpoint_at_first = open.at_first.take();
+            let object =
+                (!events.is_empty()).then(|| (feature_batch(&events), vec![module_metadata(self.swap.sha256())]));
             let ahead = self
                 .held
                 .states
                 .get(&partition)
-                .is_some_and(|state| state.next_offset != end);
+                .is_some_and(|state| state.next_offset != range.end);
+            let mut checkpoints = Vec::new();
             if ahead {
                 // An earlier claim ended this range before the records the
-                // real-time path counted since: recount it from the
-                // checkpoint of its first offset.
-                let mut state = self.recount(consuming, partition, first, &records).await?;
-                state.next_offset = end;
-                self.checkpoints.save(partition, &state).await?;
-                self.held.saved_at.insert(partition, end);
+                // real-time path counted since: recount it from the state as
+                // of its first offset.
+                // What the durable path holds may be the base it needs.
+                consuming.wait_for_durable_path().await?;
+                let mut state = match &checkpoint_at_first {
+                    Some(snapshot) => self.checkpoints.state_of(partition, snapshot).await?,
+                    None => {
+                        self.checkpoints
+                            .resume(partition, Some(range.first), range.first)
+                            .await?
+                    }
+                };
+                self.recount(consuming, partition, &mut state, &records).await?;
+                state.next_offset = range.end;
+                checkpoints.push(state.snapshot());
+                self.held.saved_at.insert(partition, range.end);
                 // The next object starts past an offset gap: its first offset
                 // needs the checkpoint before its fence, too.
-                if let Some(next) = consuming.open_first(partition).filter(|next| *next != end) {
+                if let Some(next) = consuming.open_first(partition).filter(|next| *next != range.end) {
                     state.next_offset = next;
-                    self.checkpoints.save(partition, &state).await?;
+                    self.open.entry(partition).or_default().at_first = Some(state.snapshot());
                     self.held.saved_at.insert(partition, next);
                 }
-            } else if let Some(state) = self.held.states.get(&partition) {
-                self.checkpoints.save(partition, state).await?;
-                self.held.saved_at.insert(partition, end);
+            } else if let Some(state) = self.held.states.get_mut(&partition) {
+                checkpoints.push(state.snapshot());
+                self.held.saved_at.insert(partition, range.end);
             }
-            crate::fault::point("mid-checkpoint");
+            outputs.partitions.push(PartitionOutputs {
+                range,
+                dead_letters,
+                object,
+                checkpoint_at_first,
+                checkpoints,
+                retire_handoff: self.handoffs.remove(&partition).is_some(),
+            });
         }
-        consuming.done(&batch).await
+        Ok(outputs)
     }
 
-    /// The state of `partition` after `records` (a range from `first`),
-    /// from the checkpoint of `first`.
+    /// Counts `records` (a range from `state.next_offset`) into `state`.
     async fn recount(
         &mut self,
         consuming: &Consuming,
         partition: i32,
-        first: i64,
+        state: &mut PartitionState,
         records: &[&Consumed],
-    ) -> Result<PartitionState> {
-        let mut state = self.checkpoints.resume(partition, Some(first), first).await?;
+    ) -> Result<()> {
         self.decoder.prepare(records.iter().map(|r| r.value.as_deref())).await?;
         let readers = self.decoder.readers();
         let mut placement = Placement::new(partition_count(consuming, &self.job.kafka.topic)?);
         process(
             records,
             partition,
-            &mut state,
+            state,
             &mut self.guest,
             &readers,
             &mut placement,
             self.job.on_mispartitioned,
         )?;
-        Ok(state)
+        Ok(())
     }
 }
 

@@ -5,7 +5,9 @@ pub mod backfill;
 pub mod backup;
 pub mod claims;
 pub mod counting;
+pub mod durable;
 pub mod features;
+pub mod pipeline;
 pub mod produce;
 pub mod rebuild;
 pub mod republish;
@@ -13,11 +15,12 @@ pub mod rolling;
 pub mod serving;
 pub mod setup;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::{KafkaArgs, RedisArgs};
 use crate::dlq::DeadLetters;
@@ -25,7 +28,8 @@ use crate::kafka::starting_offsets::{OnDataLoss, Start};
 use crate::kafka::{Commit, Consumed, Position, Source, producer};
 use crate::redis_conn::RedisConn;
 
-use self::claims::{Claims, Range};
+use self::claims::Claims;
+use self::durable::{CommitRequest, DurablePath, DurableReport, Outputs, Queued, Sinks};
 use self::rolling::{RollPolicy, Rolling};
 
 /// The consumer user of each job, created by `sluice setup`.
@@ -69,29 +73,45 @@ pub struct RunOptions {
 /// `max_wait`): records are passed on as soon as a fetch has delivered them.
 const MICRO_BATCH_IDLE: Duration = Duration::from_millis(2);
 
+/// Rolls queued for the durable path at most; past this the consumer waits
+/// for it, with fetching paused.
+const MAX_QUEUED_ROLLS: u64 = 2;
+
+/// How often an object waiting for the rest of a claimed range checks that
+/// the range can complete.
+const CLAIM_CHECK_EVERY: Duration = Duration::from_secs(10);
+
 /// What `Consuming::next` has for the job.
 pub enum Step {
     /// Records arrived (`Consuming::arrived`): the real-time path's input.
     /// They also join their partitions' open objects.
     Arrived,
     /// Claimed ranges of one or more partitions that rolled: the durable
-    /// path's input, one object per partition. Call `fence` before writing
-    /// any of its outputs, and `done` once they are durable.
-    Roll(Vec<Consumed>),
+    /// path's input, one object per partition. The job makes its outputs
+    /// and hands them on with `Consuming::write`.
+    Roll(Roll),
     /// Nothing arrived for `idle`.
     Quiet,
 }
 
+/// The records of one roll, in offset order per partition.
+pub struct Roll {
+    pub records: Vec<Consumed>,
+    /// The rebalance count they were fetched under.
+    rebalances: u64,
+}
+
 /// What every consumer job shares: group membership as the job's user,
 /// micro-batches as records arrive (the real-time path), open objects that
-/// roll (the durable path), stop on signal or once caught up, the delivery
-/// protocol's commits and the dead-letter topic.
+/// roll, and the durable path (`durable`), a task of its own that writes
+/// each roll's outputs and commits; stop on signal or once caught up.
 ///
 /// The protocol, per roll: `next` claims each rolling partition's range
-/// (`claims`), adopting a range an earlier claim fixed; `fence` commits its
-/// first offsets, which the group refuses to a member that lost the
-/// partitions; only then does the job write its durable outputs. `done`
-/// flushes the dead letters and commits the ranges' ends.
+/// (`claims`), adopting a range an earlier claim fixed; the job makes the
+/// roll's outputs and `write`s them; the durable path commits the ranges'
+/// first offsets (the fence, which the group refuses to a member that lost
+/// the partitions), writes the outputs, and commits the ranges' ends. This
+/// task sends every commit (`serve_commits`), so none can pass a rebalance.
 pub struct Consuming {
     source: Source,
     claims: Claims,
@@ -99,23 +119,35 @@ pub struct Consuming {
     redis: RedisConn,
     stop: watch::Receiver<bool>,
     options: RunOptions,
-    pub dead_letters: DeadLetters,
     /// The last micro-batch, until the next call of `next`.
     arrived: Vec<Consumed>,
+    /// Records fetched while waiting for the durable path: the next
+    /// micro-batch.
+    stash: Vec<Consumed>,
     /// Each partition's records since its last roll.
     rolling: Rolling,
-    /// The rebalance count the open objects belong to.
+    /// The rebalance count the open objects and the stash belong to.
     rolling_rebalances: u64,
-    /// Since when no record arrived, and when the last `Quiet` step was.
+    /// A refused fence cleared the open objects (see `assignment_changed`).
+    fenced_reset: bool,
+    /// Since when no record arrived.
     quiet_since: Option<Instant>,
-    /// Next offsets whose outputs are durable but not yet committed, and the
-    /// rebalance count they belong to (a rebalance voids them).
-    durable: HashMap<i32, i64>,
-    durable_rebalances: u64,
-    /// When the first batch arrived and the last one was committed: the
-    /// job's busy span, without the group join and the final idle wait.
+    /// When an object last checked that the claimed range it waits for can
+    /// complete.
+    claims_checked_at: Instant,
+    /// Partitions of this assignment whose start needs no commit of its own
+    /// any more: it was committed, or a roll of theirs went to the durable
+    /// path (which commits past it).
+    settled_starts: HashSet<i32>,
+    /// The durable path: its queue, its count of finished rolls, its task
+    /// and the commits it asks for.
+    rolls: Option<mpsc::UnboundedSender<Queued>>,
+    queued: u64,
+    finished: watch::Receiver<u64>,
+    durable: Option<JoinHandle<Result<DurableReport>>>,
+    commits: mpsc::UnboundedReceiver<CommitRequest>,
+    /// When the first batch arrived: the start of the job's busy span.
     first_batch_at: Option<Instant>,
-    last_commit_at: Option<Instant>,
 }
 
 /// How long a job was busy and what it could not read, for its report.
@@ -130,13 +162,15 @@ pub struct Throughput {
 }
 
 impl Consuming {
-    /// Joins the job's group as `user` (password from `password_var`).
+    /// Joins the job's group as `user` (password from `password_var`) and
+    /// starts the durable path over `sinks`.
     pub async fn start(
         kafka: &KafkaArgs,
         options: RunOptions,
         job: &'static str,
         user: &str,
         password_var: &str,
+        sinks: Sinks,
     ) -> Result<Self> {
         let credentials = kafka.credentials(user, password_var);
         let config = kafka.client_config(credentials.as_ref());
@@ -152,6 +186,11 @@ impl Consuming {
         let dead_letters = DeadLetters::new(producer::create(config)?, &kafka.dlq_topic, &kafka.topic, job);
         let redis = options.redis.connect().await?;
         let claims = Claims::new(redis.clone(), &options.redis.redis_prefix, &options.group, &kafka.topic);
+        let (rolls, queue) = mpsc::unbounded_channel();
+        let (commit_requests, commits) = mpsc::unbounded_channel();
+        let (finished_tx, finished) = watch::channel(0);
+        let durable = DurablePath::new(sinks, claims.clone(), dead_letters, commit_requests, finished_tx);
+        let durable = tokio::spawn(durable.run(queue));
         tracing::info!(job, topic = %kafka.topic, group = %options.group, "consuming");
         Ok(Self {
             source,
@@ -159,72 +198,56 @@ impl Consuming {
             redis,
             stop: stop_signal(),
             options,
-            dead_letters,
             arrived: Vec::new(),
+            stash: Vec::new(),
             rolling: Rolling::default(),
             rolling_rebalances: 0,
+            fenced_reset: false,
             quiet_since: None,
-            durable: HashMap::new(),
-            durable_rebalances: 0,
+            claims_checked_at: Instant::now(),
+            settled_starts: HashSet::new(),
+            rolls: Some(rolls),
+            queued: 0,
+            finished,
+            durable: Some(durable),
+            commits,
             first_batch_at: None,
-            last_commit_at: None,
         })
     }
 
-    /// The busy span and rate over `records`.
-    pub fn throughput(&self, records: u64) -> Throughput {
-        let skipped_by_data_loss = self.source.skipped_by_data_loss();
-        match (self.first_batch_at, self.last_commit_at) {
-            (Some(first), Some(last)) => {
-                let seconds = last.duration_since(first).as_secs_f64();
-                Throughput {
-                    seconds,
-                    records_per_s: records as f64 / seconds.max(1e-9),
-                    skipped_by_data_loss,
-                }
-            }
-            _ => Throughput {
-                skipped_by_data_loss,
-                ..Throughput::default()
-            },
-        }
-    }
-
     /// The next step, or `None` once the job should stop: on SIGINT/SIGTERM
-    /// (after rolling what can roll), or when it was asked to stop once the
-    /// group has caught up and it has.
+    /// (after rolling what can roll and making it durable), or when it was
+    /// asked to stop once the group has caught up and it has.
     pub async fn next(&mut self) -> Result<Option<Step>> {
         self.rolling.add(std::mem::take(&mut self.arrived));
         loop {
+            self.check_durable().await?;
+            self.serve_commits()?;
+            if self.source.is_fenced() && !self.rolling.is_empty() {
+                // Nothing open is this member's to write any more.
+                self.rolling.clear();
+                self.fenced_reset = true;
+            }
             let stopping = *self.stop.borrow();
             if stopping {
                 self.rolling.roll_all();
             }
-            if let Some(batch) = self.roll().await? {
-                return Ok(Some(Step::Roll(batch)));
+            if let Some(roll) = self.roll().await? {
+                return Ok(Some(Step::Roll(roll)));
             }
             if stopping {
                 // Ranges still waiting for the rest of a claim are fetched
                 // again by whoever resumes their partitions.
                 self.rolling.clear();
-                self.commit_durable().await?;
+                self.wait_for_durable(0).await?;
                 return Ok(None);
             }
-            let micro = self
-                .source
-                .next_batch(
-                    self.options.batch_size,
-                    MICRO_BATCH_IDLE.min(self.options.max_wait),
-                    self.options.max_wait,
-                    &self.stop,
-                )
-                .await?;
-            if self.source.rebalances() != self.rolling_rebalances {
-                // Open objects may hold partitions that moved: their records
-                // are fetched again from the committed offsets.
-                self.rolling_rebalances = self.source.rebalances();
-                self.rolling.clear();
-            }
+            self.check_claims_reachable()?;
+            let micro = if self.stash.is_empty() {
+                self.fetch().await?
+            } else {
+                std::mem::take(&mut self.stash)
+            };
             if !micro.is_empty() {
                 self.quiet_since = None;
                 self.first_batch_at.get_or_insert_with(Instant::now);
@@ -236,11 +259,15 @@ impl Consuming {
                 continue;
             }
             self.quiet_since = Some(Instant::now());
-            self.commit_durable().await?;
+            self.commit_handoff_starts().await?;
             if self.options.until_caught_up {
                 if !self.rolling.is_empty() {
                     // The end of the topic: what is open rolls now.
                     self.rolling.roll_all();
+                    continue;
+                }
+                self.wait_for_durable(0).await?;
+                if !self.stash.is_empty() {
                     continue;
                 }
                 match self.source.group_caught_up() {
@@ -254,9 +281,170 @@ impl Consuming {
         }
     }
 
+    /// The next micro-batch from the source; a rebalance since the last one
+    /// voids the open objects and the stash (their partitions may have
+    /// moved; their records are fetched again from the committed offsets).
+    async fn fetch(&mut self) -> Result<Vec<Consumed>> {
+        let micro = self
+            .source
+            .next_batch(
+                self.options.batch_size,
+                MICRO_BATCH_IDLE.min(self.options.max_wait),
+                self.options.max_wait,
+            )
+            .await?;
+        if self.source.rebalances() != self.rolling_rebalances {
+            self.rolling_rebalances = self.source.rebalances();
+            self.rolling.clear();
+            self.stash.clear();
+            self.settled_starts.clear();
+        }
+        Ok(micro)
+    }
+
     /// The records of the last `Step::Arrived`.
     pub fn arrived(&self) -> &[Consumed] {
         &self.arrived
+    }
+
+    /// Hands a roll's outputs to the durable path. Waits (fetching paused)
+    /// while the durable path is more than `MAX_QUEUED_ROLLS` behind.
+    pub async fn write(&mut self, outputs: Outputs, roll: &Roll) -> Result<()> {
+        let queued = Queued {
+            outputs,
+            rebalances: roll.rebalances,
+        };
+        let sent = self.rolls.as_ref().is_some_and(|rolls| rolls.send(queued).is_ok());
+        if !sent {
+            self.check_durable().await?;
+            return Err(Error::Other("the durable path stopped".into()));
+        }
+        self.queued += 1;
+        self.wait_for_durable(MAX_QUEUED_ROLLS).await
+    }
+
+    /// Waits until the durable path has written every roll handed to it.
+    pub async fn wait_for_durable_path(&mut self) -> Result<()> {
+        self.wait_for_durable(0).await
+    }
+
+    /// Rolls not yet made durable.
+    fn in_flight(&self) -> u64 {
+        self.queued - *self.finished.borrow()
+    }
+
+    /// Waits until at most `at_most` rolls are in flight, serving the
+    /// durable path's commits meanwhile. Fetching is paused; records that
+    /// arrive anyway are kept for the next micro-batch.
+    async fn wait_for_durable(&mut self, at_most: u64) -> Result<()> {
+        if self.in_flight() <= at_most {
+            return Ok(());
+        }
+        self.source.pause()?;
+        while self.in_flight() > at_most {
+            self.check_durable().await?;
+            self.serve_commits()?;
+            let micro = self.fetch().await?;
+            self.stash.extend(micro);
+        }
+        self.source.resume()?;
+        Ok(())
+    }
+
+    /// Sends the commits the durable path asked for, unless the records
+    /// they cover belong to an assignment that is gone.
+    fn serve_commits(&mut self) -> Result<()> {
+        while let Ok(request) = self.commits.try_recv() {
+            if request.rebalances != self.source.rebalances() {
+                let _ = request.reply.send(Ok(Commit::Stale));
+                continue;
+            }
+            self.source.send_commit(&request.positions, request.reply)?;
+        }
+        Ok(())
+    }
+
+    /// The durable path's error, once it has stopped with one.
+    async fn check_durable(&mut self) -> Result<()> {
+        if !self.durable.as_ref().is_some_and(JoinHandle::is_finished) {
+            return Ok(());
+        }
+        let handle = self.durable.take().expect("checked");
+        match handle.await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(_)) => Err(Error::Other("the durable path stopped early".into())),
+            Err(e) => Err(Error::Other(format!("the durable path failed: {e}"))),
+        }
+    }
+
+    /// Ends the durable path once `next` returned `None`; the job's
+    /// throughput over `records`, and what the durable path did.
+    pub async fn finish(mut self, records: u64) -> Result<(Throughput, DurableReport)> {
+        self.rolls = None;
+        let report = match self.durable.take() {
+            Some(handle) => handle
+                .await
+                .map_err(|e| Error::Other(format!("the durable path failed: {e}")))??,
+            None => DurableReport::default(),
+        };
+        let skipped_by_data_loss = self.source.skipped_by_data_loss();
+        let throughput = match (self.first_batch_at, report.last_commit_at) {
+            (Some(first), Some(last)) => {
+                let seconds = last.duration_since(first).as_secs_f64();
+                Throughput {
+                    seconds,
+                    records_per_s: records as f64 / seconds.max(1e-9),
+                    skipped_by_data_loss,
+                }
+            }
+            _ => Throughput {
+                skipped_by_data_loss,
+                ..Throughput::default()
+            },
+        };
+        Ok((throughput, report))
+    }
+
+    /// A partition that started at a backfill's hand-off and got no record
+    /// has no commit of the group: commit the hand-off offset (its
+    /// checkpoint is the backfill's), so the group's position says where
+    /// it is, and `--until-caught-up` sees it caught up.
+    async fn commit_handoff_starts(&mut self) -> Result<()> {
+        let mut positions = Vec::new();
+        for partition in self.source.assigned() {
+            let Some(start) = self.source.start(partition) else {
+                continue;
+            };
+            // The hand-off's checkpoint is named by the offset it starts at
+            // (records skipped for data loss would make them differ).
+            let from_handoff =
+                start.committed == Some(start.offset) && self.options.handoffs.get(&partition) == Some(&start.offset);
+            if from_handoff && self.rolling.first(partition).is_none() && !self.settled_starts.contains(&partition) {
+                positions.push(Position {
+                    partition,
+                    offset: start.offset,
+                });
+            }
+        }
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let (reply, mut answer) = oneshot::channel();
+        self.source.send_commit(&positions, reply)?;
+        let rebalances = self.source.rebalances();
+        let outcome = loop {
+            match answer.try_recv() {
+                Ok(outcome) => break outcome,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                Err(oneshot::error::TryRecvError::Closed) => break Err("no answer".to_string()),
+            }
+            let micro = self.fetch().await?;
+            self.stash.extend(micro);
+        };
+        if outcome == Ok(Commit::Done) && rebalances == self.source.rebalances() {
+            self.settled_starts.extend(positions.iter().map(|p| p.partition));
+        }
+        Ok(())
     }
 
     /// Rolls every open object at the next chance (before a module swap,
@@ -277,87 +465,49 @@ impl Consuming {
     }
 
     /// Claims the ranges due to roll; the records of the agreed ranges.
-    async fn roll(&mut self) -> Result<Option<Vec<Consumed>>> {
+    async fn roll(&mut self) -> Result<Option<Roll>> {
         let ranges = self.rolling.due(&self.options.roll);
         if ranges.is_empty() {
             return Ok(None);
         }
         let agreed = self.claims.claim(&ranges).await?;
-        let batch = self.rolling.take(&ranges, &agreed);
-        Ok((!batch.is_empty()).then_some(batch))
+        let records = self.rolling.take(&ranges, &agreed);
+        self.settled_starts.extend(records.iter().map(|r| r.partition));
+        Ok((!records.is_empty()).then_some(Roll {
+            records,
+            rebalances: self.rolling_rebalances,
+        }))
     }
 
-    /// Commits the claimed batch's first offsets (with the durable positions
-    /// of other partitions). The broker refuses this to a member that lost
-    /// its partitions: then the batch must be dropped unwritten (`false`).
-    /// Whatever a job needs to resume from a first offset (a checkpoint
-    /// named by it) must exist before this call.
-    pub async fn fence(&mut self, batch: &[Consumed]) -> Result<bool> {
-        let mut positions = self.take_durable(batch);
-        positions.extend(
-            first_offsets(batch)
-                .into_iter()
-                .map(|(partition, offset)| Position { partition, offset }),
-        );
-        if self.commit(&positions).await? == Commit::Fenced {
-            return Ok(false);
+    /// A claimed range always ended at a record that existed; one reaching
+    /// past the partition's end was made for another incarnation of the
+    /// topic, and waiting for it would wait forever.
+    fn check_claims_reachable(&mut self) -> Result<()> {
+        let waiting = self.rolling.waiting();
+        if waiting.is_empty() || self.claims_checked_at.elapsed() < CLAIM_CHECK_EVERY {
+            return Ok(());
         }
-        for position in positions {
-            self.claims.forget_below(position.partition, position.offset).await?;
-        }
-        Ok(true)
-    }
-
-    /// Call once every output of `batch` is written: flushes its dead
-    /// letters and commits its ranges' ends.
-    pub async fn done(&mut self, batch: &[Consumed]) -> Result<()> {
-        self.dead_letters.flush().await?;
-        self.durable_rebalances = self.source.rebalances();
-        for range in ranges(batch) {
-            self.durable.insert(range.partition, range.end);
-        }
-        self.commit_durable().await
-    }
-
-    /// Durable positions of partitions this batch does not claim. After a
-    /// rebalance they are dropped: the partitions may belong to another
-    /// member now, and the broker does not check which partitions a member
-    /// commits. Their next owner resumes from the last commit, under the
-    /// same claims.
-    fn take_durable(&mut self, batch: &[Consumed]) -> Vec<Position> {
-        if self.durable_rebalances != self.source.rebalances() {
-            self.durable.clear();
-        }
-        let claimed: HashSet<i32> = batch.iter().map(|r| r.partition).collect();
-        self.durable
-            .drain()
-            .filter(|(partition, _)| !claimed.contains(partition))
-            .map(|(partition, offset)| Position { partition, offset })
-            .collect()
-    }
-
-    async fn commit_durable(&mut self) -> Result<()> {
-        let positions = self.take_durable(&[]);
-        if self.commit(&positions).await? == Commit::Done {
-            for position in positions {
-                self.claims.forget_below(position.partition, position.offset).await?;
+        self.claims_checked_at = Instant::now();
+        tracing::warn!(claimed = ?waiting, "waiting for the records of claimed ranges");
+        for (partition, end) in waiting {
+            let high = match self.source.partition_end(partition) {
+                Ok(high) => high,
+                Err(e) => {
+                    tracing::warn!(error = %e, partition, "cannot read the partition's end; asking again later");
+                    continue;
+                }
+            };
+            if end > high {
+                return Err(Error::Other(format!(
+                    "partition {partition} of {topic}: a claim ends at offset {end}, beyond the partition's end \
+                     {high}; it was made before the topic was recreated. Delete the group's claims \
+                     (<redis prefix>:claims:{group}:{topic}:{partition}) to start over.",
+                    topic = self.source.topic(),
+                    group = self.options.group,
+                )));
             }
         }
         Ok(())
-    }
-
-    async fn commit(&mut self, positions: &[Position]) -> Result<Commit> {
-        if positions.is_empty() {
-            return Ok(Commit::Done);
-        }
-        crate::fault::point("before-commit");
-        let outcome = self.source.commit(positions).await?;
-        match outcome {
-            Commit::Done => self.last_commit_at = Some(Instant::now()),
-            // This member lost its partitions: nothing open is its to write.
-            Commit::Fenced => self.rolling.clear(),
-        }
-        Ok(outcome)
     }
 
     /// Where an assigned partition started: its committed offset and more.
@@ -380,31 +530,13 @@ impl Consuming {
         self.source.partition_count()
     }
 
-    /// True once after each rebalance (see `Source::assignment_changed`).
+    /// True once after each rebalance (see `Source::assignment_changed`),
+    /// and once after a refused fence: state held for the partitions must be
+    /// reloaded from their checkpoints.
     pub fn assignment_changed(&mut self) -> bool {
-        self.source.assignment_changed()
+        let fenced = std::mem::take(&mut self.fenced_reset);
+        self.source.assignment_changed() || fenced
     }
-}
-
-/// The range of each partition in a batch: its first offset and one past
-/// its last.
-fn ranges(batch: &[Consumed]) -> Vec<Range> {
-    let mut ranges: BTreeMap<i32, Range> = BTreeMap::new();
-    for record in batch {
-        let range = ranges.entry(record.partition).or_insert(Range {
-            partition: record.partition,
-            first: record.offset,
-            end: record.offset + 1,
-        });
-        range.first = range.first.min(record.offset);
-        range.end = range.end.max(record.offset + 1);
-    }
-    ranges.into_values().collect()
-}
-
-/// The first offset of each partition in a batch.
-fn first_offsets(batch: &[Consumed]) -> BTreeMap<i32, i64> {
-    ranges(batch).into_iter().map(|r| (r.partition, r.first)).collect()
 }
 
 /// A receiver that turns true on SIGINT or SIGTERM: jobs finish the batch in

@@ -27,6 +27,8 @@ pub struct Produce {
     pub rate: Option<f64>,
     pub seed: u64,
     pub first_index: u64,
+    /// Event time of record 0 of the stream; now when `None`.
+    pub start_millis: Option<i64>,
     /// Records generated per guest call.
     pub batch: u32,
     pub limits: Limits,
@@ -60,9 +62,11 @@ impl Produce {
             false,
             SuppliedSchema::new(None, SchemaType::Avro, TRANSACTION_SCHEMA.to_string()),
         );
-        let start_millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let start_millis = self.start_millis.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        });
         let stop = stop_signal();
         let started = Instant::now();
         let mut produced = 0u64;

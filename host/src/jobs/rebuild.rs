@@ -66,10 +66,10 @@ impl RebuildState {
 
         let prefix = self.storage.path(&format!("{DATASET}/partition={}", self.partition));
         let feature_objects_deleted = self.storage.delete_under(&prefix).await?;
-        let mut checkpoints = Checkpoints::new(self.storage.clone(), &checkpoint_name(&self.group, topic));
+        let checkpoints = Checkpoints::new(self.storage.clone(), &checkpoint_name(&self.group, topic));
         let checkpoints_deleted = checkpoints.delete_partition(self.partition).await?;
         // The state the reset offset resumes with: empty, at offset 0.
-        checkpoints.save(self.partition, &PartitionState::default()).await?;
+        checkpoints.save(self.partition, &mut PartitionState::default()).await?;
         tracing::info!(group = %self.group, partition = self.partition, "state will be rebuilt from offset 0");
         Ok(RebuildReport {
             group: self.group,

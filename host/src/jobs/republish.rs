@@ -39,7 +39,7 @@ impl Republish {
     pub async fn run(self) -> Result<RepublishReport> {
         let started = Instant::now();
         let name = checkpoint_name(&self.group, &self.topic);
-        let mut checkpoints = Checkpoints::new(self.storage.clone(), &name);
+        let checkpoints = Checkpoints::new(self.storage.clone(), &name);
         let sink = RedisSink::new(self.redis.connect().await?, &self.redis.redis_prefix);
         let mut serving = Serving::new(sink, &name, self.redis.check_interval());
         let mut report = RepublishReport {

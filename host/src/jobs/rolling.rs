@@ -90,6 +90,15 @@ impl Rolling {
         self.open.is_empty()
     }
 
+    /// The objects waiting for the rest of a range an earlier claim fixed:
+    /// partition and the claimed end.
+    pub fn waiting(&self) -> Vec<(i32, i64)> {
+        self.open
+            .iter()
+            .filter_map(|(&partition, open)| Some((partition, open.claimed_end?)))
+            .collect()
+    }
+
     /// Rolls every open object at the next chance.
     pub fn roll_all(&mut self) {
         self.roll_all = true;

@@ -47,7 +47,7 @@ impl Serving {
     }
 
     /// The latest feature per user of `events`, fenced (see `RedisSink`).
-    pub async fn write_latest(&mut self, events: &[FeatureEvent]) -> Result<usize> {
+    pub async fn write_latest<'a>(&self, events: impl IntoIterator<Item = &'a FeatureEvent>) -> Result<usize> {
         self.sink.write_latest(events).await
     }
 

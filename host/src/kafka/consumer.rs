@@ -7,20 +7,22 @@
 //! batch being collected when a rebalance happens is thrown away: its
 //! uncommitted records are fetched again by whoever owns their partition now.
 //!
-//! Records the caller holds back (past a claimed range's end, or a range to
-//! complete) wait in a carry-over for the next batch, and a partition with a
-//! claimed end gets exactly that range before its batch closes. A commit the
-//! group refuses means this member lost its partitions: everything it holds
-//! is dropped until the group assigns partitions again.
+//! Commits are sent without waiting (`send_commit`) from the task that
+//! polls, between two polls, so a commit always carries the generation of
+//! the records it covers: a rebalance callback runs only inside a poll. The
+//! broker's answer comes back through the same poll (`commit_callback`). A
+//! commit the group refuses means this member lost its partitions: every
+//! record fetched after it is dropped until the group assigns partitions
+//! again.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -60,7 +62,15 @@ pub enum Commit {
     Done,
     /// The group refused it: this member no longer owns the partitions.
     Fenced,
+    /// Not sent: the partitions were rebalanced since the records it covers
+    /// were fetched, so they may belong to another member now (the broker
+    /// does not check which partitions a member commits).
+    Stale,
 }
+
+/// Where the broker's answer to a commit sent with `Source::send_commit`
+/// goes: `Err` for a failure worth retrying (the broker is unreachable, say).
+pub type CommitReply = tokio::sync::oneshot::Sender<std::result::Result<Commit, String>>;
 
 /// One partition's position in a commit: the next offset to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +85,6 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// How long an assignment keeps asking an unreachable broker for offsets, in
 /// all (it runs inside the rebalance callback).
 const ASSIGN_PATIENCE: Duration = Duration::from_secs(60);
-/// How often a wait for a claimed range checks that the range can complete.
-const CLAIM_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// The current assignment as the rebalance callback decided it.
 #[derive(Default)]
@@ -101,9 +109,28 @@ struct GroupContext {
     /// committed offset): a rebalance that plans the same skip again does
     /// not count it twice.
     skipped: Mutex<HashMap<(i32, i64), u64>>,
+    /// Commits sent and not answered yet, oldest first, with their positions.
+    commits: Mutex<VecDeque<(Vec<Position>, CommitReply)>>,
+    /// Since when this member knows it lost its partitions (a refused
+    /// commit); cleared by the next assignment.
+    fenced_since: Mutex<Option<Instant>>,
 }
 
 impl ClientContext for GroupContext {}
+
+/// The answers by which the group refuses a commit of a member that lost
+/// its partitions.
+fn refused(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::RebalanceInProgress
+            | RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::UnknownMemberId
+            | RDKafkaErrorCode::FencedInstanceId
+            | RDKafkaErrorCode::AssignmentLost
+            | RDKafkaErrorCode::State
+    )
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, list: &mut TopicPartitionList) {
@@ -114,7 +141,14 @@ impl ConsumerContext for GroupContext {
             if let Err(e) = consumer.assign(list) {
                 tracing::error!(error = %e, "assign failed");
             }
+            // librdkafka keeps a partition paused across a rebalance: one
+            // paused while waiting for the durable path (`Source::pause`)
+            // must not stay paused when it is assigned again.
+            if let Err(e) = consumer.resume(list) {
+                tracing::error!(error = %e, "resume failed");
+            }
             *self.lock() = assignment;
+            *guard(&self.fenced_since) = None;
         } else {
             if consumer.assignment_lost() {
                 tracing::warn!(
@@ -131,14 +165,71 @@ impl ConsumerContext for GroupContext {
         }
         self.rebalances.fetch_add(1, Ordering::SeqCst);
     }
+
+    /// The answer to the oldest commit sent with the same positions.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let positions: Vec<Position> = offsets
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(offset) => Some(Position {
+                    partition: e.partition(),
+                    offset,
+                }),
+                _ => None,
+            })
+            .collect();
+        let reply = {
+            let mut commits = guard(&self.commits);
+            let index = commits
+                .iter()
+                .position(|(sent, _)| same_positions(sent, &positions))
+                .unwrap_or(0);
+            commits.remove(index)
+        };
+        let Some((_, reply)) = reply else {
+            tracing::warn!(?positions, "a commit answer matched no commit sent");
+            return;
+        };
+        tracing::debug!(?positions, ok = result.is_ok(), "commit answered");
+        let answer = match result {
+            Ok(()) => Ok(Commit::Done),
+            Err(KafkaError::ConsumerCommit(code)) if refused(code) => {
+                self.fenced(&code.to_string());
+                Ok(Commit::Fenced)
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+fn same_positions(a: &[Position], b: &[Position]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort_by_key(|p| p.partition);
+    b.sort_by_key(|p| p.partition);
+    a == b
+}
+
+/// A lock that a panic elsewhere cannot poison for good.
+fn guard<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl GroupContext {
     fn lock(&self) -> std::sync::MutexGuard<'_, Assignment> {
         // A panic while holding it cannot leave a half-made assignment.
-        self.assignment
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        guard(&self.assignment)
+    }
+
+    fn fenced(&self, reason: &str) {
+        tracing::warn!(
+            reason,
+            "commit refused: this member lost its partitions; dropping what it fetches until the group assigns \
+             partitions again"
+        );
+        guard(&self.fenced_since).get_or_insert_with(Instant::now);
     }
 
     /// Sets each partition's start offset in `list` and records the plan.
@@ -233,14 +324,6 @@ pub struct Source {
     seen_rebalances: u64,
     /// Rebalance count `next_batch` last saw.
     batch_rebalances: u64,
-    /// Claimed ranges to complete before a batch closes: partition -> end.
-    claimed: HashMap<i32, i64>,
-    /// Partitions whose claimed range the last batch completed.
-    completed: HashSet<i32>,
-    /// Records that belong to the next batch (past a claimed segment's end).
-    carry: VecDeque<Consumed>,
-    /// Since when this member knows it lost its partitions.
-    fenced_since: Option<Instant>,
     session_timeout: Duration,
 }
 
@@ -279,6 +362,8 @@ impl Source {
             rebalances: AtomicU64::new(0),
             assignment: Mutex::new(Assignment::default()),
             skipped: Mutex::new(HashMap::new()),
+            commits: Mutex::new(VecDeque::new()),
+            fenced_since: Mutex::new(None),
         };
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(context).map_err(kafka("create"))?;
         let context = consumer.context().clone();
@@ -291,10 +376,6 @@ impl Source {
             topic: topic.to_string(),
             seen_rebalances: 0,
             batch_rebalances: 0,
-            claimed: HashMap::new(),
-            completed: HashSet::new(),
-            carry: VecDeque::new(),
-            fenced_since: None,
             session_timeout,
         })
     }
@@ -306,6 +387,10 @@ impl Source {
         let changed = now != self.seen_rebalances;
         self.seen_rebalances = now;
         changed
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// Rebalances seen so far (by librdkafka's callback).
@@ -333,12 +418,7 @@ impl Source {
     /// Records skipped so far because retention deleted them before the
     /// group read them (`--on-data-loss=continue`).
     pub fn skipped_by_data_loss(&self) -> u64 {
-        self.context
-            .skipped
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .sum()
+        guard(&self.context.skipped).values().sum()
     }
 
     fn refusals(&self) -> Result<()> {
@@ -349,73 +429,20 @@ impl Source {
         Err(Error::Refused(assignment.refusals.join("\n")))
     }
 
-    /// Forgets everything held since the last rebalance.
-    fn on_rebalance(&mut self) {
-        self.carry.clear();
-        self.claimed.clear();
-        self.completed.clear();
-        self.fenced_since = None;
-    }
-
-    /// True when the last batch completed a claimed range of `partition`:
-    /// every record below its end that the partition holds is in the batch
-    /// (the last offsets may be gone, leaving the batch short of the end).
-    pub fn claim_completed(&self, partition: i32) -> bool {
-        self.completed.contains(&partition)
-    }
-
-    /// Gives records back for the next batch, in order, ahead of any carried
-    /// ones; `claimed` ends make the next batch complete those ranges.
-    pub fn hold_back(&mut self, records: Vec<Consumed>, claimed: &[(i32, i64)]) {
-        for record in records.into_iter().rev() {
-            self.carry.push_front(record);
-        }
-        self.claimed.extend(claimed.iter().copied());
-    }
-
     /// Up to `max` records, returned when `max` is reached, when no record
-    /// has arrived for `idle`, or once the batch is `max_wait` old; a claimed
-    /// range held back is always completed first (meanwhile the other
-    /// partitions' records wait for the next batch once the batch is full or
-    /// old). Empty when the topic is quiet, or when `stop` turns true while
-    /// a claimed range is incomplete. A rebalance during collection discards
-    /// the records collected so far (see the module comment).
-    pub async fn next_batch(
-        &mut self,
-        max: usize,
-        idle: Duration,
-        max_wait: Duration,
-        stop: &tokio::sync::watch::Receiver<bool>,
-    ) -> Result<Vec<Consumed>> {
+    /// has arrived for `idle`, or once the batch is `max_wait` old; empty
+    /// when the topic is quiet. A rebalance during collection discards the
+    /// records collected so far (see the module comment).
+    pub async fn next_batch(&mut self, max: usize, idle: Duration, max_wait: Duration) -> Result<Vec<Consumed>> {
         let mut batch: Vec<Consumed> = Vec::new();
-        // Partitions whose further records belong to the next batch.
-        let mut closed: HashSet<i32> = HashSet::new();
-        self.completed.clear();
-        for record in std::mem::take(&mut self.carry) {
-            self.admit(record, &mut batch, &mut closed, false);
-        }
         let started = Instant::now();
-        let mut checked_at = Instant::now();
         loop {
             self.refusals()?;
-            let full = batch.len() >= max || started.elapsed() >= max_wait;
-            if self.claimed.is_empty() && full {
+            if batch.len() >= max || started.elapsed() >= max_wait {
                 break;
             }
-            if !self.claimed.is_empty() {
-                if *stop.borrow() {
-                    // The collected records are uncommitted: fetched again later.
-                    self.carry.clear();
-                    self.claimed.clear();
-                    return Ok(Vec::new());
-                }
-                if checked_at.elapsed() > CLAIM_CHECK_EVERY {
-                    checked_at = Instant::now();
-                    tracing::warn!(claimed = ?self.claimed, "waiting for the records of claimed ranges");
-                    self.check_claims_reachable()?;
-                }
-            }
-            if let Some(since) = self.fenced_since
+            let fenced_since = *guard(&self.context.fenced_since);
+            if let Some(since) = fenced_since
                 && since.elapsed() > self.session_timeout * 3
             {
                 return Err(Error::Refused(
@@ -440,14 +467,11 @@ impl Source {
                     );
                 }
                 batch.clear();
-                closed.clear();
                 self.batch_rebalances = now;
-                self.on_rebalance();
                 self.refusals()?;
             }
             let message = match received {
-                Err(_elapsed) if self.claimed.is_empty() => break,
-                Err(_elapsed) => continue,
+                Err(_elapsed) => break,
                 Ok(Ok(message)) => message,
                 Ok(Err(KafkaError::MessageConsumption(
                     code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange),
@@ -481,111 +505,76 @@ impl Source {
                     continue;
                 }
             };
-            if self.fenced_since.is_some() {
+            if fenced_since.is_some() {
                 continue;
             }
-            self.admit(message, &mut batch, &mut closed, full);
+            batch.push(message);
         }
         Ok(batch)
     }
 
-    /// A claimed range always ended at a record that existed; one reaching
-    /// past the partition's end was made for another incarnation of the
-    /// topic, and waiting for it would wait forever.
-    fn check_claims_reachable(&self) -> Result<()> {
-        for (&partition, &end) in &self.claimed {
-            let high = match self.consumer.fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT) {
-                Ok((_, high)) => high,
-                Err(e) => {
-                    tracing::warn!(error = %e, partition, "cannot read the partition's end; asking again later");
-                    continue;
-                }
-            };
-            if end > high {
-                return Err(Error::Refused(format!(
-                    "partition {partition} of {}: a claim ends at offset {end}, beyond the partition's end {high}; \
-                     it was made before the topic was recreated. Delete the group's claims \
-                     (<redis prefix>:claims:<group>:{}:{partition}) to start over.",
-                    self.topic, self.topic
-                )));
-            }
-        }
-        Ok(())
+    /// The end (high watermark) of a partition, asked of the broker.
+    pub fn partition_end(&self, partition: i32) -> Result<i64> {
+        let (_, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+            .map_err(kafka("watermarks"))?;
+        Ok(high)
     }
 
-    /// Adds a record to the batch, or to the carry-over when it lies past a
-    /// claimed range's end, or when the batch is `full` and only claimed
-    /// ranges are still being completed.
-    fn admit(&mut self, record: Consumed, batch: &mut Vec<Consumed>, closed: &mut HashSet<i32>, full: bool) {
-        let partition = record.partition;
-        let Some(&end) = self.claimed.get(&partition) else {
-            if full || closed.contains(&partition) {
-                self.carry.push_back(record);
-            } else {
-                batch.push(record);
-            }
-            return;
-        };
-        if record.offset >= end {
-            self.claimed.remove(&partition);
-            self.completed.insert(partition);
-            closed.insert(partition);
-            self.carry.push_back(record);
-            return;
-        }
-        if record.offset + 1 >= end {
-            self.claimed.remove(&partition);
-            self.completed.insert(partition);
-            closed.insert(partition);
-        }
-        batch.push(record);
+    /// Stops fetching the assigned partitions (records already returned
+    /// stay returned; `resume` fetches on from the next one).
+    pub fn pause(&self) -> Result<()> {
+        let assignment = self.consumer.assignment().map_err(kafka("assignment"))?;
+        self.consumer.pause(&assignment).map_err(kafka("pause"))
     }
 
-    /// Commits, synchronously, `positions`, retrying while the broker is
-    /// unreachable. A refusal by the group (a rebalance, an expired session)
-    /// means this member lost its partitions: it returns `Fenced` and drops
-    /// everything it holds until the group assigns partitions again.
-    pub async fn commit(&mut self, positions: &[Position]) -> Result<Commit> {
+    pub fn resume(&self) -> Result<()> {
+        let assignment = self.consumer.assignment().map_err(kafka("assignment"))?;
+        self.consumer.resume(&assignment).map_err(kafka("resume"))
+    }
+
+    /// Sends a commit of `positions` without waiting; `reply` gets the
+    /// answer through a later poll (`next_batch`). Sent from the polling
+    /// task, it carries the generation of everything fetched since the last
+    /// rebalance. A member whose assignment librdkafka knows to be lost gets
+    /// `Fenced` at once.
+    pub fn send_commit(&mut self, positions: &[Position], reply: CommitReply) -> Result<()> {
         if positions.is_empty() {
-            return Ok(Commit::Done);
+            let _ = reply.send(Ok(Commit::Done));
+            return Ok(());
+        }
+        if self.consumer.assignment_lost() {
+            self.context.fenced("librdkafka reports the assignment lost");
+            let _ = reply.send(Ok(Commit::Fenced));
+            return Ok(());
         }
         let mut list = TopicPartitionList::new();
         for position in positions {
             list.add_partition_offset(&self.topic, position.partition, Offset::Offset(position.offset))
                 .map_err(kafka("offset list"))?;
         }
-        loop {
-            if self.consumer.assignment_lost() {
-                return Ok(self.fenced("librdkafka reports the assignment lost"));
-            }
-            match self.consumer.commit(&list, CommitMode::Sync) {
-                Ok(()) => return Ok(Commit::Done),
-                Err(KafkaError::ConsumerCommit(
-                    code @ (RDKafkaErrorCode::RebalanceInProgress
-                    | RDKafkaErrorCode::IllegalGeneration
-                    | RDKafkaErrorCode::UnknownMemberId
-                    | RDKafkaErrorCode::FencedInstanceId
-                    | RDKafkaErrorCode::AssignmentLost
-                    | RDKafkaErrorCode::State),
-                )) => return Ok(self.fenced(&code.to_string())),
-                Err(e) => {
-                    tracing::warn!(error = %e, "commit failed; retrying");
-                    tokio::time::sleep(RETRY_PAUSE).await;
+        guard(&self.context.commits).push_back((positions.to_vec(), reply));
+        tracing::debug!(?positions, "commit sent");
+        if let Err(e) = commit_answered_by_poll(&self.consumer, &list) {
+            // Not sent: answered here instead of by the callback.
+            let (_, reply) = guard(&self.context.commits).pop_back().expect("just queued");
+            let answer = match e {
+                KafkaError::ConsumerCommit(code) if refused(code) => {
+                    self.context.fenced(&code.to_string());
+                    Ok(Commit::Fenced)
                 }
-            }
+                e => Err(e.to_string()),
+            };
+            let _ = reply.send(answer);
         }
+        Ok(())
     }
 
-    fn fenced(&mut self, reason: &str) -> Commit {
-        tracing::warn!(
-            reason,
-            "commit refused: this member lost its partitions; dropping what it holds until the group assigns \
-             partitions again"
-        );
-        self.carry.clear();
-        self.claimed.clear();
-        self.fenced_since.get_or_insert_with(Instant::now);
-        Commit::Fenced
+    /// True while this member knows it lost its partitions (a refused
+    /// commit) and the group has not assigned partitions again.
+    pub fn is_fenced(&self) -> bool {
+        guard(&self.context.fenced_since).is_some()
     }
 
     /// True when the group has consumed every partition of the topic to its
@@ -628,6 +617,30 @@ impl Source {
             }
         }
         Ok(true)
+    }
+}
+
+/// Sends a commit without waiting, its answer routed to the consumer's own
+/// queue. librdkafka answers a plain asynchronous commit only to an
+/// `offset_commit_cb`, which rdkafka's event API does not set, so that
+/// answer would never come; `rd_kafka_commit_queue` with the main queue
+/// (which rdkafka redirects to the consumer queue) delivers it as an
+/// offset-commit event to a later poll, and so to `commit_callback`.
+#[allow(unsafe_code)]
+fn commit_answered_by_poll(consumer: &StreamConsumer<GroupContext>, list: &TopicPartitionList) -> KafkaResult<()> {
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is the live consumer's handle and `list` a valid list,
+    // which librdkafka copies. The commit keeps its own reference to the
+    // main queue, so the handle is released at once.
+    let err = unsafe {
+        let queue = rdkafka_sys::rd_kafka_queue_get_main(rk);
+        let err = rdkafka_sys::rd_kafka_commit_queue(rk, list.ptr(), queue, None, std::ptr::null_mut());
+        rdkafka_sys::rd_kafka_queue_destroy(queue);
+        err
+    };
+    match RDKafkaErrorCode::from(err) {
+        RDKafkaErrorCode::NoError => Ok(()),
+        code => Err(KafkaError::ConsumerCommit(code)),
     }
 }
 

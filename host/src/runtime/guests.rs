@@ -6,7 +6,7 @@
 //! batch methods (`process`, `generate`) apply the failure policy
 //! (`isolate`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -353,17 +353,21 @@ impl World for FeaturesWorld {
             currency: "EUR".into(),
             counterpart_id: 2,
         };
-        guest.call(&mut HashMap::new(), &[transaction]).map(drop)
+        guest
+            .call(&mut HashMap::new(), &mut HashSet::new(), &[transaction])
+            .map(drop)
     }
 }
 
 impl Guest<FeaturesWorld> {
     /// One call. `state` is the keyed state of the batch's partition; it is
     /// lent to the guest for the call and holds the guest's updates
-    /// afterwards, or, when the call fails in any way, what it held before.
+    /// afterwards (the keys set join `changed`), or, when the call fails in
+    /// any way, what it held before.
     fn call(
         &mut self,
         state: &mut HashMap<i64, i64>,
+        changed: &mut HashSet<i64>,
         batch: &[features::sluice::pipeline::types::Transaction],
     ) -> Result<Vec<features::sluice::pipeline::types::FeatureOutcome>> {
         let (store, bindings) = self.instance()?;
@@ -375,7 +379,7 @@ impl Guest<FeaturesWorld> {
             }
             Err(e) => Err(e),
         };
-        store.store.data_mut().take_back_state(state, result.is_ok());
+        store.store.data_mut().take_back_state(state, changed, result.is_ok());
         self.settle(result)
     }
 
@@ -385,10 +389,11 @@ impl Guest<FeaturesWorld> {
     pub fn process(
         &mut self,
         state: &mut HashMap<i64, i64>,
+        changed: &mut HashSet<i64>,
         batch: &[features::sluice::pipeline::types::Transaction],
     ) -> Vec<Result<features::sluice::pipeline::types::FeatureOutcome>> {
         isolate(batch, "features", self.module.runtime.limits.isolation_budget, |part| {
-            self.call(state, part)
+            self.call(state, changed, part)
         })
     }
 }

@@ -3,7 +3,7 @@
 //! guest's output, and the keyed state of the partition whose batch is being
 //! processed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -59,9 +59,12 @@ impl StoreData {
     }
 
     /// Gives the state back after the call: with the call's updates when it
-    /// succeeded, else with every key it set restored.
-    pub(super) fn take_back_state(&mut self, state: &mut HashMap<i64, i64>, keep: bool) {
-        if !keep {
+    /// succeeded (the keys it set join `changed`), else with every key it
+    /// set restored.
+    pub(super) fn take_back_state(&mut self, state: &mut HashMap<i64, i64>, changed: &mut HashSet<i64>, keep: bool) {
+        if keep {
+            changed.extend(self.undo.iter().map(|(key, _)| *key));
+        } else {
             for (key, previous) in self.undo.drain(..).rev() {
                 match previous {
                     Some(v) => self.state.insert(key, v),

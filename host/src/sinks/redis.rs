@@ -69,7 +69,7 @@ impl RedisSink {
 
     /// Writes the latest event per user of `events` (later events win), fenced
     /// by source offset. Returns how many users were updated.
-    pub async fn write_latest(&mut self, events: &[FeatureEvent]) -> Result<usize> {
+    pub async fn write_latest<'a>(&self, events: impl IntoIterator<Item = &'a FeatureEvent>) -> Result<usize> {
         let mut latest: HashMap<i32, &FeatureEvent> = HashMap::new();
         for event in events {
             latest.insert(event.user_id, event);
@@ -96,7 +96,7 @@ impl RedisSink {
     /// Writes every user's latest value of one partition's serving view,
     /// fenced as any write: a value Redis holds from a newer offset stays.
     /// Returns how many users were written.
-    pub async fn publish(&mut self, partition: i32, latest: &HashMap<i32, Latest>) -> Result<usize> {
+    pub async fn publish(&self, partition: i32, latest: &HashMap<i32, Latest>) -> Result<usize> {
         let users: Vec<(&i32, &Latest)> = latest.iter().collect();
         let mut written = 0;
         for chunk in users.chunks(KEYS_PER_CALL) {
@@ -107,7 +107,7 @@ impl RedisSink {
         Ok(written)
     }
 
-    async fn fenced_write(&mut self, rows: impl Iterator<Item = (i32, Latest, i32)>) -> Result<usize> {
+    async fn fenced_write(&self, rows: impl Iterator<Item = (i32, Latest, i32)>) -> Result<usize> {
         let mut invocation = self.script.prepare_invoke();
         for (user_id, value, partition) in rows {
             invocation
@@ -130,14 +130,14 @@ impl RedisSink {
 
     /// Marks a partition as published (a hash, as every key sluice writes,
     /// holding how many users were published).
-    pub async fn mark_published(&mut self, name: &str, partition: i32, users: usize) -> Result<()> {
+    pub async fn mark_published(&self, name: &str, partition: i32, users: usize) -> Result<()> {
         let mut cmd = redis::cmd("HSET");
         cmd.arg(self.sentinel(name, partition)).arg("users").arg(users);
         self.connection.query::<()>("marking a partition published", &cmd).await
     }
 
     /// Whether a partition's sentinel is still there.
-    pub async fn is_published(&mut self, name: &str, partition: i32) -> Result<bool> {
+    pub async fn is_published(&self, name: &str, partition: i32) -> Result<bool> {
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(self.sentinel(name, partition));
         let n: i64 = self.connection.query("checking a partition's sentinel", &cmd).await?;
@@ -146,7 +146,7 @@ impl RedisSink {
 
     /// How many of `users` have no value in Redis (keys evicted or deleted
     /// while the sentinel stayed).
-    pub async fn missing(&mut self, users: &[i32]) -> Result<usize> {
+    pub async fn missing(&self, users: &[i32]) -> Result<usize> {
         if users.is_empty() {
             return Ok(0);
         }

@@ -231,9 +231,12 @@ pub async fn archived_rows(url: &str, topic: &str) -> usize {
 }
 
 pub async fn redis() -> redis::aio::MultiplexedConnection {
+    // The machine's Redis is shared by every test at once: a `KEYS` may wait
+    // behind others' writes longer than the client's default timeout.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
     redis::Client::open(env("SLUICE_REDIS_URL"))
         .expect("redis url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("redis")
 }

@@ -136,7 +136,7 @@ impl Output {
         archive: &str,
         module_sha256: &str,
     ) -> Result<()> {
-        let mut checkpoints =
+        let checkpoints =
             Checkpoints::new(self.storage.clone(), &checkpoint_name(group, &self.topic)).with_module(module_sha256);
         let handoff = Handoff {
             offset: state.next_offset,

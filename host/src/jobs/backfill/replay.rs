@@ -62,7 +62,7 @@ pub(super) async fn replay_partition(
     partition: i32,
     objects: Vec<ArchiveObject>,
 ) -> Result<PartitionOutcome> {
-    let mut progress =
+    let progress =
         Checkpoints::new(context.output.clone(), &progress_name(&context.topic)).with_module(&context.module_sha256);
     let state = progress.latest(partition).await?.unwrap_or_default();
     if state.next_offset > 0 {
@@ -132,7 +132,7 @@ pub(super) async fn replay_partition(
             outcome.objects += 1;
         }
         crate::fault::point("backfill-after-object");
-        progress.save(partition, &outcome.state).await?;
+        progress.save(partition, &mut outcome.state).await?;
         progress.forget_below(partition, outcome.state.next_offset).await?;
         context.progress.add(rows);
     }
