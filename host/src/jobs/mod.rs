@@ -77,6 +77,10 @@ const MICRO_BATCH_IDLE: Duration = Duration::from_millis(2);
 /// for it, with fetching paused.
 const MAX_QUEUED_ROLLS: u64 = 2;
 
+/// Quiet spells (`--idle-ms` each) under `--until-caught-up` after which
+/// open objects roll even if their partitions' ends look further on.
+const QUIET_ROUNDS_TO_ROLL: u32 = 5;
+
 /// How often an object waiting for the rest of a claimed range checks that
 /// the range can complete.
 const CLAIM_CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -130,8 +134,10 @@ pub struct Consuming {
     rolling_rebalances: u64,
     /// A refused fence cleared the open objects (see `assignment_changed`).
     fenced_reset: bool,
-    /// Since when no record arrived.
+    /// Since when no record arrived, and the quiet spells since the last
+    /// record.
     quiet_since: Option<Instant>,
+    quiet_rounds: u32,
     /// When an object last checked that the claimed range it waits for can
     /// complete.
     claims_checked_at: Instant,
@@ -204,6 +210,7 @@ impl Consuming {
             rolling_rebalances: 0,
             fenced_reset: false,
             quiet_since: None,
+            quiet_rounds: 0,
             claims_checked_at: Instant::now(),
             settled_starts: HashSet::new(),
             rolls: Some(rolls),
@@ -239,7 +246,7 @@ impl Consuming {
                 // Ranges still waiting for the rest of a claim are fetched
                 // again by whoever resumes their partitions.
                 self.rolling.clear();
-                self.wait_for_durable(0).await?;
+                self.wait_for_durable(0, false).await?;
                 return Ok(None);
             }
             self.check_claims_reachable()?;
@@ -250,6 +257,7 @@ impl Consuming {
             };
             if !micro.is_empty() {
                 self.quiet_since = None;
+                self.quiet_rounds = 0;
                 self.first_batch_at.get_or_insert_with(Instant::now);
                 self.arrived = micro;
                 return Ok(Some(Step::Arrived));
@@ -262,11 +270,18 @@ impl Consuming {
             self.commit_handoff_starts().await?;
             if self.options.until_caught_up {
                 if !self.rolling.is_empty() {
-                    // The end of the topic: what is open rolls now.
-                    self.rolling.roll_all();
+                    self.quiet_rounds += 1;
+                    // The end of the topic (or a quiet that lasts: offsets
+                    // past the last record, such as transaction markers,
+                    // keep a partition's end ahead): what is open rolls now.
+                    // A slow fetch is no end: read on.
+                    if self.quiet_rounds >= QUIET_ROUNDS_TO_ROLL || self.open_objects_reached_the_end() {
+                        self.quiet_rounds = 0;
+                        self.rolling.roll_all();
+                    }
                     continue;
                 }
-                self.wait_for_durable(0).await?;
+                self.wait_for_durable(0, false).await?;
                 if !self.stash.is_empty() {
                     continue;
                 }
@@ -302,6 +317,20 @@ impl Consuming {
         Ok(micro)
     }
 
+    /// True when every open object holds its partition's records up to the
+    /// partition's end (its high watermark): a quiet spell is the end of the
+    /// topic, not a slow fetch. A partition whose end cannot be read counts
+    /// as ended.
+    fn open_objects_reached_the_end(&self) -> bool {
+        self.rolling
+            .ends()
+            .into_iter()
+            .all(|(partition, end)| match self.source.partition_end(partition) {
+                Ok(high) => end >= high,
+                Err(_) => true,
+            })
+    }
+
     /// The records of the last `Step::Arrived`.
     pub fn arrived(&self) -> &[Consumed] {
         &self.arrived
@@ -320,12 +349,12 @@ impl Consuming {
             return Err(Error::Other("the durable path stopped".into()));
         }
         self.queued += 1;
-        self.wait_for_durable(MAX_QUEUED_ROLLS).await
+        self.wait_for_durable(MAX_QUEUED_ROLLS, true).await
     }
 
     /// Waits until the durable path has written every roll handed to it.
     pub async fn wait_for_durable_path(&mut self) -> Result<()> {
-        self.wait_for_durable(0).await
+        self.wait_for_durable(0, false).await
     }
 
     /// Rolls not yet made durable.
@@ -334,20 +363,27 @@ impl Consuming {
     }
 
     /// Waits until at most `at_most` rolls are in flight, serving the
-    /// durable path's commits meanwhile. Fetching is paused; records that
-    /// arrive anyway are kept for the next micro-batch.
-    async fn wait_for_durable(&mut self, at_most: u64) -> Result<()> {
+    /// durable path's commits meanwhile; records that arrive are kept for
+    /// the next micro-batch. With `pause`, fetching stops meanwhile (back
+    /// pressure: librdkafka then drops what it prefetched and fetches it
+    /// again on resume, so a wait for the durable path to finish does not
+    /// pause).
+    async fn wait_for_durable(&mut self, at_most: u64, pause: bool) -> Result<()> {
         if self.in_flight() <= at_most {
             return Ok(());
         }
-        self.source.pause()?;
+        if pause {
+            self.source.pause()?;
+        }
         while self.in_flight() > at_most {
             self.check_durable().await?;
             self.serve_commits()?;
             let micro = self.fetch().await?;
             self.stash.extend(micro);
         }
-        self.source.resume()?;
+        if pause {
+            self.source.resume()?;
+        }
         Ok(())
     }
 

@@ -99,6 +99,14 @@ impl Rolling {
             .collect()
     }
 
+    /// Each open object's partition and end (one past its last offset).
+    pub fn ends(&self) -> Vec<(i32, i64)> {
+        self.open
+            .iter()
+            .map(|(&partition, open)| (partition, open.end()))
+            .collect()
+    }
+
     /// Rolls every open object at the next chance.
     pub fn roll_all(&mut self) {
         self.roll_all = true;
