@@ -114,6 +114,8 @@ struct GroupContext {
     /// Since when this member knows it lost its partitions (a refused
     /// commit); cleared by the next assignment.
     fenced_since: Mutex<Option<Instant>>,
+    /// Fetching was paused (`Source::pause`) and not resumed yet.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl ClientContext for GroupContext {}
@@ -142,9 +144,12 @@ impl ConsumerContext for GroupContext {
                 tracing::error!(error = %e, "assign failed");
             }
             // librdkafka keeps a partition paused across a rebalance: one
-            // paused while waiting for the durable path (`Source::pause`)
-            // must not stay paused when it is assigned again.
-            if let Err(e) = consumer.resume(list) {
+            // paused for back pressure (`Source::pause`) must not stay
+            // paused when it is assigned again. Resuming also drops what
+            // was prefetched, so only when a pause is on.
+            if self.paused.swap(false, Ordering::SeqCst)
+                && let Err(e) = consumer.resume(list)
+            {
                 tracing::error!(error = %e, "resume failed");
             }
             *self.lock() = assignment;
@@ -364,6 +369,7 @@ impl Source {
             skipped: Mutex::new(HashMap::new()),
             commits: Mutex::new(VecDeque::new()),
             fenced_since: Mutex::new(None),
+            paused: std::sync::atomic::AtomicBool::new(false),
         };
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(context).map_err(kafka("create"))?;
         let context = consumer.context().clone();
@@ -526,11 +532,13 @@ impl Source {
     /// stay returned; `resume` fetches on from the next one).
     pub fn pause(&self) -> Result<()> {
         let assignment = self.consumer.assignment().map_err(kafka("assignment"))?;
+        self.context.paused.store(true, Ordering::SeqCst);
         self.consumer.pause(&assignment).map_err(kafka("pause"))
     }
 
     pub fn resume(&self) -> Result<()> {
         let assignment = self.consumer.assignment().map_err(kafka("assignment"))?;
+        self.context.paused.store(false, Ordering::SeqCst);
         self.consumer.resume(&assignment).map_err(kafka("resume"))
     }
 
