@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{GuestArgs, KafkaArgs, RedisArgs, RegistryArgs, StorageArgs, SwapArgs};
 use crate::jobs::backfill::Shard;
+use crate::jobs::claims::ClaimsIn;
 use crate::jobs::features::OnMispartitioned;
 use crate::jobs::{self, RunOptions};
 use crate::kafka::starting_offsets::OnDataLoss;
@@ -127,6 +128,11 @@ pub enum Command {
         /// the key) stops the job, or goes to the dead-letter topic.
         #[arg(long, value_enum, default_value_t = OnMispartitioned::Fail)]
         on_mispartitioned: OnMispartitioned,
+        /// Where the claims that fence zombies live: next to the outputs when
+        /// the store creates an object only once (probed at start), else in
+        /// Redis (`auto`); or either by name.
+        #[arg(long, env = "SLUICE_CLAIMS_IN", value_enum, default_value_t = ClaimsIn::Auto)]
+        claims_in: ClaimsIn,
         #[command(flatten)]
         storage: StorageArgs,
         #[command(flatten)]
@@ -292,6 +298,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             until_caught_up,
             on_data_loss,
             on_mispartitioned,
+            claims_in,
             storage,
             redis,
             guest,
@@ -315,6 +322,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 session_timeout: Duration::from_millis(session_timeout_ms),
                 until_caught_up,
                 on_data_loss,
+                claims_in,
                 redis,
                 handoffs: Default::default(),
             };

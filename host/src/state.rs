@@ -72,6 +72,9 @@ pub struct Changes {
     /// entries they hold.
     pub deltas: usize,
     pub delta_entries: usize,
+    /// The next checkpoint is sure to be whole, so `keys` and `users` are
+    /// no longer kept (see `PartitionState::settle_changes`).
+    whole_next: bool,
 }
 
 /// A user's latest feature and the source offset it came from.
@@ -96,7 +99,26 @@ impl PartitionState {
     /// Sets a user's latest feature.
     pub fn set_latest(&mut self, user_id: i32, latest: Latest) {
         self.latest.insert(user_id, latest);
-        self.changes.users.insert(user_id);
+        if !self.changes.whole_next {
+            self.changes.users.insert(user_id);
+        }
+    }
+
+    /// Forgets which entries changed once the next checkpoint is sure to be
+    /// whole: there is no checkpoint yet, `MAX_DELTAS` deltas are reached,
+    /// or the deltas would add up to the state. State only grows, so the
+    /// last stays true until the next checkpoint, and the choice is the one
+    /// `snapshot` would make. A state filling up with new users then does
+    /// not also fill two sets of them.
+    pub fn settle_changes(&mut self) {
+        let changes = &mut self.changes;
+        let entries = self.values.len() + self.latest.len();
+        let changed = changes.keys.len() + changes.users.len();
+        if changes.base.is_none() || changes.deltas >= MAX_DELTAS || changes.delta_entries + changed >= entries {
+            changes.whole_next = true;
+            changes.keys = HashSet::new();
+            changes.users = HashSet::new();
+        }
     }
 
     /// The checkpoint of this state as of `next_offset`: what changed since
@@ -111,10 +133,16 @@ impl PartitionState {
             base,
             deltas,
             delta_entries,
+            whole_next,
             ..
         } = self.changes;
         match base {
-            Some(base) if base < self.next_offset && deltas < MAX_DELTAS && delta_entries + changed < entries => {
+            Some(base)
+                if !whole_next
+                    && base < self.next_offset
+                    && deltas < MAX_DELTAS
+                    && delta_entries + changed < entries =>
+            {
                 let changes = std::mem::take(&mut self.changes);
                 self.changes = Changes {
                     base: Some(self.next_offset),
@@ -131,6 +159,23 @@ impl PartitionState {
             }
             _ => self.whole_snapshot(),
         }
+    }
+
+    /// Applies the checkpoint that follows this state's last one, a delta
+    /// as of `next_offset`: its entries are set, and it is the base of the
+    /// next.
+    fn apply_delta(
+        &mut self,
+        next_offset: i64,
+        values: impl ExactSizeIterator<Item = (i64, i64)>,
+        latest: impl ExactSizeIterator<Item = (i32, Latest)>,
+    ) {
+        self.changes.deltas += 1;
+        self.changes.delta_entries += values.len() + latest.len();
+        self.changes.base = Some(next_offset);
+        self.next_offset = next_offset;
+        self.values.extend(values);
+        self.latest.extend(latest);
     }
 
     /// The whole state as of `next_offset`, the base of the next snapshots.
@@ -161,8 +206,7 @@ struct Stored {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     base: Option<i64>,
     values: Vec<(i64, i64)>,
-    /// (user, total transactions count, as-of timestamp, source offset).
-    latest: Vec<(i32, i32, i64, i64)>,
+    latest: Vec<StoredLatest>,
     /// The module whose outputs the state reflects last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     module_sha256: Option<String>,
@@ -456,43 +500,36 @@ impl Checkpoints {
         let mut state = self.read(&self.path(partition, whole)).await?.into_state();
         for named in links {
             let delta = self.read(&self.path(partition, named)).await?;
-            state.changes.deltas += 1;
-            state.changes.delta_entries += delta.values.len() + delta.latest.len();
-            state.next_offset = delta.next_offset;
-            state.values.extend(delta.values);
-            for (user, count, as_of, source_offset) in delta.latest {
-                state.latest.insert(
-                    user,
-                    Latest {
-                        total_transactions_count: count,
-                        as_of_timestamp_millis: as_of,
-                        source_offset,
-                    },
-                );
-            }
+            state.apply_delta(
+                delta.next_offset,
+                delta.values.into_iter(),
+                delta.latest.into_iter().map(from_stored),
+            );
         }
-        state.changes.base = Some(offset);
         Ok(state)
     }
 
     /// The state a snapshot stands for (a delta's chain is read from
     /// storage).
     pub async fn state_of(&self, partition: i32, snapshot: &Snapshot) -> Result<PartitionState> {
-        let mut state = match snapshot.base {
-            Some(base) => self.load(partition, base).await?,
-            None => PartitionState::default(),
-        };
-        if snapshot.base.is_some() {
-            state.changes.deltas += 1;
-            state.changes.delta_entries += snapshot.values.len() + snapshot.latest.len();
-        } else {
-            state.changes = Changes::default();
+        let values = snapshot.values.iter().copied();
+        let latest = snapshot.latest.iter().copied();
+        match snapshot.base {
+            Some(base) => {
+                let mut state = self.load(partition, base).await?;
+                state.apply_delta(snapshot.next_offset, values, latest);
+                Ok(state)
+            }
+            None => Ok(PartitionState {
+                next_offset: snapshot.next_offset,
+                values: values.collect(),
+                latest: latest.collect(),
+                changes: Changes {
+                    base: Some(snapshot.next_offset),
+                    ..Changes::default()
+                },
+            }),
         }
-        state.next_offset = snapshot.next_offset;
-        state.changes.base = Some(snapshot.next_offset);
-        state.values.extend(snapshot.values.iter().copied());
-        state.latest.extend(snapshot.latest.iter().copied());
-        Ok(state)
     }
 
     async fn read(&self, path: &ObjectPath) -> Result<Stored> {
@@ -579,27 +616,39 @@ impl Checkpoints {
 }
 
 impl Stored {
+    /// A whole checkpoint's state, the base of the next ones.
     fn into_state(self) -> PartitionState {
         PartitionState {
             next_offset: self.next_offset,
             values: self.values.into_iter().collect(),
-            latest: self
-                .latest
-                .into_iter()
-                .map(|(user, count, as_of, source_offset)| {
-                    (
-                        user,
-                        Latest {
-                            total_transactions_count: count,
-                            as_of_timestamp_millis: as_of,
-                            source_offset,
-                        },
-                    )
-                })
-                .collect(),
-            changes: Changes::default(),
+            latest: self.latest.into_iter().map(from_stored).collect(),
+            changes: Changes {
+                base: Some(self.next_offset),
+                ..Changes::default()
+            },
         }
     }
+}
+
+/// A user's latest feature as stored: (user, count, as-of, source offset).
+type StoredLatest = (i32, i32, i64, i64);
+
+fn from_stored((user, count, as_of, source_offset): StoredLatest) -> (i32, Latest) {
+    let latest = Latest {
+        total_transactions_count: count,
+        as_of_timestamp_millis: as_of,
+        source_offset,
+    };
+    (user, latest)
+}
+
+fn to_stored((user, latest): (i32, Latest)) -> StoredLatest {
+    (
+        user,
+        latest.total_transactions_count,
+        latest.as_of_timestamp_millis,
+        latest.source_offset,
+    )
 }
 
 fn encode(path: &ObjectPath, mut snapshot: Snapshot, module_sha256: Option<String>) -> Result<Vec<u8>> {
@@ -609,11 +658,7 @@ fn encode(path: &ObjectPath, mut snapshot: Snapshot, module_sha256: Option<Strin
         next_offset: snapshot.next_offset,
         base: snapshot.base,
         values: snapshot.values,
-        latest: snapshot
-            .latest
-            .into_iter()
-            .map(|(u, l)| (u, l.total_transactions_count, l.as_of_timestamp_millis, l.source_offset))
-            .collect(),
+        latest: snapshot.latest.into_iter().map(to_stored).collect(),
         module_sha256,
     };
     serde_json::to_vec(&stored).map_err(|e| Checkpoints::error(path, e))
@@ -631,11 +676,7 @@ fn decode(path: &ObjectPath, bytes: &[u8]) -> Result<Stored> {
                 next_offset: old.next_offset,
                 base: None,
                 values: old.values.into_iter().collect(),
-                latest: old
-                    .latest
-                    .into_iter()
-                    .map(|(u, l)| (u, l.total_transactions_count, l.as_of_timestamp_millis, l.source_offset))
-                    .collect(),
+                latest: old.latest.into_iter().map(to_stored).collect(),
                 module_sha256: None,
             })
         }
@@ -763,6 +804,8 @@ mod tests {
             live.set_latest(user, latest(user, 2, 100 + i64::from(user)));
         }
         live.next_offset = 105;
+        live.settle_changes();
+        assert_eq!(live.changes.keys.len(), 5, "a delta is due: the changes are kept");
         let snapshot = live.snapshot();
         assert_eq!(
             (snapshot.base, snapshot.values.len(), snapshot.latest.len()),
@@ -802,6 +845,11 @@ mod tests {
             live.changes.keys.insert(i64::from(user));
         }
         live.next_offset = 150;
+        live.settle_changes();
+        assert!(
+            live.changes.keys.is_empty() && live.changes.users.is_empty(),
+            "a whole checkpoint is due: which entries changed no longer matters"
+        );
         checkpoints.save(0, &mut live).await.expect("whole again");
         assert_eq!((live.changes.base, live.changes.deltas), (Some(150), 0));
         checkpoints.forget_below(0, 150).await.expect("forget");

@@ -27,9 +27,10 @@ async fn zombies_that_wake_up_mid_batch_cannot_corrupt_outputs() {
     zombie_scenario("zombies", None).await;
 }
 
-/// The zombie scenario again, with its own Redis (append-only, an fsync per
-/// write, as production claims need) SIGKILLed and restarted while each
-/// zombie is stalled for the second time: the claims that fence zombies
+/// The zombie scenario again, with claims in Redis (`--claims-in redis`;
+/// the file:// lake would hold them otherwise) on a Redis of its own
+/// (append-only, an fsync per write, as claims there need), SIGKILLed and
+/// restarted while each zombie is stalled for the second time: the claims
 /// survive the restart, the jobs reconnect, and every output stays exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn zombies_cannot_corrupt_outputs_across_a_redis_restart() {
@@ -58,6 +59,10 @@ async fn zombie_scenario(name: &str, redis: Option<Arc<Mutex<RedisServer>>>) {
         let group = format!("{topic}-{job}");
         let mut args = job_args(job, &topic, &group, &url);
         args.extend(["--redis-url".to_string(), redis_url.clone()]);
+        if redis.is_some() {
+            // What the restart puts to the test: claims in Redis.
+            args.extend(["--claims-in".to_string(), "redis".to_string()]);
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         members.push(spawn_sluice(&args, &[]));
         let mut zombie = spawn_sluice(

@@ -164,8 +164,9 @@ async fn sluice_republish_restores_a_flushed_redis() {
 }
 
 /// Redis stops answering for 15 s (`CLIENT PAUSE`, as a failover or a long
-/// snapshot fork does) while both jobs run under load: neither stops, both
-/// say in the log what they wait for, and every output is exact.
+/// snapshot fork does) while both jobs run under load: neither stops, the
+/// features job says in the log what it waits for, the backup job does not
+/// wait at all, and every output is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_paused_for_15s_stops_neither_job() {
     let server = RedisServer::start(false);
@@ -191,14 +192,34 @@ async fn a_redis_paused_for_15s_stops_neither_job() {
     for job in ["backup", "features"] {
         wait_group_caught_up(&topic, &format!("{topic}-{job}"), Duration::from_secs(180));
     }
-    for mut job in jobs {
-        let log = job.log();
-        assert!(
-            log.contains("waiting for redis to answer") && log.contains("redis answers again"),
-            "{log}"
-        );
-        let (status, stdout) = job.terminate();
+    for (job, mut running) in ["backup", "features"].into_iter().zip(jobs) {
+        let log = running.log();
+        let waited = log.contains("waiting for redis to answer") && log.contains("redis answers again");
+        // The backup job's claims live next to its archive (file://): it
+        // has nothing to wait for.
+        assert_eq!(waited, job == "features", "{job}:\n{log}");
+        let (status, stdout) = running.terminate();
         assert!(status.success(), "the job stopped: {status} {stdout}\n{log}");
     }
     verify_outputs_with_redis(&topic, &url, records, &server.url()).await;
+}
+
+/// With claims next to the archive (a file:// lake creates an object only
+/// once), the backup job needs no Redis at all: pointed at a port where
+/// nothing listens, it archives every record and exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backup_job_needs_no_redis_when_claims_live_with_the_archive() {
+    let topic = unique("backup-no-redis");
+    setup_topic_with(&topic, 3);
+    produce(&topic, 3_000, 0);
+    let (_lake, url) = local_lake();
+    let nowhere = format!("redis://{}", free_loopback_addr());
+    let report = run_job(
+        "backup",
+        &topic,
+        &url,
+        &["--redis-url", &nowhere, "--claims-in", "storage"],
+    );
+    assert_eq!(report["archived"], 3_000, "{report}");
+    assert_eq!(archived_rows(&url, &topic).await, 3_000);
 }

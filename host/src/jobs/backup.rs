@@ -22,7 +22,7 @@ use crate::sinks::parquet::ParquetSink;
 
 use super::claims::Range;
 use super::durable::{Outputs, PartitionOutputs, Sinks};
-use super::pipeline::{self, Stages};
+use super::pipeline::{self, RunReport, Stages};
 use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, Roll, RunOptions, by_partition};
 
 pub const JOB: &str = "transactions-job-backup";
@@ -30,18 +30,10 @@ pub const JOB: &str = "transactions-job-backup";
 /// What a run did, printed as JSON at the end.
 #[derive(Debug, Default, Serialize)]
 pub struct BackupReport {
-    pub records: u64,
     #[serde(flatten)]
-    pub throughput: super::Throughput,
+    pub run: RunReport,
     pub archived: u64,
     pub dropped: u64,
-    pub dead_lettered: u64,
-    pub files: u64,
-    /// The module in use at the end (each object's key-value metadata names
-    /// the module that wrote it).
-    pub module_sha256: String,
-    /// Modules swapped in while the job ran, with where each took over.
-    pub swaps: Vec<SwapRecord>,
 }
 
 pub struct BackupJob {
@@ -80,13 +72,14 @@ impl BackupJob {
             objects: ParquetSink::new(self.storage.clone(), &self.kafka.topic),
             checkpoints: None,
         };
-        let mut consuming = Consuming::start(
+        let consuming = Consuming::start(
             &self.kafka,
             self.options.clone(),
             JOB,
             BACKUP_USER,
             BACKUP_PASSWORD_VAR,
             sinks,
+            None,
         )
         .await?;
         let subject = crate::model::value_subject(&self.kafka.topic);
@@ -100,15 +93,11 @@ impl BackupJob {
             layout,
             report: BackupReport::default(),
         };
-        pipeline::run(&mut consuming, &mut run).await?;
-        let (throughput, durable) = consuming.finish(run.report.records).await?;
-        let mut report = run.report;
-        report.throughput = throughput;
-        report.files = durable.files;
-        report.dead_lettered = durable.dead_lettered;
-        report.module_sha256 = run.swap.sha256().to_string();
-        report.swaps = run.swap.swaps();
-        Ok(report)
+        let (common, _) = pipeline::run(consuming, &mut run).await?;
+        Ok(BackupReport {
+            run: common,
+            ..run.report
+        })
     }
 
     async fn latest_layout(&self, subject: &str) -> Result<Layout> {
@@ -161,7 +150,7 @@ impl Stages for Run {
             let mut excluded = Vec::new();
             let mut dead_letters = Vec::new();
             for (record, verdict) in records.iter().zip(verdicts) {
-                self.report.records += 1;
+                self.report.run.records += 1;
                 let reason = match verdict {
                     Ok(Verdict::Keep) => match archive_row(&readers, &uncovered, &mut rows, record) {
                         Ok(()) => {
@@ -210,6 +199,14 @@ impl Stages for Run {
             });
         }
         Ok(outputs)
+    }
+
+    fn records(&self) -> u64 {
+        self.report.run.records
+    }
+
+    fn module(&self) -> (String, Vec<SwapRecord>) {
+        (self.swap.sha256().to_string(), self.swap.swaps())
     }
 }
 

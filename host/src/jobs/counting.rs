@@ -125,5 +125,6 @@ pub fn count(
             Err(failure) => counted.rejected.push((index, failure.to_string())),
         }
     }
+    state.settle_changes();
     counted
 }

@@ -27,7 +27,7 @@ use super::claims::Range;
 pub use super::counting::OnMispartitioned;
 use super::counting::{Placement, count, mispartitioned_refusal};
 use super::durable::{CheckpointsReport, Outputs, PartitionOutputs, Sinks};
-use super::pipeline::{self, Stages};
+use super::pipeline::{self, RunReport, Stages};
 use super::serving::Serving;
 use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, Roll, RunOptions, by_partition};
 
@@ -37,14 +37,11 @@ pub const DATASET: &str = "transactions_features";
 
 #[derive(Debug, Default, Serialize)]
 pub struct FeaturesReport {
-    pub records: u64,
     #[serde(flatten)]
-    pub throughput: super::Throughput,
+    pub run: RunReport,
     pub features: u64,
-    pub dead_lettered: u64,
     /// Records on another partition than their user's (see `OnMispartitioned`).
     pub mispartitioned: u64,
-    pub files: u64,
     /// The keyed state's checkpoints: how many, how many whole, their bytes
     /// and the time spent writing them.
     pub checkpoints: CheckpointsReport,
@@ -56,11 +53,6 @@ pub struct FeaturesReport {
     /// Users written to Redis again because Redis had lost them (or never
     /// had them: a backfill's hand-off), from the keyed state.
     pub republished: u64,
-    /// The module that computed the features at the end (each object's
-    /// key-value metadata and each checkpoint name theirs).
-    pub module_sha256: String,
-    /// Modules swapped in while the job ran, with where each took over.
-    pub swaps: Vec<SwapRecord>,
 }
 
 pub struct FeaturesJob {
@@ -239,10 +231,19 @@ impl FeaturesJob {
             objects: ParquetSink::new(self.storage.clone(), DATASET),
             checkpoints: Some(Checkpoints::new(self.storage.clone(), &name).with_module(swap.sha256())),
         };
-        let mut consuming =
-            Consuming::start(&self.kafka, options, JOB, FEATURES_USER, FEATURES_PASSWORD_VAR, sinks).await?;
+        let redis = self.options.redis.connect().await?;
+        let consuming = Consuming::start(
+            &self.kafka,
+            options,
+            JOB,
+            FEATURES_USER,
+            FEATURES_PASSWORD_VAR,
+            sinks,
+            Some(redis.clone()),
+        )
+        .await?;
         let serving = Serving::new(
-            RedisSink::new(consuming.redis(), &self.options.redis.redis_prefix),
+            RedisSink::new(redis, &self.options.redis.redis_prefix),
             &name,
             self.options.redis.check_interval(),
         );
@@ -258,17 +259,13 @@ impl FeaturesJob {
             handoffs,
             report: FeaturesReport::default(),
         };
-        pipeline::run(&mut consuming, &mut run).await?;
-        let (throughput, durable) = consuming.finish(run.report.records).await?;
-        let mut report = run.report;
-        report.throughput = throughput;
-        report.files = durable.files;
-        report.dead_lettered = durable.dead_lettered;
-        report.checkpoints = durable.checkpoints;
-        report.republished = run.serving.republished;
-        report.module_sha256 = run.swap.sha256().to_string();
-        report.swaps = run.swap.swaps();
-        Ok(report)
+        let (common, durable) = pipeline::run(consuming, &mut run).await?;
+        Ok(FeaturesReport {
+            run: common,
+            checkpoints: durable.checkpoints,
+            republished: run.serving.republished,
+            ..run.report
+        })
     }
 }
 
@@ -302,6 +299,14 @@ impl Stages for Run {
 
     async fn roll(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs> {
         self.outputs_of(consuming, roll).await
+    }
+
+    fn records(&self) -> u64 {
+        self.report.run.records
+    }
+
+    fn module(&self) -> (String, Vec<SwapRecord>) {
+        (self.swap.sha256().to_string(), self.swap.swaps())
     }
 }
 
@@ -351,7 +356,7 @@ impl Run {
             )?;
             crate::fault::point("after-guest");
             state.next_offset = records[records.len() - 1].offset + 1;
-            self.report.records += records.len() as u64;
+            self.report.run.records += records.len() as u64;
             self.report.features += processed.events.len() as u64;
             self.report.mispartitioned += processed.mispartitioned;
             fresh.push((partition, open.events.len()));

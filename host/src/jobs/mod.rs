@@ -28,7 +28,7 @@ use crate::kafka::starting_offsets::{OnDataLoss, Start};
 use crate::kafka::{Commit, Consumed, Position, Source, producer};
 use crate::redis_conn::RedisConn;
 
-use self::claims::Claims;
+use self::claims::{Claims, ClaimsIn};
 use self::durable::{CommitRequest, DurablePath, DurableReport, Outputs, Queued, Sinks};
 use self::rolling::{RollPolicy, Rolling};
 
@@ -62,7 +62,9 @@ pub struct RunOptions {
     pub until_caught_up: bool,
     /// What to do when retention deleted records the group never read.
     pub on_data_loss: OnDataLoss,
-    /// Where claims live (and, for features, the real-time store).
+    /// Where the claims that fence zombies live.
+    pub claims_in: ClaimsIn,
+    /// The features' real-time store, and claims when they live in Redis.
     pub redis: RedisArgs,
     /// Offsets at which a backfill left this group's state, per partition:
     /// where a partition the group never committed starts.
@@ -119,8 +121,6 @@ pub struct Roll {
 pub struct Consuming {
     source: Source,
     claims: Claims,
-    /// The Redis connection claims use, shared with the job's other writes.
-    redis: RedisConn,
     stop: watch::Receiver<bool>,
     options: RunOptions,
     /// The last micro-batch, until the next call of `next`.
@@ -169,7 +169,8 @@ pub struct Throughput {
 
 impl Consuming {
     /// Joins the job's group as `user` (password from `password_var`) and
-    /// starts the durable path over `sinks`.
+    /// starts the durable path over `sinks`. Claims in Redis use `redis`, the
+    /// job's own connection if it has one.
     pub async fn start(
         kafka: &KafkaArgs,
         options: RunOptions,
@@ -177,6 +178,7 @@ impl Consuming {
         user: &str,
         password_var: &str,
         sinks: Sinks,
+        redis: Option<RedisConn>,
     ) -> Result<Self> {
         let credentials = kafka.credentials(user, password_var);
         let config = kafka.client_config(credentials.as_ref());
@@ -190,8 +192,22 @@ impl Consuming {
             options.handoffs.clone(),
         )?;
         let dead_letters = DeadLetters::new(producer::create(config)?, &kafka.dlq_topic, &kafka.topic, job);
-        let redis = options.redis.connect().await?;
-        let claims = Claims::new(redis.clone(), &options.redis.redis_prefix, &options.group, &kafka.topic);
+        let redis_for_claims = async || -> std::result::Result<_, claims::Error> {
+            let connection = match redis {
+                Some(connection) => connection,
+                None => options.redis.connect().await?,
+            };
+            Ok((connection, options.redis.redis_prefix.clone()))
+        };
+        let claims = claims::open(
+            options.claims_in,
+            sinks.objects.storage(),
+            &options.group,
+            &kafka.topic,
+            redis_for_claims,
+        )
+        .await?;
+        tracing::info!(claims_in = claims.place(), "claims");
         let (rolls, queue) = mpsc::unbounded_channel();
         let (commit_requests, commits) = mpsc::unbounded_channel();
         let (finished_tx, finished) = watch::channel(0);
@@ -201,7 +217,6 @@ impl Consuming {
         Ok(Self {
             source,
             claims,
-            redis,
             stop: stop_signal(),
             options,
             arrived: Vec::new(),
@@ -378,12 +393,19 @@ impl Consuming {
         while self.in_flight() > at_most {
             self.check_durable().await?;
             self.serve_commits()?;
-            let micro = self.fetch().await?;
-            self.stash.extend(micro);
+            self.fetch_while_waiting().await?;
         }
         if pause {
             self.source.resume()?;
         }
+        Ok(())
+    }
+
+    /// One poll while waiting for an answer: it serves rebalances and
+    /// commit answers, and what it fetched waits in the stash for `next`.
+    async fn fetch_while_waiting(&mut self) -> Result<()> {
+        let micro = self.fetch().await?;
+        self.stash.extend(micro);
         Ok(())
     }
 
@@ -474,8 +496,7 @@ impl Consuming {
                 Err(oneshot::error::TryRecvError::Empty) => {}
                 Err(oneshot::error::TryRecvError::Closed) => break Err("no answer".to_string()),
             }
-            let micro = self.fetch().await?;
-            self.stash.extend(micro);
+            self.fetch_while_waiting().await?;
         };
         if outcome == Ok(Commit::Done) && rebalances == self.source.rebalances() {
             self.settled_starts.extend(positions.iter().map(|p| p.partition));
@@ -537,9 +558,9 @@ impl Consuming {
                 return Err(Error::Other(format!(
                     "partition {partition} of {topic}: a claim ends at offset {end}, beyond the partition's end \
                      {high}; it was made before the topic was recreated. Delete the group's claims \
-                     (<redis prefix>:claims:{group}:{topic}:{partition}) to start over.",
+                     ({claims}) to start over.",
                     topic = self.source.topic(),
-                    group = self.options.group,
+                    claims = self.claims.describe(partition),
                 )));
             }
         }
@@ -549,11 +570,6 @@ impl Consuming {
     /// Where an assigned partition started: its committed offset and more.
     pub fn start_of(&self, partition: i32) -> Option<Start> {
         self.source.start(partition)
-    }
-
-    /// The Redis connection of this job (claims, and the features' writes).
-    pub fn redis(&self) -> RedisConn {
-        self.redis.clone()
     }
 
     /// The partitions assigned to this member, as of the last assignment.
@@ -634,6 +650,8 @@ pub enum Error {
     Parquet(#[from] crate::sinks::parquet::Error),
     #[error(transparent)]
     Redis(#[from] crate::sinks::redis::Error),
+    #[error(transparent)]
+    Claims(#[from] claims::Error),
     #[error(transparent)]
     State(#[from] crate::state::Error),
     #[error("{0}")]

@@ -11,8 +11,27 @@
 //! | checkpoint | `state.rs`, written by `durable.rs` |
 //! | commit | `durable.rs` asks, `Consuming::serve_commits` sends |
 
-use super::durable::Outputs;
-use super::{Consuming, Result, Roll, Step};
+use serde::Serialize;
+
+use crate::hot_swap::SwapRecord;
+
+use super::durable::{DurableReport, Outputs};
+use super::{Consuming, Result, Roll, Step, Throughput};
+
+/// What every consumer job reports, flattened into the job's own report.
+#[derive(Debug, Default, Serialize)]
+pub struct RunReport {
+    pub records: u64,
+    #[serde(flatten)]
+    pub throughput: Throughput,
+    pub dead_lettered: u64,
+    pub files: u64,
+    /// The module in use at the end (each object's key-value metadata names
+    /// the module that wrote it).
+    pub module_sha256: String,
+    /// Modules swapped in while the job ran, with where each took over.
+    pub swaps: Vec<SwapRecord>,
+}
 
 /// What a job plugs into the pipeline.
 pub(super) trait Stages {
@@ -30,21 +49,37 @@ pub(super) trait Stages {
 
     /// What a roll's records become on the durable path.
     async fn roll(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs>;
+
+    /// Records received so far.
+    fn records(&self) -> u64;
+
+    /// The module in use and the swaps so far.
+    fn module(&self) -> (String, Vec<SwapRecord>);
 }
 
-/// Runs the pipeline until `Consuming::next` says stop; the durable path
-/// has written every roll by then.
-pub(super) async fn run(consuming: &mut Consuming, stages: &mut impl Stages) -> Result<()> {
+/// Runs the pipeline until `Consuming::next` says stop, then waits for the
+/// durable path to have written every roll.
+pub(super) async fn run(mut consuming: Consuming, stages: &mut impl Stages) -> Result<(RunReport, DurableReport)> {
     while let Some(step) = consuming.next().await? {
-        stages.prepare(consuming).await?;
+        stages.prepare(&mut consuming).await?;
         match step {
             Step::Quiet => {}
-            Step::Arrived => stages.arrived(consuming).await?,
+            Step::Arrived => stages.arrived(&mut consuming).await?,
             Step::Roll(roll) => {
-                let outputs = stages.roll(consuming, &roll).await?;
+                let outputs = stages.roll(&mut consuming, &roll).await?;
                 consuming.write(outputs, &roll).await?;
             }
         }
     }
-    Ok(())
+    let (throughput, durable) = consuming.finish(stages.records()).await?;
+    let (module_sha256, swaps) = stages.module();
+    let report = RunReport {
+        records: stages.records(),
+        throughput,
+        dead_lettered: durable.dead_lettered,
+        files: durable.files,
+        module_sha256,
+        swaps,
+    };
+    Ok((report, durable))
 }

@@ -332,6 +332,9 @@ pub struct Source {
     session_timeout: Duration,
 }
 
+/// librdkafka's prefetch budget (`queued.max.messages.kbytes`).
+const PREFETCH_KIB: u32 = 16 * 1024;
+
 impl Source {
     /// Joins `group` and subscribes to `topic`; offsets are committed by
     /// `commit` only.
@@ -359,7 +362,11 @@ impl Source {
             // The real-time path waits on fetches: a broker that holds a
             // fetch until its wait passes (nisshi does) delays every record
             // by up to this (`--fetch-wait-ms`).
-            .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string());
+            .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
+            // What librdkafka prefetches ahead of the job, 64 MiB by default:
+            // a quarter of that still holds more than a second of a
+            // catch-up, and keeps a job's memory to its state.
+            .set("queued.max.messages.kbytes", PREFETCH_KIB.to_string());
         let context = GroupContext {
             topic: topic.to_string(),
             on_data_loss,

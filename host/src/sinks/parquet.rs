@@ -46,6 +46,11 @@ impl ParquetSink {
         }
     }
 
+    /// Where the objects go.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// `<root>/<dataset>/partition=<p>/<dataset>+<p>+<first offset, 20 digits>.parquet`;
     /// the zero padding keeps a listing in offset order.
     pub fn object_path(&self, partition: i32, first_offset: i64) -> ObjectPath {
