@@ -46,7 +46,9 @@ async fn zombie_scenario(name: &str, redis: Option<Arc<Mutex<RedisServer>>>) {
     setup_topic_with(&topic, 4);
     let (_lake, url) = local_lake();
     let records = 54_000u64;
-    let producer = spawn_producer(&topic, records, 1500);
+    // A minute of records: each zombie's third stall needs records that
+    // arrive after its second wake-up, three sessions and rejoins later.
+    let producer = spawn_producer(&topic, records, 900);
     let redis_url = match &redis {
         Some(server) => server.lock().expect("server").url(),
         None => env("SLUICE_REDIS_URL"),
@@ -100,11 +102,16 @@ async fn zombie_scenario(name: &str, redis: Option<Arc<Mutex<RedisServer>>>) {
         }
     }
     assert!(producer.child.wait_with_output().expect("producer").status.success());
+    let mut members: Vec<Running> = members.into_iter().chain(zombies).collect();
     for job in ["backup", "features"] {
-        wait_group_caught_up(&topic, &format!("{topic}-{job}"), Duration::from_secs(180));
+        let group = format!("{topic}-{job}");
+        if let Err(behind) = group_caught_up_within(&topic, &group, Duration::from_secs(180)) {
+            let logs: Vec<String> = members.iter_mut().map(Running::log).collect();
+            panic!("group {group} still behind: {behind:?}\n{}", logs.join("\n-----\n"));
+        }
     }
     let (mut fenced, mut adopted) = (0, 0);
-    for mut member in members.into_iter().chain(zombies) {
+    for mut member in members {
         let log = member.log();
         fenced += log.matches("lost its partitions").count();
         adopted += log.matches("adopting the range an earlier claim fixed").count();

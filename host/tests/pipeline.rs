@@ -65,3 +65,26 @@ async fn pipeline_end_to_end_on_s3_garage() {
     let bucket = env("SLUICE_S3_BUCKET");
     pipeline_round_trip(&format!("s3://{bucket}/{topic}"), &topic).await;
 }
+
+/// Garage ignores `If-None-Match: *` and overwrites, so claims cannot live
+/// there: `--claims-in storage` is refused at start with the reason, and
+/// `auto` keeps them in Redis (README "Delivery guarantees").
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_stay_out_of_a_store_that_overwrites_a_create_only_put() {
+    let topic = unique("claims-garage");
+    setup_topic_with(&topic, 2);
+    produce(&topic, 500, 0);
+    let url = format!("s3://{}/{topic}", env("SLUICE_S3_BUCKET"));
+    let refused = run_job_output("backup", &topic, &url, &["--claims-in", "storage"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("does not refuse a second create of the same object"),
+        "{stderr}"
+    );
+    let auto = run_job_output("backup", &topic, &url, &[]);
+    let stderr = String::from_utf8_lossy(&auto.stderr);
+    assert!(auto.status.success(), "{stderr}");
+    assert!(stderr.contains("claims live in Redis"), "{stderr}");
+    assert_eq!(archived_rows(&url, &topic).await, 500);
+}

@@ -15,7 +15,7 @@ pub mod rolling;
 pub mod serving;
 pub mod setup;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -125,9 +125,10 @@ pub struct Consuming {
     options: RunOptions,
     /// The last micro-batch, until the next call of `next`.
     arrived: Vec<Consumed>,
-    /// Records fetched while waiting for the durable path: the next
-    /// micro-batch.
-    stash: Vec<Consumed>,
+    /// Records fetched while waiting (for the durable path, a commit's
+    /// answer): the next micro-batches, `batch_size` at a time, so an open
+    /// object still rolls within a micro-batch of its rows.
+    stash: VecDeque<Consumed>,
     /// Each partition's records since its last roll.
     rolling: Rolling,
     /// The rebalance count the open objects and the stash belong to.
@@ -220,7 +221,7 @@ impl Consuming {
             stop: stop_signal(),
             options,
             arrived: Vec::new(),
-            stash: Vec::new(),
+            stash: VecDeque::new(),
             rolling: Rolling::default(),
             rolling_rebalances: 0,
             fenced_reset: false,
@@ -268,7 +269,8 @@ impl Consuming {
             let micro = if self.stash.is_empty() {
                 self.fetch().await?
             } else {
-                std::mem::take(&mut self.stash)
+                let take = self.stash.len().min(self.options.batch_size);
+                self.stash.drain(..take).collect()
             };
             if !micro.is_empty() {
                 self.quiet_since = None;

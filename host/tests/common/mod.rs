@@ -568,16 +568,23 @@ pub fn group_lag(topic: &str, group: &str) -> Vec<(i32, i64, i64)> {
 /// Waits until `group` has committed every partition of `topic` up to its
 /// high watermark.
 pub fn wait_group_caught_up(topic: &str, group: &str, timeout: Duration) {
+    if let Err(behind) = group_caught_up_within(topic, group, timeout) {
+        panic!("group {group} still behind: {behind:?}");
+    }
+}
+
+/// As `wait_group_caught_up`, but says how far behind the group still is
+/// when `timeout` passed, for a test that has logs to show with it.
+pub fn group_caught_up_within(topic: &str, group: &str, timeout: Duration) -> Result<(), Vec<(i32, i64, i64)>> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let behind = group_lag(topic, group);
         if behind.is_empty() {
-            return;
+            return Ok(());
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "group {group} still behind: {behind:?}"
-        );
+        if std::time::Instant::now() >= deadline {
+            return Err(behind);
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
 }
