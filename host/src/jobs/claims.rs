@@ -381,7 +381,14 @@ mod tests {
             vec![250, 7],
             "a later claim of the same first offset adopts the end"
         );
-        // Past a commit at 250, the claim at 100 goes, whoever made it.
+        // Past a commit at 250, the claims below go, whoever made them (the
+        // zombie's at 40 too).
+        let zombies_own = Range {
+            partition: 3,
+            first: 40,
+            end: 100,
+        };
+        zombie.claim(&[zombies_own]).await.expect("claim");
         owner
             .claim(&[
                 first(250),
