@@ -15,7 +15,7 @@
 //! record fetched after it is dropped until the group assigns partitions
 //! again.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -114,8 +114,10 @@ struct GroupContext {
     /// Since when this member knows it lost its partitions (a refused
     /// commit); cleared by the next assignment.
     fenced_since: Mutex<Option<Instant>>,
-    /// Fetching was paused (`Source::pause`) and not resumed yet.
-    paused: std::sync::atomic::AtomicBool,
+    /// Partitions paused (`Source::pause`) and not resumed yet. librdkafka
+    /// keeps a partition paused across a rebalance, so one revoked while
+    /// paused is resumed when it is assigned again.
+    paused: Mutex<BTreeSet<i32>>,
 }
 
 impl ClientContext for GroupContext {}
@@ -147,9 +149,13 @@ impl ConsumerContext for GroupContext {
             // paused for back pressure (`Source::pause`) must not stay
             // paused when it is assigned again. Resuming also drops what
             // was prefetched, so only when a pause is on.
-            if self.paused.swap(false, Ordering::SeqCst)
-                && let Err(e) = consumer.resume(list)
-            {
+            let was_paused = {
+                let mut paused = guard(&self.paused);
+                let any = !paused.is_empty();
+                paused.retain(|p| !partitions.contains(p));
+                any
+            };
+            if was_paused && let Err(e) = consumer.resume(list) {
                 tracing::error!(error = %e, "resume failed");
             }
             *self.lock() = assignment;
@@ -376,7 +382,7 @@ impl Source {
             skipped: Mutex::new(HashMap::new()),
             commits: Mutex::new(VecDeque::new()),
             fenced_since: Mutex::new(None),
-            paused: std::sync::atomic::AtomicBool::new(false),
+            paused: Mutex::new(BTreeSet::new()),
         };
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(context).map_err(kafka("create"))?;
         let context = consumer.context().clone();
@@ -539,14 +545,28 @@ impl Source {
     /// stay returned; `resume` fetches on from the next one).
     pub fn pause(&self) -> Result<()> {
         let assignment = self.consumer.assignment().map_err(kafka("assignment"))?;
-        self.context.paused.store(true, Ordering::SeqCst);
+        guard(&self.context.paused).extend(assignment.elements().iter().map(|e| e.partition()));
         self.consumer.pause(&assignment).map_err(kafka("pause"))
     }
 
+    /// Resumes the paused partitions that are assigned; one revoked
+    /// meanwhile stays marked, and is resumed when it is assigned again
+    /// (a resume now would leave it paused).
     pub fn resume(&self) -> Result<()> {
         let assignment = self.consumer.assignment().map_err(kafka("assignment"))?;
-        self.context.paused.store(false, Ordering::SeqCst);
-        self.consumer.resume(&assignment).map_err(kafka("resume"))
+        let mut resume = TopicPartitionList::new();
+        {
+            let mut paused = guard(&self.context.paused);
+            for element in assignment.elements() {
+                if paused.remove(&element.partition()) {
+                    resume.add_partition(element.topic(), element.partition());
+                }
+            }
+        }
+        if resume.count() == 0 {
+            return Ok(());
+        }
+        self.consumer.resume(&resume).map_err(kafka("resume"))
     }
 
     /// Sends a commit of `positions` without waiting; `reply` gets the
