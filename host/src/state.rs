@@ -111,14 +111,23 @@ impl PartitionState {
     /// `snapshot` would make. A state filling up with new users then does
     /// not also fill two sets of them.
     pub fn settle_changes(&mut self) {
-        let changes = &mut self.changes;
-        let entries = self.values.len() + self.latest.len();
-        let changed = changes.keys.len() + changes.users.len();
-        if changes.base.is_none() || changes.deltas >= MAX_DELTAS || changes.delta_entries + changed >= entries {
-            changes.whole_next = true;
-            changes.keys = HashSet::new();
-            changes.users = HashSet::new();
+        if self.whole_is_due() {
+            self.changes.whole_next = true;
+            self.changes.keys = HashSet::new();
+            self.changes.users = HashSet::new();
         }
+    }
+
+    /// The next checkpoint must be whole, whatever else arrives before it:
+    /// no checkpoint yet, `MAX_DELTAS` deltas, or deltas that would add up to
+    /// the state. Each stays true as state grows.
+    fn whole_is_due(&self) -> bool {
+        let changes = &self.changes;
+        let changed = changes.keys.len() + changes.users.len();
+        changes.whole_next
+            || changes.base.is_none()
+            || changes.deltas >= MAX_DELTAS
+            || changes.delta_entries + changed >= self.values.len() + self.latest.len()
     }
 
     /// The checkpoint of this state as of `next_offset`: what changed since
@@ -128,21 +137,15 @@ impl PartitionState {
     /// checkpoints write the same one.
     pub fn snapshot(&mut self) -> Snapshot {
         let changed = self.changes.keys.len() + self.changes.users.len();
-        let entries = self.values.len() + self.latest.len();
         let Changes {
             base,
             deltas,
             delta_entries,
-            whole_next,
             ..
         } = self.changes;
         match base {
-            Some(base)
-                if !whole_next
-                    && base < self.next_offset
-                    && deltas < MAX_DELTAS
-                    && delta_entries + changed < entries =>
-            {
+            // A checkpoint under its base's own offset is written whole too.
+            Some(base) if !self.whole_is_due() && base < self.next_offset => {
                 let changes = std::mem::take(&mut self.changes);
                 self.changes = Changes {
                     base: Some(self.next_offset),

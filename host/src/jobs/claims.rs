@@ -324,21 +324,16 @@ pub async fn open(
     topic: &str,
     redis: impl AsyncFnOnce() -> Result<(RedisConn, String), Error>,
 ) -> Result<Claims, Error> {
-    match claims_in {
-        ClaimsIn::Storage => Claims::in_storage(storage.clone(), group, topic).await,
-        ClaimsIn::Auto => match Claims::in_storage(storage.clone(), group, topic).await {
-            Err(Error::NotCreateOnly { url }) => {
+    if claims_in != ClaimsIn::Redis {
+        match Claims::in_storage(storage.clone(), group, topic).await {
+            Err(Error::NotCreateOnly { url }) if claims_in == ClaimsIn::Auto => {
                 tracing::info!(%url, "the output store overwrites on a create-only put: claims live in Redis");
-                let (connection, prefix) = redis().await?;
-                Ok(Claims::in_redis(connection, &prefix, group, topic))
             }
-            other => other,
-        },
-        ClaimsIn::Redis => {
-            let (connection, prefix) = redis().await?;
-            Ok(Claims::in_redis(connection, &prefix, group, topic))
+            in_storage => return in_storage,
         }
     }
+    let (connection, prefix) = redis().await?;
+    Ok(Claims::in_redis(connection, &prefix, group, topic))
 }
 
 #[cfg(test)]
