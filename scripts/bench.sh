@@ -107,14 +107,15 @@ if ((BACKFILL > 0)); then
 import sys, duckdb
 archive, result = sys.argv[1], sys.argv[2]
 # Users are partition-local and object names are zero-padded first offsets,
-# so (filename, row) orders each user's records by offset, as sluice does.
+# so (name, row) orders each user's records by offset, as sluice does (the
+# name without its folders: event-date folders sort before the partition).
 duckdb.sql(f"""
 COPY (
   SELECT user_id,
-         count(*) OVER (PARTITION BY user_id ORDER BY filename, file_row_number
+         count(*) OVER (PARTITION BY user_id ORDER BY parse_filename(filename), file_row_number
                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS total_transactions_count,
          transaction_timestamp_millis AS as_of_timestamp_millis
-  FROM read_parquet('{archive}/*/*.parquet', filename = true, file_row_number = true)
+  FROM read_parquet('{archive}/**/*.parquet', filename = true, file_row_number = true)
 ) TO '{result}' (FORMAT parquet, COMPRESSION snappy)
 """)
 PY
@@ -136,12 +137,12 @@ fi
 
 # A daily report over the archive: BENCH_PRUNE_PER_DAY (300,000) records on
 # each of three days, archived by the backup job in rolls of a quarter of a
-# day's records per partition, then one day's count and sum by DuckDB and by
-# SparkSQL (pyspark, local mode). Prints the bytes each read for the whole
-# archive and for the one day (the process's read() bytes, /proc/<pid>/io),
-# and the filter each pushed into its Parquet scan: row-group statistics on
-# the event time let both skip the other days' data, reading their footers
-# only.
+# day's records per partition (in event-date folders), then one day's count
+# and sum by DuckDB and by SparkSQL (pyspark, local mode). Prints the bytes
+# each read for the whole archive and for the one day (the process's read()
+# bytes, /proc/<pid>/io), the objects in the day's folder, and the filter each pushed
+# into its scan: the day's `event_date=` folder, so neither opens the other
+# days' objects.
 PRUNE=${BENCH_PRUNE_PER_DAY:-300000}
 if ((PRUNE > 0)); then
     if ! "$VENV/bin/python" -c 'import pyspark' 2>/dev/null; then
@@ -158,13 +159,13 @@ if ((PRUNE > 0)); then
     "$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" run --job backup --module modules/backup.wasm \
         --group "$t-backup" --until-caught-up --roll-rows $(( PRUNE / 24 )) --output-url "file://$out/prune" >/dev/null 2>&1
     "$VENV/bin/python" - "$out/prune/$t" "$(( today - 86400000 ))" <<'PY'
-import glob, os, re, sys
+import datetime, glob, os, re, sys
 archive, day_start = sys.argv[1], int(sys.argv[2])
-day_end = day_start + 86_400_000
-files = glob.glob(f"{archive}/*/*.parquet")
-where = f"transaction_timestamp_millis >= {day_start} AND transaction_timestamp_millis < {day_end}"
+day = datetime.datetime.fromtimestamp(day_start / 1000, datetime.timezone.utc).date().isoformat()
+files = glob.glob(f"{archive}/**/*.parquet", recursive=True)
+day_files = [f for f in files if f"/event_date={day}/" in f]
 whole_q = "SELECT count(*), sum(amount) FROM archive"
-day_q = f"{whole_q} WHERE {where}"
+day_q = f"{whole_q} WHERE event_date = DATE '{day}'"
 
 def read_bytes(pid="self"):
     with open(f"/proc/{pid}/io") as f:
@@ -177,37 +178,37 @@ def measured(run, pid="self"):
 
 import duckdb
 con = duckdb.connect()
-con.execute(f"CREATE VIEW archive AS SELECT * FROM read_parquet({files!r})")
+con.execute(f"CREATE VIEW archive AS SELECT * FROM read_parquet('{archive}/**/*.parquet', hive_partitioning = true)")
 duck = {}
 for name, q in (("whole", whole_q), ("day", day_q)):
     con.execute(q).fetchall()  # warm: the same work, so both runs read alike
     duck[name] = measured(lambda: con.execute(q).fetchall())
 plan = con.execute(f"EXPLAIN {day_q}").fetchall()[0][1]
-duck_filter = " ".join(l.strip("│ ") for l in plan.splitlines() if "transaction_timestamp_millis" in l)
-# DuckDB's own count of the row groups its scan read, by the statistics.
+duck_filter = " ".join(l.strip("│ ") for l in plan.splitlines() if "event_date" in l or "Files" in l)
+# DuckDB's own count of the files its scan read.
 analyzed = con.execute(f"EXPLAIN ANALYZE {day_q}").fetchall()[0][1]
-duck_groups = " ".join(l.strip("│ ") for l in analyzed.splitlines() if "Row Groups Scanned" in l)
+duck_files = " ".join(l.strip("│ ") for l in analyzed.splitlines() if "Files Read" in l or "Row Groups" in l)
 
 from pyspark.sql import SparkSession
 spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
          .config("spark.driver.memory", "1g").config("spark.ui.showConsoleProgress", "false").getOrCreate())
 spark.sparkContext.setLogLevel("ERROR")
-spark.read.parquet(*files).createOrReplaceTempView("archive")
+spark.read.parquet(archive).createOrReplaceTempView("archive")
 jvm = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
 sparks = {}
 for name, q in (("whole", whole_q), ("day", day_q)):
     spark.sql(q).collect()
     sparks[name] = measured(lambda: spark.sql(q).collect(), jvm)
 spark_plan = spark.sql(day_q)._jdf.queryExecution().executedPlan().toString()
-pushed = re.search(r"PushedFilters: \[.*?\](?=, ReadSchema)", spark_plan)
+pushed = re.search(r"PartitionFilters: \[.*?\](?=, PushedFilters)", spark_plan)
 spark.stop()
 
 assert duck["day"][0][0][0] == sparks["day"][0][0][0], (duck, sparks)
-print(f"\n{'daily report':<14} {'objects':>8} {'rows_day':>9} {'whole_kb':>9} {'day_kb':>8} {'day/whole':>10}")
+print(f"\n{'daily report':<14} {'objects':>8} {'day_obj':>8} {'rows_day':>9} {'whole_kb':>9} {'day_kb':>8} {'day/whole':>10}")
 for engine, r in (("duckdb", duck), ("sparksql", sparks)):
-    print(f"{engine:<14} {len(files):8d} {r['day'][0][0][0]:9d} {r['whole'][1] / 1024:9.0f} {r['day'][1] / 1024:8.0f} {r['day'][1] / max(r['whole'][1], 1):9.2f}x")
-print(f"duckdb pushes:   {duck_filter}; for the day: {duck_groups}")
-print(f"sparksql pushes: {pushed.group(0) if pushed else spark_plan}")
+    print(f"{engine:<14} {len(files):8d} {len(day_files):8d} {r['day'][0][0][0]:9d} {r['whole'][1] / 1024:9.0f} {r['day'][1] / 1024:8.0f} {r['day'][1] / max(r['whole'][1], 1):9.2f}x")
+print(f"duckdb plan:     {duck_filter}; for the day: {duck_files}")
+print(f"sparksql plan:   {pushed.group(0) if pushed else spark_plan}")
 PY
 fi
 

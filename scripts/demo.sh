@@ -90,7 +90,7 @@ import duckdb
 lake = sys.argv[1]
 con = duckdb.connect()
 con.execute(
-    f"CREATE VIEW transactions AS SELECT * FROM read_parquet('{lake}/transactions/*/*.parquet', hive_partitioning=true)"
+    f"CREATE VIEW transactions AS SELECT * FROM read_parquet('{lake}/transactions/**/*.parquet', hive_partitioning=true)"
 )
 con.execute(
     f"CREATE VIEW features AS SELECT * FROM read_parquet('{lake}/transactions_features/*/*.parquet', hive_partitioning=true)"

@@ -133,6 +133,11 @@ pub enum Command {
         /// Redis (`auto`); or either by name.
         #[arg(long, env = "SLUICE_CLAIMS_IN", value_enum, default_value_t = ClaimsIn::Auto)]
         claims_in: ClaimsIn,
+        /// backup: the timestamp field (a long of Unix milliseconds, or a
+        /// timestamp) whose UTC date names each archive object's
+        /// `event_date=` folder; `none` for no date folders.
+        #[arg(long, env = "SLUICE_DATE_FOLDERS_BY", default_value = "transaction_timestamp_millis")]
+        date_folders_by: String,
         #[command(flatten)]
         storage: StorageArgs,
         #[command(flatten)]
@@ -299,6 +304,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             on_data_loss,
             on_mispartitioned,
             claims_in,
+            date_folders_by,
             storage,
             redis,
             guest,
@@ -337,6 +343,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         options,
                         limits: guest.limits(),
                         swap: swap.options(),
+                        date_folders_by: Some(date_folders_by).filter(|f| f != "none"),
                     };
                     serde_json::to_string(&job.run().await?)?
                 }

@@ -2,6 +2,7 @@
 //! on object storage and to Redis. The host owns every side effect; guests own
 //! only per-record logic (see DESIGN.md and wit/sluice.wit).
 
+pub mod allocator;
 pub mod avro;
 pub mod cli;
 pub mod columnar;

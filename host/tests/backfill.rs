@@ -137,15 +137,24 @@ async fn redis_snapshot(pattern: &str) -> BTreeMap<String, BTreeMap<String, Stri
 }
 
 /// The live pipeline over `topic`: the archive and the live features in
-/// `live_url`; then the backfill of that archive into `backfill_url` must
+/// `live_url` (its archive in three event-date folders); then the backfill of that archive into `backfill_url` must
 /// give the same rows, leaving Redis as it was.
 async fn backfill_equals_live(topic: &str, live_url: &str, backfill_url: &str) {
     setup_topic_with(topic, 3);
     produce(topic, 6_000, 0);
     // A malformed record: both live jobs dead-letter it, the archive says so.
     produce_raw(topic, &[("7".into(), b"not avro".to_vec())]).await;
-    produce(topic, 6_000, 6_000);
+    // Then records of an earlier day that cross its midnight: each
+    // partition's roll is cut into objects of three event dates.
+    let midnight: i64 = 1_764_460_800_000; // 2025-11-30T00:00Z
+    let start = (midnight - 6_000 - 3_000).to_string();
+    produce_with(topic, 6_000, 6_000, &["--start-millis", &start]);
     run_job("backup", topic, live_url, &[]);
+    let dates = archive_dates(live_url, topic).await;
+    assert!(
+        dates.contains("2025-11-29") && dates.contains("2025-11-30") && dates.len() == 3,
+        "{dates:?}"
+    );
     let live = run_job("features", topic, live_url, &[]);
     assert_eq!(
         (live["features"].as_u64(), live["dead_lettered"].as_u64()),
@@ -212,13 +221,15 @@ async fn backfill_is_idempotent_resumable_and_counts_a_record_once() {
     let expected = expected_feature_rows(&topic);
 
     // One archive object stored twice, under a second name.
-    let folder = archive_dir.path().join(&topic).join("partition=1");
-    let mut objects: Vec<_> = std::fs::read_dir(&folder)
-        .expect("partition 1")
+    // Partition 1's objects, in every event-date folder, in offset order.
+    let mut objects: Vec<_> = std::fs::read_dir(archive_dir.path().join(&topic))
+        .expect("the archive")
+        .flat_map(|date| std::fs::read_dir(date.expect("entry").path().join("partition=1")).expect("partition 1"))
         .map(|e| e.expect("entry").path())
         .collect();
-    objects.sort();
+    objects.sort_by_key(|p| p.file_name().map(ToOwned::to_owned));
     let original = &objects[objects.len() / 2];
+    let folder = original.parent().expect("folder");
     let name = original.file_name().expect("name").to_string_lossy().into_owned();
     let (stem, first) = name.trim_end_matches(".parquet").rsplit_once('+').expect("offset");
     let copy = folder.join(format!(

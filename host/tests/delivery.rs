@@ -418,3 +418,51 @@ async fn file_outputs_and_their_directories_are_fsynced() {
         "the objects' directory was not fsynced:\n{calls}"
     );
 }
+
+/// A range an earlier member claimed, found at the first roll: each job
+/// adopts the claimed end, so its first objects hold exactly the claimed
+/// records (the features job recounts its state as of that end from the
+/// topic, since its real-time path counted on), and every output is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_range_an_earlier_member_claimed_cuts_the_first_roll_exactly() {
+    let topic = unique("adopted-claim");
+    setup_topic_with(&topic, 2);
+    produce(&topic, 4_000, 0);
+    let (lake, url) = local_lake();
+    let claimed_end = [100_i64, 37];
+    for job in ["backup", "features"] {
+        for (partition, end) in claimed_end.iter().enumerate() {
+            let folder = lake
+                .path()
+                .join(format!("_claims/{topic}-{job}/{topic}/partition={partition}"));
+            std::fs::create_dir_all(&folder).expect("claims folder");
+            std::fs::write(folder.join(format!("{:020}", 0)), end.to_string()).expect("claim");
+        }
+    }
+    run_job("backup", &topic, &url, &["--claims-in", "storage"]);
+    run_job("features", &topic, &url, &["--claims-in", "storage"]);
+    for (partition, end) in claimed_end.iter().enumerate() {
+        let next = |dataset: &str, folder: &str| {
+            lake.path().join(format!(
+                "{dataset}/{folder}partition={partition}/{dataset}+{partition}+{end:020}.parquet"
+            ))
+        };
+        assert!(
+            next(sluice::jobs::features::DATASET, "").exists(),
+            "partition {partition}: a features object starts at the claimed end {end}"
+        );
+        let archived: Vec<_> = std::fs::read_dir(lake.path().join(&topic))
+            .expect("archive")
+            .filter_map(|date| {
+                let date = date.expect("entry").file_name().to_string_lossy().into_owned();
+                next(&topic, &format!("{date}/")).exists().then_some(date)
+            })
+            .collect();
+        assert_eq!(
+            archived.len(),
+            1,
+            "partition {partition}: an archive object starts at the claimed end {end}"
+        );
+    }
+    verify_outputs(&topic, &url, 4_000).await;
+}

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow_array::RecordBatch;
 use serde::Serialize;
 
 use crate::avro::{DecodeError, Decoder, Readers, schema_id};
@@ -21,9 +22,11 @@ use crate::runtime::{Limits, RawFilterGuest, RawFilterWorld, RawRecord, Runtime,
 use crate::sinks::parquet::ParquetSink;
 
 use super::claims::Range;
-use super::durable::{Outputs, PartitionOutputs, Sinks};
+use super::date_folders::{self, DateFolders};
+use super::durable::{Object, Outputs, PartitionOutputs, Sinks};
 use super::pipeline::{self, RunReport, Stages};
-use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, Roll, RunOptions, by_partition};
+use super::rolling::Packed;
+use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, Roll, RunOptions};
 
 pub const JOB: &str = "transactions-job-backup";
 
@@ -44,12 +47,17 @@ pub struct BackupJob {
     pub options: RunOptions,
     pub limits: Limits,
     pub swap: SwapOptions,
+    /// The timestamp field whose UTC date names each object's
+    /// `event_date=` folder; `None` leaves the partition folders straight
+    /// below the topic.
+    pub date_folders_by: Option<String>,
 }
 
 /// The archive layout and the registered schema id it was built from.
 struct Layout {
     schema_id: u32,
     columns: Arc<ColumnarSchema>,
+    dates: Option<DateFolders>,
 }
 
 /// One run of the backup job: per roll, the guest's verdicts and the
@@ -105,9 +113,16 @@ impl BackupJob {
         let schema = apache_avro::Schema::parse_str(&latest.schema)
             .map_err(|e| Error::Other(format!("latest schema of {subject} does not parse: {e}")))?;
         let columns = columnar_schema(&schema).map_err(|e| Error::Other(format!("{subject}: {e}")))?;
+        let dates = self
+            .date_folders_by
+            .as_deref()
+            .map(|field| DateFolders::new(field, &schema))
+            .transpose()
+            .map_err(|e| Error::Other(format!("latest schema {} of {subject}: {e}", latest.id)))?;
         Ok(Layout {
             schema_id: latest.id,
             columns,
+            dates,
         })
     }
 }
@@ -118,9 +133,9 @@ impl Stages for Run {
         // A roll boundary: a staged module takes over here.
         self.swap.swap_staged(&mut self.guest);
         self.decoder
-            .prepare(roll.records.iter().map(|r| r.value.as_deref()))
+            .prepare(roll.records.iter().flat_map(Packed::values))
             .await?;
-        let mut uncovered = uncovered_writers(&self.decoder, &roll.records, &self.layout);
+        let mut uncovered = uncovered_writers(&self.decoder, roll, &self.layout);
         if !uncovered.is_empty() {
             // A newer version was registered: the archive follows the latest.
             self.layout = self.job.latest_layout(&self.subject).await?;
@@ -128,7 +143,7 @@ impl Stages for Run {
                 schema_id = self.layout.schema_id,
                 "archive layout follows the latest schema"
             );
-            uncovered = uncovered_writers(&self.decoder, &roll.records, &self.layout);
+            uncovered = uncovered_writers(&self.decoder, roll, &self.layout);
         }
         let readers = self.decoder.readers();
         let topic = &self.job.kafka.topic;
@@ -139,9 +154,10 @@ impl Stages for Run {
             partitions: Vec::new(),
             module_sha256: self.swap.sha256().to_string(),
         };
-        for (partition, records) in by_partition(&roll.records) {
+        for packed in &roll.records {
+            let (partition, records) = (packed.partition(), packed.unpack());
             self.swap.took_over(partition, records[0].offset);
-            let raw: Vec<RawRecord> = records.iter().map(|r| raw_record(r)).collect();
+            let raw: Vec<RawRecord> = records.iter().map(raw_record).collect();
             let verdicts = self.guest.process(&raw);
             crate::fault::point("after-guest");
             drop(raw);
@@ -168,7 +184,7 @@ impl Stages for Run {
                     Err(failure) => failure.to_string(),
                 };
                 excluded.push(record.offset);
-                dead_letters.push(((*record).clone(), reason));
+                dead_letters.push((record.clone(), reason));
             }
             // An object is written even when no record survived: its
             // lineage says the range was consumed, so the backfill can tell
@@ -179,20 +195,20 @@ impl Stages for Run {
                 first: records[0].offset,
                 end: records[records.len() - 1].offset + 1,
             };
-            let lineage = ArchiveLineage::new(
+            let archived = Archived {
                 topic,
                 partition,
                 partitions,
-                range.first..range.end,
-                &offsets,
-                &excluded,
-            );
-            let mut metadata = lineage.to_metadata();
-            metadata.push(module_metadata(self.swap.sha256()));
+                range: range.first..range.end,
+                offsets: &offsets,
+                excluded: &excluded,
+                module_sha256: self.swap.sha256(),
+            };
+            let objects = archived.objects(rows.finish(), self.layout.dates.as_ref())?;
             outputs.partitions.push(PartitionOutputs {
                 range,
                 dead_letters,
-                object: Some((rows.finish(), metadata)),
+                objects,
                 checkpoint_at_first: None,
                 checkpoints: Vec::new(),
                 retire_handoff: false,
@@ -210,13 +226,82 @@ impl Stages for Run {
     }
 }
 
+/// One partition's rows of a roll, with what its objects' lineage needs.
+struct Archived<'a> {
+    topic: &'a str,
+    partition: i32,
+    partitions: i32,
+    range: std::ops::Range<i64>,
+    /// The rows' offsets, in row order.
+    offsets: &'a [i64],
+    /// Offsets consumed and not archived, ascending.
+    excluded: &'a [i64],
+    module_sha256: &'a str,
+}
+
+impl Archived<'_> {
+    /// The roll's objects: one per run of rows of one event date with date
+    /// folders (one with no rows when none survived), else one.
+    fn objects(&self, batch: RecordBatch, dates: Option<&DateFolders>) -> Result<Vec<Object>> {
+        let Some(dates) = dates else {
+            return Ok(vec![self.object(None, self.range.clone(), 0..batch.num_rows(), batch)]);
+        };
+        let mut runs = dates
+            .runs(&batch)
+            .map_err(|e| Error::Other(format!("dating the archive rows: {e}")))?;
+        if runs.is_empty() {
+            runs.push((date_folders::folder(None), 0..0));
+        }
+        let rows: Vec<std::ops::Range<usize>> = runs.iter().map(|(_, rows)| rows.clone()).collect();
+        let consumed = date_folders::consumed_ranges(self.range.clone(), self.offsets, &rows);
+        Ok(runs
+            .into_iter()
+            .zip(consumed)
+            .map(|((folder, rows), consumed)| {
+                let part = batch.slice(rows.start, rows.len());
+                self.object(Some(folder), consumed, rows, part)
+            })
+            .collect())
+    }
+
+    /// The object of `rows` (of the roll's), which consumed `consumed`.
+    fn object(
+        &self,
+        folder: Option<String>,
+        consumed: std::ops::Range<i64>,
+        rows: std::ops::Range<usize>,
+        batch: RecordBatch,
+    ) -> Object {
+        let below = |end: i64| self.excluded.partition_point(|o| *o < end);
+        let excluded = &self.excluded[below(consumed.start)..below(consumed.end)];
+        let lineage = ArchiveLineage::new(
+            self.topic,
+            self.partition,
+            self.partitions,
+            consumed.clone(),
+            &self.offsets[rows],
+            excluded,
+        );
+        let mut metadata = lineage.to_metadata();
+        metadata.push(module_metadata(self.module_sha256));
+        Object {
+            folder,
+            first: consumed.start,
+            batch,
+            metadata,
+        }
+    }
+}
+
 /// Writer schemas of this batch whose fields the layout lacks. Coverage is a
 /// property of (writer, layout), so it is decided once per batch, not per
 /// record.
-fn uncovered_writers(decoder: &Decoder, batch: &[Consumed], layout: &Layout) -> HashSet<u32> {
-    let ids: HashSet<u32> = batch
+fn uncovered_writers(decoder: &Decoder, roll: &Roll, layout: &Layout) -> HashSet<u32> {
+    let ids: HashSet<u32> = roll
+        .records
         .iter()
-        .filter_map(|r| schema_id(r.value.as_deref()).ok())
+        .flat_map(Packed::values)
+        .filter_map(|value| schema_id(value).ok())
         .collect();
     ids.into_iter()
         .filter(|id| *id != layout.schema_id)

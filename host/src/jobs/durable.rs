@@ -43,8 +43,8 @@ pub struct PartitionOutputs {
     pub range: Range,
     /// Records left out, with the reason: sent once the range passed its fence.
     pub dead_letters: Vec<(Consumed, String)>,
-    /// The Parquet object named by the range's first offset, if any.
-    pub object: Option<(RecordBatch, Vec<KeyValue>)>,
+    /// The Parquet objects of the range, each named by its first offset.
+    pub objects: Vec<Object>,
     /// The state as of `range.first`, when no checkpoint of that name exists
     /// yet: the fence makes the group resume there, so it is saved first.
     pub checkpoint_at_first: Option<Snapshot>,
@@ -54,6 +54,17 @@ pub struct PartitionOutputs {
     pub checkpoints: Vec<Snapshot>,
     /// The range passes a backfill's hand-off mark: delete the mark.
     pub retire_handoff: bool,
+}
+
+/// One Parquet object of a roll.
+pub struct Object {
+    /// The Hive folder between the dataset and the partition, if any
+    /// (`event_date=…`).
+    pub folder: Option<String>,
+    /// The first offset it covers, which names it.
+    pub first: i64,
+    pub batch: RecordBatch,
+    pub metadata: Vec<KeyValue>,
 }
 
 /// A commit the durable path asks the consumer's task to send.
@@ -235,15 +246,21 @@ impl DurablePath {
             self.dead_letters.send(record, reason).await?;
         }
         self.report.dead_lettered += outputs.dead_letters.len() as u64;
-        if let Some((batch, metadata)) = &outputs.object {
+        for object in outputs.objects {
             let path = self
                 .sinks
                 .objects
-                .write(partition, first, batch, metadata.clone())
+                .write(
+                    object.folder.as_deref(),
+                    partition,
+                    object.first,
+                    &object.batch,
+                    object.metadata,
+                )
                 .await?;
             crate::fault::point("after-upload");
             self.report.files += 1;
-            tracing::debug!(%path, rows = batch.num_rows(), "object written");
+            tracing::debug!(%path, rows = object.batch.num_rows(), "object written");
         }
         if let Some(checkpoints) = &self.sinks.checkpoints {
             for snapshot in outputs.checkpoints {

@@ -26,7 +26,7 @@ use crate::state::{Checkpoints, PartitionState, Snapshot};
 use super::claims::Range;
 pub use super::counting::OnMispartitioned;
 use super::counting::{Placement, count, mispartitioned_refusal};
-use super::durable::{CheckpointsReport, Outputs, PartitionOutputs, Sinks};
+use super::durable::{CheckpointsReport, Object, Outputs, PartitionOutputs, Sinks};
 use super::pipeline::{self, RunReport, Stages};
 use super::serving::Serving;
 use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, Roll, RunOptions, by_partition};
@@ -378,17 +378,28 @@ impl Run {
             partitions: Vec::new(),
             module_sha256: self.swap.sha256().to_string(),
         };
-        for (partition, records) in by_partition(&roll.records) {
+        for packed in &roll.records {
+            let (Some(first), Some(last)) = (packed.first_offset(), packed.last_offset()) else {
+                continue;
+            };
+            let partition = packed.partition();
             let range = Range {
                 partition,
-                first: records[0].offset,
-                end: records[records.len() - 1].offset + 1,
+                first,
+                end: last + 1,
             };
             let open = self.open.entry(partition).or_default();
             let (events, dead_letters) = open.take_below(range.end);
             let checkpoint_at_first = open.at_first.take();
-            let object =
-                (!events.is_empty()).then(|| (feature_batch(&events), vec![module_metadata(self.swap.sha256())]));
+            let objects: Vec<Object> = (!events.is_empty())
+                .then(|| Object {
+                    folder: None,
+                    first: range.first,
+                    batch: feature_batch(&events),
+                    metadata: vec![module_metadata(self.swap.sha256())],
+                })
+                .into_iter()
+                .collect();
             let ahead = self
                 .held
                 .states
@@ -409,6 +420,8 @@ impl Run {
                             .await?
                     }
                 };
+                let records = packed.unpack();
+                let records: Vec<&Consumed> = records.iter().collect();
                 self.recount(consuming, partition, &mut state, &records).await?;
                 state.next_offset = range.end;
                 checkpoints.push(state.snapshot());
@@ -427,7 +440,7 @@ impl Run {
             outputs.partitions.push(PartitionOutputs {
                 range,
                 dead_letters,
-                object,
+                objects,
                 checkpoint_at_first,
                 checkpoints,
                 retire_handoff: self.handoffs.remove(&partition).is_some(),

@@ -5,6 +5,7 @@ pub mod backfill;
 pub mod backup;
 pub mod claims;
 pub mod counting;
+pub mod date_folders;
 pub mod durable;
 pub mod features;
 pub mod pipeline;
@@ -30,7 +31,7 @@ use crate::redis_conn::RedisConn;
 
 use self::claims::{Claims, ClaimsIn};
 use self::durable::{CommitRequest, DurablePath, DurableReport, Outputs, Queued, Sinks};
-use self::rolling::{RollPolicy, Rolling};
+use self::rolling::{Packed, RollPolicy, Rolling};
 
 /// The consumer user of each job, created by `sluice setup`.
 pub const BACKUP_USER: &str = "transactions-backup-job-user";
@@ -100,9 +101,9 @@ pub enum Step {
     Quiet,
 }
 
-/// The records of one roll, in offset order per partition.
+/// The records of one roll: per partition, in offset order.
 pub struct Roll {
-    pub records: Vec<Consumed>,
+    pub records: Vec<Packed>,
     /// The rebalance count they were fetched under.
     rebalances: u64,
 }
@@ -531,7 +532,7 @@ impl Consuming {
         }
         let agreed = self.claims.claim(&ranges).await?;
         let records = self.rolling.take(&ranges, &agreed);
-        self.settled_starts.extend(records.iter().map(|r| r.partition));
+        self.settled_starts.extend(records.iter().map(Packed::partition));
         Ok((!records.is_empty()).then_some(Roll {
             records,
             rebalances: self.rolling_rebalances,

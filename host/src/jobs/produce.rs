@@ -79,7 +79,10 @@ impl Produce {
             swap.took_over(0, first_index as i64);
             let generated = guest.generate(self.seed, first_index, n, start_millis);
             let mut deliveries = Vec::with_capacity(generated.len());
-            for (index, g) in (first_index..).zip(generated) {
+            for (sent, (index, g)) in (first_index..).zip(generated).enumerate() {
+                if let Some(rate) = self.rate {
+                    pace(rate, produced + sent as u64, started).await;
+                }
                 let g = match g {
                     Ok(g) => g,
                     Err(failure) => {
@@ -113,13 +116,6 @@ impl Produce {
                 }
             }
             produced += u64::from(n);
-            if let Some(rate) = self.rate {
-                // Pace: sleep until the time these records were due.
-                let due = Duration::from_secs_f64(produced as f64 / rate);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(wait).await;
-                }
-            }
         }
         let seconds = started.elapsed().as_secs_f64();
         Ok(ProduceReport {
@@ -130,5 +126,18 @@ impl Produce {
             module_sha256: swap.sha256().to_string(),
             swaps: swap.swaps(),
         })
+    }
+}
+
+/// Waits until record `n` of a run at `rate` records/s is due, so that
+/// `--rate` loads the topic steadily rather than a guest call's records at
+/// once. A record less than a millisecond early goes at once (the timer's
+/// resolution), so records go out in groups of about a millisecond's worth.
+async fn pace(rate: f64, n: u64, started: Instant) {
+    let due = Duration::from_secs_f64(n as f64 / rate);
+    if let Some(wait) = due.checked_sub(started.elapsed())
+        && wait >= Duration::from_millis(1)
+    {
+        tokio::time::sleep(wait).await;
     }
 }

@@ -6,7 +6,8 @@
 //! result queue and block until the result arrives (or the timeout passes),
 //! so run them inside `tokio::task::spawn_blocking`.
 //!
-//! This is the only module in the workspace allowed to use `unsafe`. Every C
+//! Besides `allocator` (one `mallopt` call), this is the only module in the
+//! workspace allowed to use `unsafe`. Every C
 //! object created here is owned by an `Owned` guard, which destroys it
 //! exactly once, on every path.
 

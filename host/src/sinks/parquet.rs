@@ -2,8 +2,9 @@
 //! deterministically by (dataset, partition, first offset) in Hive-style
 //! folders, as the Kafka Connect S3 sink does: a replay of the same range
 //! overwrites the object instead of adding a second copy, and one glob
-//! (`<root>/<dataset>/*/*.parquet`) reads the whole dataset in SparkSQL and
-//! DuckDB.
+//! (`<root>/<dataset>/**/*.parquet`) reads the whole dataset in SparkSQL and
+//! DuckDB. The archive has a folder of its own above the partition's (its
+//! event date, `date_folders`).
 
 use arrow_array::RecordBatch;
 use object_store::path::Path as ObjectPath;
@@ -51,27 +52,27 @@ impl ParquetSink {
         &self.storage
     }
 
-    /// `<root>/<dataset>/partition=<p>/<dataset>+<p>+<first offset, 20 digits>.parquet`;
+    /// `<root>/<dataset>/[<folder>/]partition=<p>/<dataset>+<p>+<first offset, 20 digits>.parquet`;
     /// the zero padding keeps a listing in offset order.
-    pub fn object_path(&self, partition: i32, first_offset: i64) -> ObjectPath {
-        let name = format!(
-            "{dataset}/partition={partition}/{dataset}+{partition}+{first_offset:020}.parquet",
-            dataset = self.dataset
-        );
+    pub fn object_path(&self, folder: Option<&str>, partition: i32, first_offset: i64) -> ObjectPath {
+        let dataset = &self.dataset;
+        let folder = folder.map(|f| format!("{f}/")).unwrap_or_default();
+        let name = format!("{dataset}/{folder}partition={partition}/{dataset}+{partition}+{first_offset:020}.parquet");
         self.storage.path(&name)
     }
 
     /// Encodes `batch` with `metadata` in the file's key-value metadata and
-    /// puts it at its deterministic name; returns the object path. The put
-    /// is atomic: readers see the whole file or none.
+    /// puts it at its deterministic name (below `folder`, if any); returns
+    /// the object path. The put is atomic: readers see the whole file or none.
     pub async fn write(
         &self,
+        folder: Option<&str>,
         partition: i32,
         first_offset: i64,
         batch: &RecordBatch,
         metadata: Vec<KeyValue>,
     ) -> Result<ObjectPath> {
-        let path = self.object_path(partition, first_offset);
+        let path = self.object_path(folder, partition, first_offset);
         let bytes = encode(batch, metadata).map_err(|source| Error::Encode {
             path: path.to_string(),
             source,

@@ -230,6 +230,17 @@ pub async fn archived_rows(url: &str, topic: &str) -> usize {
         .sum()
 }
 
+/// The event dates of the archive of `topic` under `url`: its
+/// `event_date=` folders.
+pub async fn archive_dates(url: &str, topic: &str) -> std::collections::BTreeSet<String> {
+    let storage = storage_args(url).open().expect("storage");
+    read_objects(&storage, topic)
+        .await
+        .iter()
+        .filter_map(|(path, _)| Some(path.split("/event_date=").nth(1)?.split('/').next()?.to_string()))
+        .collect()
+}
+
 pub async fn redis() -> redis::aio::MultiplexedConnection {
     // The machine's Redis is shared by every test at once: a `KEYS` may wait
     // behind others' writes longer than the client's default timeout.
@@ -470,8 +481,13 @@ impl Running {
 /// The producer guest making records `first_index..first_index + count` of
 /// the default seed, as fast as the broker takes them; asserts they all went.
 pub fn produce(topic: &str, count: u64, first_index: u64) {
+    produce_with(topic, count, first_index, &[]);
+}
+
+/// `produce` with more flags (`--start-millis`, say).
+pub fn produce_with(topic: &str, count: u64, first_index: u64, extra: &[&str]) {
     let (module, n, first) = (module("producer"), count.to_string(), first_index.to_string());
-    let stdout = sluice_ok(&[
+    let mut args = vec![
         "--topic",
         topic,
         "produce",
@@ -481,7 +497,9 @@ pub fn produce(topic: &str, count: u64, first_index: u64) {
         &n,
         "--first-index",
         &first,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let stdout = sluice_ok(&args);
     assert_eq!(report(&stdout)["produced"], count);
 }
 

@@ -84,6 +84,28 @@ fn archive_rows(batches: &[(String, RecordBatch)]) -> Vec<Row> {
     rows
 }
 
+/// The archive's Hive folders: `<topic>/event_date=<D>/partition=<P>/`,
+/// where `D` is the UTC date of every row's event time.
+fn assert_dated_folders(topic: &str, objects: &[(String, RecordBatch)]) {
+    for (path, batch) in objects {
+        let below = path
+            .split_once(&format!("{topic}/event_date="))
+            .unwrap_or_else(|| panic!("{path}: no event-date folder below {topic}"))
+            .1;
+        let (date, rest) = below.split_once('/').expect("a folder below the date");
+        assert!(
+            rest.starts_with("partition="),
+            "{path}: the partition folder below the date"
+        );
+        for &millis in column::<Int64Type>(batch, "transaction_timestamp_millis").values() {
+            let day = chrono::DateTime::from_timestamp_millis(millis)
+                .expect("time")
+                .format("%Y-%m-%d");
+            assert_eq!(day.to_string(), date, "{path}: a row of another day");
+        }
+    }
+}
+
 /// The (partition, offset) uniqueness check of the archive: objects are
 /// named `<dataset>+<partition>+<first offset>.parquet` and hold consecutive
 /// offsets (these tests dead-letter and drop nothing), so within a partition
@@ -138,12 +160,7 @@ pub async fn verify_outputs_with_redis(
     assert_eq!(truth.len() as u64, records);
     let storage = storage_args(output_url).open().expect("storage");
     let archive = read_dataset(&storage, topic).await;
-    assert!(
-        archive
-            .iter()
-            .all(|(path, _)| path.contains(&format!("{topic}/partition="))),
-        "Hive-style folders"
-    );
+    assert_dated_folders(topic, &archive);
     assert_disjoint_offset_ranges(&archive);
     let archived = archive_rows(&archive);
     assert_eq!(archived.len(), truth.len(), "no record lost or duplicated");

@@ -123,6 +123,7 @@ pub(super) async fn replay_partition(
             context
                 .sink
                 .write(
+                    None,
                     partition,
                     first_offset,
                     &feature_batch(&events),
