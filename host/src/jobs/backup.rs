@@ -25,8 +25,8 @@ use super::claims::Range;
 use super::date_folders::{self, DateFolders};
 use super::durable::{Object, Outputs, PartitionOutputs, Sinks};
 use super::pipeline::{self, RunReport, Stages};
-use super::rolling::{Keep, Packed};
-use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, JobSpec, Result, Roll, RunOptions};
+use super::rolling::Packed;
+use super::{BACKUP_PASSWORD_VAR, BACKUP_USER, Consuming, Error, Result, Roll, RunOptions};
 
 pub const JOB: &str = "transactions-job-backup";
 
@@ -80,13 +80,16 @@ impl BackupJob {
             objects: ParquetSink::new(self.storage.clone(), &self.kafka.topic),
             checkpoints: None,
         };
-        let spec = JobSpec {
-            job: JOB,
-            user: BACKUP_USER,
-            password_var: BACKUP_PASSWORD_VAR,
-            keep: Keep::Records,
-        };
-        let consuming = Consuming::start(&self.kafka, self.options.clone(), spec, sinks, None).await?;
+        let consuming = Consuming::start(
+            &self.kafka,
+            self.options.clone(),
+            JOB,
+            BACKUP_USER,
+            BACKUP_PASSWORD_VAR,
+            sinks,
+            None,
+        )
+        .await?;
         let subject = crate::model::value_subject(&self.kafka.topic);
         let layout = self.latest_layout(&subject).await?;
         let mut run = Run {
@@ -152,10 +155,7 @@ impl Stages for Run {
             module_sha256: self.swap.sha256().to_string(),
         };
         for packed in &roll.records {
-            let partition = packed.partition();
-            let records = packed
-                .unpack()
-                .ok_or_else(|| Error::Other("the backup job's open objects keep their records".into()))?;
+            let (partition, records) = (packed.partition(), packed.unpack());
             self.swap.took_over(partition, records[0].offset);
             let raw: Vec<RawRecord> = records.iter().map(raw_record).collect();
             let verdicts = self.guest.process(&raw);

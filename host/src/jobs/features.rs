@@ -28,9 +28,8 @@ pub use super::counting::OnMispartitioned;
 use super::counting::{Placement, count, mispartitioned_refusal};
 use super::durable::{CheckpointsReport, Object, Outputs, PartitionOutputs, Sinks};
 use super::pipeline::{self, RunReport, Stages};
-use super::rolling::Keep;
 use super::serving::Serving;
-use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, JobSpec, Result, Roll, RunOptions, by_partition};
+use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, Roll, RunOptions, by_partition};
 
 pub const JOB: &str = "transactions-ml-features-job";
 /// The Parquet dataset of feature events.
@@ -233,15 +232,16 @@ impl FeaturesJob {
             checkpoints: Some(Checkpoints::new(self.storage.clone(), &name).with_module(swap.sha256())),
         };
         let redis = self.options.redis.connect().await?;
-        let spec = JobSpec {
-            job: JOB,
-            user: FEATURES_USER,
-            password_var: FEATURES_PASSWORD_VAR,
-            // The real-time path counts records as they arrive; a roll
-            // needs only its range.
-            keep: Keep::Offsets,
-        };
-        let consuming = Consuming::start(&self.kafka, options, spec, sinks, Some(redis.clone())).await?;
+        let consuming = Consuming::start(
+            &self.kafka,
+            options,
+            JOB,
+            FEATURES_USER,
+            FEATURES_PASSWORD_VAR,
+            sinks,
+            Some(redis.clone()),
+        )
+        .await?;
         let serving = Serving::new(
             RedisSink::new(redis, &self.options.redis.redis_prefix),
             &name,
@@ -420,7 +420,7 @@ impl Run {
                             .await?
                     }
                 };
-                let records = consuming.read_again(partition, range.first..range.end).await?;
+                let records = packed.unpack();
                 let records: Vec<&Consumed> = records.iter().collect();
                 self.recount(consuming, partition, &mut state, &records).await?;
                 state.next_offset = range.end;

@@ -31,7 +31,7 @@ use crate::redis_conn::RedisConn;
 
 use self::claims::{Claims, ClaimsIn};
 use self::durable::{CommitRequest, DurablePath, DurableReport, Outputs, Queued, Sinks};
-use self::rolling::{Keep, Packed, RollPolicy, Rolling};
+use self::rolling::{Packed, RollPolicy, Rolling};
 
 /// The consumer user of each job, created by `sluice setup`.
 pub const BACKUP_USER: &str = "transactions-backup-job-user";
@@ -126,8 +126,6 @@ pub struct Consuming {
     options: RunOptions,
     /// The last micro-batch, until the next call of `next`.
     arrived: Vec<Consumed>,
-    /// The job's connection settings, for reading a range again.
-    client_config: rdkafka::ClientConfig,
     /// Records fetched while waiting (for the durable path, a commit's
     /// answer): the next micro-batches, `batch_size` at a time, so an open
     /// object still rolls within a micro-batch of its rows.
@@ -171,19 +169,6 @@ pub struct Throughput {
     pub skipped_by_data_loss: u64,
 }
 
-/// Who a consumer job is: its name, its Kafka user (the password from the
-/// variable `password_var`), and what its open objects keep of their
-/// records until they roll.
-pub struct JobSpec {
-    pub job: &'static str,
-    pub user: &'static str,
-    pub password_var: &'static str,
-    pub keep: Keep,
-}
-
-/// How long reading a range of records again may take.
-const READ_AGAIN_TIMEOUT: Duration = Duration::from_secs(120);
-
 impl Consuming {
     /// Joins the job's group as `user` (password from `password_var`) and
     /// starts the durable path over `sinks`. Claims in Redis use `redis`, the
@@ -191,19 +176,14 @@ impl Consuming {
     pub async fn start(
         kafka: &KafkaArgs,
         options: RunOptions,
-        spec: JobSpec,
+        job: &'static str,
+        user: &str,
+        password_var: &str,
         sinks: Sinks,
         redis: Option<RedisConn>,
     ) -> Result<Self> {
-        let JobSpec {
-            job,
-            user,
-            password_var,
-            keep,
-        } = spec;
         let credentials = kafka.credentials(user, password_var);
         let config = kafka.client_config(credentials.as_ref());
-        let client_config = config.clone();
         let source = Source::subscribe(
             config.clone(),
             &options.group,
@@ -243,8 +223,7 @@ impl Consuming {
             options,
             arrived: Vec::new(),
             stash: VecDeque::new(),
-            rolling: Rolling::new(keep),
-            client_config,
+            rolling: Rolling::default(),
             rolling_rebalances: 0,
             fenced_reset: false,
             quiet_since: None,
@@ -373,19 +352,6 @@ impl Consuming {
     /// The records of the last `Step::Arrived`.
     pub fn arrived(&self) -> &[Consumed] {
         &self.arrived
-    }
-
-    /// The records of `partition` in `range` (ending just past a record),
-    /// read again from the topic.
-    pub async fn read_again(&self, partition: i32, range: std::ops::Range<i64>) -> Result<Vec<Consumed>> {
-        let (config, topic) = (self.client_config.clone(), self.source.topic().to_string());
-        let group = self.options.group.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::kafka::range_reader::read_range(config, &group, &topic, partition, range, READ_AGAIN_TIMEOUT)
-        })
-        .await
-        .map_err(|e| Error::Other(format!("reading a range again: {e}")))?
-        .map_err(Error::from)
     }
 
     /// Hands a roll's outputs to the durable path. Waits (fetching paused)

@@ -29,32 +29,15 @@ pub struct RollPolicy {
     pub interval: Duration,
 }
 
-/// What an open object keeps of its records until it rolls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Keep {
-    /// The records themselves: the roll is made of them (the backup job).
-    #[default]
-    Records,
-    /// Their offsets and sizes only: the real-time path has used them, and
-    /// a roll needs only its range (the features job, which reads a range
-    /// again from the topic in the rare case that it needs the records).
-    Offsets,
-}
-
 /// Records of one partition in offset order, packed: every key and value
 /// in one buffer, and per record its offset, timestamp and where its bytes
 /// are. A `Consumed` costs about 180 bytes of heap for a 40-byte record
 /// (the struct, two allocations, their headers); packed, a record costs its
 /// bytes and 32, so an open object's memory follows `--roll-mb`, which
-/// counts those bytes. With `Keep::Offsets` only the 32 stay.
+/// counts those bytes.
 #[derive(Default)]
 pub struct Packed {
     partition: i32,
-    keep: Keep,
-    /// Bytes of the records' keys and values, kept or not: where the next
-    /// record's would start.
-    size: usize,
-    /// The keys and values, with `Keep::Records`.
     bytes: Vec<u8>,
     slots: Vec<Slot>,
     /// Headers of the records that have any (few do), by offset.
@@ -86,31 +69,28 @@ fn stored(len: u32) -> usize {
 }
 
 impl Packed {
-    fn new(partition: i32, keep: Keep) -> Self {
+    fn new(partition: i32) -> Self {
         Self {
             partition,
-            keep,
             ..Self::default()
         }
     }
 
     fn push(&mut self, record: Consumed) {
+        let start = self.bytes.len();
         let (key, value) = (len_of(&record.key), len_of(&record.value));
+        self.bytes.extend_from_slice(record.key.as_deref().unwrap_or_default());
+        self.bytes
+            .extend_from_slice(record.value.as_deref().unwrap_or_default());
         self.slots.push(Slot {
             offset: record.offset,
             timestamp_millis: record.timestamp_millis.unwrap_or(NO_TIMESTAMP),
-            start: self.size,
+            start,
             key,
             value,
         });
-        self.size += stored(key) + stored(value);
-        if self.keep == Keep::Records {
-            self.bytes.extend_from_slice(record.key.as_deref().unwrap_or_default());
-            self.bytes
-                .extend_from_slice(record.value.as_deref().unwrap_or_default());
-            if !record.headers.is_empty() {
-                self.headers.insert(record.offset, record.headers);
-            }
+        if !record.headers.is_empty() {
+            self.headers.insert(record.offset, record.headers);
         }
     }
 
@@ -134,23 +114,22 @@ impl Packed {
         self.slots.last().map(|s| s.offset)
     }
 
-    /// Each record's value, in offset order (none with `Keep::Offsets`).
+    /// Bytes of keys and values.
+    fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Each record's value, in offset order.
     pub fn values(&self) -> impl Iterator<Item = Option<&[u8]>> {
-        let kept = self.keep == Keep::Records;
-        self.slots.iter().filter(move |_| kept).map(|s| {
+        self.slots.iter().map(|s| {
             let at = s.start + stored(s.key);
             (s.value != ABSENT).then(|| &self.bytes[at..at + s.value as usize])
         })
     }
 
-    /// The records, unpacked, in offset order; `None` if only their
-    /// offsets were kept.
-    pub fn unpack(&self) -> Option<Vec<Consumed>> {
-        if self.keep == Keep::Offsets {
-            return None;
-        }
-        let records = self
-            .slots
+    /// The records, unpacked, in offset order.
+    pub fn unpack(&self) -> Vec<Consumed> {
+        self.slots
             .iter()
             .map(|s| {
                 let key_end = s.start + stored(s.key);
@@ -163,25 +142,20 @@ impl Packed {
                     offset: s.offset,
                 }
             })
-            .collect();
-        Some(records)
+            .collect()
     }
 
     /// Takes the records below offset `end` into a `Packed` of their own.
     fn take_below(&mut self, end: i64) -> Packed {
         let cut = self.slots.partition_point(|s| s.offset < end);
-        let byte_cut = self.slots.get(cut).map_or(self.size, |s| s.start);
+        let byte_cut = self.slots.get(cut).map_or(self.bytes.len(), |s| s.start);
         let rest_headers = self.headers.split_off(&end);
-        let kept_cut = byte_cut.min(self.bytes.len());
         let taken = Packed {
             partition: self.partition,
-            keep: self.keep,
-            size: byte_cut,
-            bytes: self.bytes.drain(..kept_cut).collect(),
+            bytes: self.bytes.drain(..byte_cut).collect(),
             slots: self.slots.drain(..cut).collect(),
             headers: std::mem::replace(&mut self.headers, rest_headers),
         };
-        self.size -= byte_cut;
         for slot in &mut self.slots {
             slot.start -= byte_cut;
         }
@@ -207,26 +181,18 @@ impl Open {
 
 #[derive(Default)]
 pub struct Rolling {
-    keep: Keep,
     open: BTreeMap<i32, Open>,
     /// Roll every open object that is not waiting for a claimed range.
     roll_all: bool,
 }
 
 impl Rolling {
-    pub fn new(keep: Keep) -> Self {
-        Self {
-            keep,
-            ..Self::default()
-        }
-    }
-
     /// Adds records as they arrived (each partition's in offset order).
     pub fn add(&mut self, records: Vec<Consumed>) {
         let now = Instant::now();
         for record in records {
             let open = self.open.entry(record.partition).or_insert_with(|| Open {
-                records: Packed::new(record.partition, self.keep),
+                records: Packed::new(record.partition),
                 since: now,
                 claimed_end: None,
             });
@@ -285,7 +251,7 @@ impl Rolling {
                 Some(_) => continue,
                 None if self.roll_all
                     || open.records.len() >= policy.rows
-                    || open.records.size >= policy.bytes
+                    || open.records.size() >= policy.bytes
                     || open.since.elapsed() >= policy.interval =>
                 {
                     open.end()
@@ -380,33 +346,13 @@ mod tests {
         rolling.roll_all();
         let due = rolling.due(&policy(100));
         let rest = rolling.take(&due, &[6]);
-        let unpacked: Vec<Consumed> = below
-            .iter()
-            .chain(&rest)
-            .flat_map(|p| p.unpack().expect("kept"))
-            .collect();
+        let unpacked: Vec<Consumed> = below.iter().chain(&rest).flat_map(Packed::unpack).collect();
         assert_eq!(format!("{unpacked:?}"), format!("{records:?}"));
         assert_eq!(
             rest[0].values().map(|v| v.map(<[u8]>::len)).collect::<Vec<_>>(),
             vec![Some(3), Some(9), Some(5)]
         );
         assert!(rolling.is_empty());
-    }
-
-    #[test]
-    fn offsets_only_still_roll_by_bytes() {
-        let mut rolling = Rolling::new(Keep::Offsets);
-        rolling.add((0..4).map(|o| record(0, o)).collect());
-        let bytes = RollPolicy {
-            bytes: 40,
-            ..policy(100)
-        };
-        let due = rolling.due(&bytes);
-        assert_eq!(due.len(), 1, "10 bytes a record, counted though not kept");
-        let taken = rolling.take(&due, &[2]);
-        assert_eq!((taken[0].first_offset(), taken[0].last_offset()), (Some(0), Some(1)));
-        assert!(taken[0].unpack().is_none() && taken[0].values().next().is_none());
-        assert!(rolling.due(&bytes).is_empty(), "20 bytes left");
     }
 
     #[test]
@@ -443,7 +389,7 @@ mod tests {
         let due = rolling.due(&policy(10));
         // An earlier claim of offset 10 ended at 14: the rest stays open.
         let batch = rolling.take(&due, &[14]);
-        let offsets: Vec<i64> = batch[0].unpack().expect("kept").iter().map(|r| r.offset).collect();
+        let offsets: Vec<i64> = batch[0].unpack().iter().map(|r| r.offset).collect();
         assert_eq!(offsets, vec![10, 11, 12, 13]);
         rolling.roll_all();
         let due = rolling.due(&policy(100));

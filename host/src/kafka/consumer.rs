@@ -679,7 +679,7 @@ fn commit_answered_by_poll(consumer: &StreamConsumer<GroupContext>, list: &Topic
     }
 }
 
-pub(super) fn owned<M: Message>(message: &M) -> Consumed {
+fn owned<M: Message>(message: &M) -> Consumed {
     let headers = message
         .headers()
         .map(|h| {

@@ -5,7 +5,6 @@ pub mod admin;
 pub mod consumer;
 pub mod partitioner;
 pub mod producer;
-pub mod range_reader;
 pub mod security;
 pub mod starting_offsets;
 
