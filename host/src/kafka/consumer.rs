@@ -338,6 +338,12 @@ pub struct Source {
     session_timeout: Duration,
 }
 
+/// How long a member whose commits were refused waits at least for the
+/// group to assign it partitions again before it exits: a rejoin can take
+/// a few request timeouts (librdkafka's is 10 s per request) on a loaded
+/// broker, longer than three short sessions.
+const MIN_REJOIN_WAIT: Duration = Duration::from_secs(60);
+
 /// librdkafka's prefetch budget (`queued.max.messages.kbytes`).
 const PREFETCH_KIB: u32 = 16 * 1024;
 
@@ -462,7 +468,7 @@ impl Source {
             }
             let fenced_since = *guard(&self.context.fenced_since);
             if let Some(since) = fenced_since
-                && since.elapsed() > self.session_timeout * 3
+                && since.elapsed() > (self.session_timeout * 3).max(MIN_REJOIN_WAIT)
             {
                 return Err(Error::Refused(
                     "this member's commits were refused and the group has not assigned partitions again; \
