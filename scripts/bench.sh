@@ -263,7 +263,7 @@ fi
 # Real-time freshness and object sizes at a steady BENCH_RATE (2,000)
 # records/s over 6 partitions: the features job runs with its default roll
 # settings while the producer loads the topic. The shared redis_latency.py
-# probes Redis (BENCH_PROBES, 150, one every 100 ms), from the broker's
+# probes Redis (BENCH_PROBES, 300, one every 100 ms), from the broker's
 # acknowledgement to Redis showing the new count: first with the features
 # job alone on the broker, then on a second topic that the backup job
 # consumes too (on nisshi, every consumer's fetches query PostgreSQL, so a
@@ -271,7 +271,7 @@ fi
 # BENCH_ROLL_SECONDS (660: two default 5-minute roll intervals), and the
 # objects each rolled before the stop give objects per hour and rows per
 # object.
-PROBES=${BENCH_PROBES:-150}
+PROBES=${BENCH_PROBES:-300}
 if ((PROBES > 0)); then
     RATE=${BENCH_RATE:-2000}
     ROLL_SECONDS=${BENCH_ROLL_SECONDS:-660}
