@@ -80,7 +80,7 @@ impl FromStr for Shard {
 /// A backfill run, as `sluice backfill` configures it.
 pub struct Backfill {
     pub module: PathBuf,
-    /// The backup job's output root (it holds `<topic>/partition=P/…`).
+    /// The backup job's output root (it holds `<topic>/[event_date=D/]partition=P/…`).
     pub archive: Storage,
     /// Where the features dataset (and the progress checkpoints) go.
     pub output: Storage,
