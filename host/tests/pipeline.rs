@@ -88,3 +88,29 @@ async fn claims_stay_out_of_a_store_that_overwrites_a_create_only_put() {
     assert!(stderr.contains("claims live in Redis"), "{stderr}");
     assert_eq!(archived_rows(&url, &topic).await, 500);
 }
+
+/// `--date-folders-by none` puts the archive's partition folders straight
+/// below the topic; a field that cannot date the folders is refused at
+/// start, by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_archive_without_date_folders_or_with_a_field_that_cannot_date_them() {
+    let topic = unique("no-date-folders");
+    setup_topic_with(&topic, 2);
+    produce(&topic, 1_000, 0);
+    let (lake, url) = local_lake();
+    let report = run_job("backup", &topic, &url, &["--date-folders-by", "none"]);
+    assert_eq!(report["archived"], 1_000, "{report}");
+    let folders: std::collections::BTreeSet<String> = std::fs::read_dir(lake.path().join(&topic))
+        .expect("archive")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let expected: std::collections::BTreeSet<String> = ["partition=0", "partition=1"].map(String::from).into();
+    assert_eq!(folders, expected);
+    assert_eq!(archived_rows(&url, &topic).await, 1_000);
+
+    let (_other, other_url) = local_lake();
+    let refused = run_job_output("backup", &topic, &other_url, &["--date-folders-by", "amount"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("field amount is"), "{stderr}");
+}
