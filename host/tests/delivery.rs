@@ -45,9 +45,10 @@ async fn zombie_scenario(name: &str, redis: Option<Arc<Mutex<RedisServer>>>) {
     let topic = unique(name);
     setup_topic_with(&topic, 4);
     let (_lake, url) = local_lake();
-    let records = 54_000u64;
-    // A minute of records: each zombie's third stall needs records that
-    // arrive after its second wake-up, three sessions and rejoins later.
+    let records = 90_000u64;
+    // 100 s of records: each zombie's third stall needs records that arrive
+    // after its second wake-up, three sessions and rejoins later, and one
+    // rejoin on a loaded machine took 35 s (a minute of records ran out).
     let producer = spawn_producer(&topic, records, 900);
     let redis_url = match &redis {
         Some(server) => server.lock().expect("server").url(),
