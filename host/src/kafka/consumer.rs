@@ -169,7 +169,15 @@ impl ConsumerContext for GroupContext {
             } else {
                 tracing::info!(?partitions, "partitions revoked");
             }
-            *self.lock() = Assignment::default();
+            // The topic keeps its partitions when this member loses them: a
+            // roll of records fetched before the revocation may still be
+            // made (and then dropped, as stale) and needs the count.
+            let mut assignment = self.lock();
+            *assignment = Assignment {
+                partition_count: assignment.partition_count,
+                ..Assignment::default()
+            };
+            drop(assignment);
             if let Err(e) = consumer.unassign() {
                 tracing::error!(error = %e, "unassign failed");
             }
@@ -435,7 +443,8 @@ impl Source {
         partitions
     }
 
-    /// Partitions of the topic, as of the last assignment.
+    /// Partitions of the topic, as of the last assignment (kept when the
+    /// assignment is revoked).
     pub fn partition_count(&self) -> Option<i32> {
         self.context.lock().partition_count
     }
