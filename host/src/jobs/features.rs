@@ -124,9 +124,19 @@ impl OpenOutputs {
         let events_cut = self.events.partition_point(|e| e.source_offset < end);
         let letters_cut = self.left_out.partition_point(|(r, _)| r.offset < end);
         (
-            self.events.drain(..events_cut).collect(),
-            self.left_out.drain(..letters_cut).collect(),
+            take_front(&mut self.events, events_cut),
+            take_front(&mut self.left_out, letters_cut),
         )
+    }
+}
+
+/// The first `n` items of `items`. Taking them all moves the vector out, so
+/// an open object's peak capacity is not kept on until the next one fills it.
+fn take_front<T>(items: &mut Vec<T>, n: usize) -> Vec<T> {
+    if n == items.len() {
+        std::mem::take(items)
+    } else {
+        items.drain(..n).collect()
     }
 }
 
