@@ -112,12 +112,25 @@ async fn zombie_scenario(name: &str, redis: Option<Arc<Mutex<RedisServer>>>) {
         }
     }
     let (mut fenced, mut adopted) = (0, 0);
+    let mut stops = Vec::new();
     for mut member in members {
         let log = member.log();
         fenced += log.matches("lost its partitions").count();
         adopted += log.matches("adopting the range an earlier claim fixed").count();
         let (status, stdout) = member.terminate();
-        assert!(status.success(), "clean stop: {status} {stdout}\n{log}");
+        stops.push((status, stdout, log));
+    }
+    // Every member's log, not only the failing one's: what one member finds
+    // (a commit without its checkpoint, say) another member may have caused.
+    if stops.iter().any(|(status, ..)| !status.success()) {
+        // The order `members` was built in.
+        let roles = ["backup", "features", "backup zombie", "features zombie"];
+        let logs: Vec<String> = roles
+            .iter()
+            .zip(&stops)
+            .map(|(role, (status, stdout, log))| format!("{role} member ({status}) {stdout}\n{log}"))
+            .collect();
+        panic!("a member did not stop cleanly:\n{}", logs.join("\n-----\n"));
     }
     println!("zombies: {fenced} losses of partitions seen, {adopted} ranges adopted from earlier claims");
     assert!(
