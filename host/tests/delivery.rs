@@ -67,7 +67,7 @@ async fn zombie_scenario(name: &str, redis: Option<Arc<Mutex<RedisServer>>>) {
             args.extend(["--claims-in".to_string(), "redis".to_string()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        members.push(spawn_sluice(&args, &[]));
+        members.push((format!("{job} member"), spawn_sluice(&args, &[])));
         let mut zombie = spawn_sluice(
             &args,
             &[("SLUICE_STALL_AT", "after-guest:2,after-upload:5,after-guest:9")],
@@ -93,44 +93,38 @@ async fn zombie_scenario(name: &str, redis: Option<Arc<Mutex<RedisServer>>>) {
                 std::thread::sleep(STALL.saturating_sub(stalled_at.elapsed()));
                 signal(pid, "CONT");
             }
-            zombie
+            (format!("{job} zombie"), zombie)
         }));
     }
-    let zombies: Vec<Running> = stallers.into_iter().map(|s| s.join().expect("staller")).collect();
+    let zombies: Vec<(String, Running)> = stallers.into_iter().map(|s| s.join().expect("staller")).collect();
     if redis.is_some() {
         for seen in restarts {
             seen.recv().expect("redis restarted during a stall");
         }
     }
     assert!(producer.child.wait_with_output().expect("producer").status.success());
-    let mut members: Vec<Running> = members.into_iter().chain(zombies).collect();
+    let mut members: Vec<(String, Running)> = members.into_iter().chain(zombies).collect();
     for job in ["backup", "features"] {
         let group = format!("{topic}-{job}");
         if let Err(behind) = group_caught_up_within(&topic, &group, Duration::from_secs(180)) {
-            let logs: Vec<String> = members.iter_mut().map(Running::log).collect();
-            panic!("group {group} still behind: {behind:?}\n{}", logs.join("\n-----\n"));
+            let logs = members.iter_mut().map(|(role, member)| (role.clone(), member.log()));
+            panic!("group {group} still behind: {behind:?}\n{}", labelled_logs(logs));
         }
     }
     let (mut fenced, mut adopted) = (0, 0);
     let mut stops = Vec::new();
-    for mut member in members {
+    for (role, mut member) in members {
         let log = member.log();
         fenced += log.matches("lost its partitions").count();
         adopted += log.matches("adopting the range an earlier claim fixed").count();
         let (status, stdout) = member.terminate();
-        stops.push((status, stdout, log));
+        stops.push((format!("{role}, {status}, stdout {stdout:?}"), log, status.success()));
     }
     // Every member's log, not only the failing one's: what one member finds
     // (a commit without its checkpoint, say) another member may have caused.
-    if stops.iter().any(|(status, ..)| !status.success()) {
-        // The order `members` was built in.
-        let roles = ["backup", "features", "backup zombie", "features zombie"];
-        let logs: Vec<String> = roles
-            .iter()
-            .zip(&stops)
-            .map(|(role, (status, stdout, log))| format!("{role} member ({status}) {stdout}\n{log}"))
-            .collect();
-        panic!("a member did not stop cleanly:\n{}", logs.join("\n-----\n"));
+    if stops.iter().any(|(.., clean)| !clean) {
+        let logs = stops.into_iter().map(|(stop, log, _)| (stop, log));
+        panic!("a member did not stop cleanly:\n{}", labelled_logs(logs));
     }
     println!("zombies: {fenced} losses of partitions seen, {adopted} ranges adopted from earlier claims");
     assert!(
@@ -138,6 +132,13 @@ async fn zombie_scenario(name: &str, redis: Option<Arc<Mutex<RedisServer>>>) {
         "no zombie ever lost its partitions: the scenario did not happen"
     );
     verify_outputs_with_redis(&topic, &url, records, &redis_url).await;
+}
+
+/// Members' logs, each under its label, for a failure message.
+fn labelled_logs(logs: impl Iterator<Item = (String, String)>) -> String {
+    logs.map(|(label, log)| format!("{label}:\n{log}"))
+        .collect::<Vec<_>>()
+        .join("\n-----\n")
 }
 
 /// Half of each user's records come from a producer with librdkafka's
