@@ -147,15 +147,13 @@ impl ConsumerContext for GroupContext {
             }
             // librdkafka keeps a partition paused across a rebalance: one
             // paused for back pressure (`Source::pause`) must not stay
-            // paused when it is assigned again. Resuming also drops what
-            // was prefetched, so only when a pause is on.
-            let was_paused = {
-                let mut paused = guard(&self.paused);
-                let any = !paused.is_empty();
-                paused.retain(|p| !partitions.contains(p));
-                any
-            };
-            if was_paused && let Err(e) = consumer.resume(list) {
+            // paused when it is assigned again. Resumed whether or not this
+            // member remembers a pause: a pause librdkafka applied late (its
+            // own, queued on a broker thread) would otherwise hold the
+            // partition for good. A newly assigned partition has nothing
+            // prefetched to drop.
+            guard(&self.paused).retain(|p| !partitions.contains(p));
+            if let Err(e) = consumer.resume(list) {
                 tracing::error!(error = %e, "resume failed");
             }
             *self.lock() = assignment;
