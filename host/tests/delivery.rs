@@ -45,11 +45,12 @@ async fn zombie_scenario(name: &str, redis: Option<Arc<Mutex<RedisServer>>>) {
     let topic = unique(name);
     setup_topic_with(&topic, 4);
     let (_lake, url) = local_lake();
-    let records = 90_000u64;
-    // 100 s of records: each zombie's third stall needs records that arrive
-    // after its second wake-up, three sessions and rejoins later, and one
-    // rejoin on a loaded machine took 35 s (a minute of records ran out).
-    let producer = spawn_producer(&topic, records, 900);
+    // Records flow until every zombie has stalled three times: each stall
+    // needs records that arrive after the zombie's last wake-up and rejoin,
+    // and on a loaded machine one join took 43 s, so no fixed amount of
+    // records is long enough (100 s of them once ran out). The producer
+    // stops once the stalls are over; its count bounds the test.
+    let producer = spawn_producer(&topic, 400 * 900, 900);
     let redis_url = match &redis {
         Some(server) => server.lock().expect("server").url(),
         None => env("SLUICE_REDIS_URL"),
@@ -102,7 +103,9 @@ async fn zombie_scenario(name: &str, redis: Option<Arc<Mutex<RedisServer>>>) {
             seen.recv().expect("redis restarted during a stall");
         }
     }
-    assert!(producer.child.wait_with_output().expect("producer").status.success());
+    let (status, stdout) = producer.terminate();
+    assert!(status.success(), "the producer stops cleanly on SIGTERM: {status}");
+    let records = report(&stdout)["produced"].as_u64().expect("records produced");
     let mut members: Vec<(String, Running)> = members.into_iter().chain(zombies).collect();
     for job in ["backup", "features"] {
         let group = format!("{topic}-{job}");
