@@ -12,6 +12,7 @@ use crate::jobs::claims::ClaimsIn;
 use crate::jobs::features::OnMispartitioned;
 use crate::jobs::{self, RunOptions};
 use crate::kafka::starting_offsets::OnDataLoss;
+use crate::logging::LogFormat;
 use crate::registry::Registry;
 
 #[derive(Debug, Parser)]
@@ -25,6 +26,10 @@ pub struct Cli {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// How log lines look on stderr: `text` (coloured only on a terminal)
+    /// or `json`, one object a line.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -13,6 +13,7 @@ pub mod hot_swap;
 pub mod jobs;
 pub mod kafka;
 pub mod lineage;
+pub mod logging;
 pub mod model;
 pub mod redis_conn;
 pub mod registry;

@@ -1,0 +1,60 @@
+//! The log as people and log shippers read it: no escape codes when stderr
+//! is not a terminal, one JSON object a line with `--log-format json`, and
+//! the level from `SLUICE_LOG`, else `RUST_LOG`.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// `sluice produce` of a few records to `topic` with `level_vars` set (and
+/// the other level variables unset); its stderr.
+fn produce_log(topic: &str, extra: &[&str], level_vars: &[(&str, &str)]) -> String {
+    let module = module("producer");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.env_remove("SLUICE_LOG").env_remove("RUST_LOG");
+    command.envs(level_vars.iter().copied());
+    command.args(["--topic", topic]).args(extra);
+    command.args(["produce", "--module", &module, "--count", "10"]);
+    let output = command.output().expect("run sluice");
+    let stderr = String::from_utf8(output.stderr).expect("utf-8 log");
+    assert!(output.status.success(), "produce failed: {stderr}");
+    stderr
+}
+
+const LOADED: &str = "module loaded";
+
+#[test]
+fn logs_are_plain_text_or_json_at_the_level_a_variable_sets() {
+    let topic = unique("logs");
+    setup_topic(&topic);
+
+    let text = produce_log(&topic, &[], &[]);
+    assert!(text.contains(LOADED), "info lines by default: {text}");
+    assert!(!text.contains('\x1b'), "escape codes in a redirected log: {text:?}");
+
+    let json = produce_log(&topic, &["--log-format", "json"], &[]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let loaded = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == LOADED)
+        .unwrap_or_else(|| panic!("no {LOADED:?} object: {json}"));
+    assert_eq!(loaded["level"], "INFO", "{loaded}");
+    assert!(loaded["fields"]["sha256"].is_string(), "fields stay fields: {loaded}");
+
+    let quiet = produce_log(&topic, &[], &[("SLUICE_LOG", "warn")]);
+    assert!(!quiet.contains(LOADED), "SLUICE_LOG=warn drops info: {quiet}");
+    let quiet = produce_log(&topic, &[], &[("RUST_LOG", "warn")]);
+    assert!(!quiet.contains(LOADED), "RUST_LOG=warn drops info: {quiet}");
+    let first = produce_log(&topic, &[], &[("SLUICE_LOG", "info"), ("RUST_LOG", "warn")]);
+    assert!(first.contains(LOADED), "SLUICE_LOG wins over RUST_LOG: {first}");
+    let bad = produce_log(&topic, &[], &[("SLUICE_LOG", "sluice=loud")]);
+    assert!(
+        bad.contains("SLUICE_LOG") && bad.contains(LOADED),
+        "a filter that does not parse is named, and info used: {bad}"
+    );
+}
