@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -12,12 +12,21 @@ use object_store::path::Path as ObjectPath;
 use rdkafka::ClientConfig;
 use url::Url;
 
+use crate::secret::{self, Secret};
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid output URL {url:?}: {reason}")]
     OutputUrl { url: String, reason: String },
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
+    #[error(
+        "no password for Kafka user {user}: set {var} (or {var}_FILE, a file holding it), \
+         or --security-protocol plaintext for a broker without authentication"
+    )]
+    MissingPassword { user: String, var: String },
+    #[error(transparent)]
+    Secret(#[from] crate::secret::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -28,12 +37,16 @@ pub struct KafkaArgs {
     /// Bootstrap servers.
     #[arg(long, env = "SLUICE_BROKERS", default_value = "127.0.0.1:9092", global = true)]
     pub brokers: String,
-    /// SASL user; defaults to the job's own user for `run`, the admin user otherwise.
-    #[arg(long, global = true)]
+    /// How clients reach the brokers: `sasl_plaintext` (SASL/SCRAM) or
+    /// `plaintext` (no authentication).
+    #[arg(long, env = "SLUICE_SECURITY_PROTOCOL", value_enum, ignore_case = true,
+          default_value_t = SecurityProtocol::SaslPlaintext, global = true)]
+    pub security_protocol: SecurityProtocol,
+    /// SASL user; defaults to the job's own user for `run`, the admin user
+    /// otherwise. Its password comes from `SLUICE_KAFKA_PASSWORD` (or
+    /// `SLUICE_KAFKA_PASSWORD_FILE`), never from a flag.
+    #[arg(long, env = "SLUICE_KAFKA_USER", global = true)]
     pub kafka_user: Option<String>,
-    /// SASL password; SASL is off when no password is known.
-    #[arg(long, global = true)]
-    pub kafka_password: Option<String>,
     /// SASL mechanism (SCRAM-SHA-512 or SCRAM-SHA-256).
     #[arg(long, env = "SLUICE_SASL_MECHANISM", default_value = "SCRAM-SHA-512", global = true)]
     pub sasl_mechanism: String,
@@ -45,28 +58,62 @@ pub struct KafkaArgs {
     pub dlq_topic: String,
 }
 
+/// Kafka's `security.protocol`, as far as sluice supports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SecurityProtocol {
+    /// No authentication, no encryption.
+    #[value(name = "plaintext")]
+    Plaintext,
+    /// SASL (SCRAM) authentication, no encryption.
+    #[value(name = "sasl_plaintext")]
+    SaslPlaintext,
+}
+
+impl SecurityProtocol {
+    fn librdkafka_name(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::SaslPlaintext => "sasl_plaintext",
+        }
+    }
+
+    fn authenticates(self) -> bool {
+        self == Self::SaslPlaintext
+    }
+}
+
+/// The password of the user `--kafka-user` names.
+pub const KAFKA_PASSWORD_VAR: &str = "SLUICE_KAFKA_PASSWORD";
+
 /// Resolved credentials of one Kafka client.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub user: String,
-    pub password: String,
+    pub password: Secret,
 }
 
 impl KafkaArgs {
     /// Credentials for a client acting as `default_user`, whose password is
-    /// read from `password_var` unless given on the command line.
-    pub fn credentials(&self, default_user: &str, password_var: &str) -> Option<Credentials> {
-        let password = self
-            .kafka_password
-            .clone()
-            .or_else(|| std::env::var(password_var).ok())
-            .filter(|p| !p.is_empty())?;
-        let user = self.kafka_user.clone().unwrap_or_else(|| default_user.to_string());
-        Some(Credentials { user, password })
+    /// in `password_var` (or the file `<password_var>_FILE` names); with
+    /// `--kafka-user`, that user's, in `SLUICE_KAFKA_PASSWORD`. `None` when
+    /// the protocol does not authenticate; a missing password is an error.
+    pub fn credentials(&self, default_user: &str, password_var: &str) -> Result<Option<Credentials>> {
+        if !self.security_protocol.authenticates() {
+            return Ok(None);
+        }
+        let (user, var) = match &self.kafka_user {
+            Some(user) => (user.clone(), KAFKA_PASSWORD_VAR),
+            None => (default_user.to_string(), password_var),
+        };
+        let password = secret::from_env(var)?.ok_or_else(|| Error::MissingPassword {
+            user: user.clone(),
+            var: var.to_string(),
+        })?;
+        Ok(Some(Credentials { user, password }))
     }
 
     /// The admin identity used by `setup` and `produce`.
-    pub fn admin_credentials(&self) -> Option<Credentials> {
+    pub fn admin_credentials(&self) -> Result<Option<Credentials>> {
         let user = std::env::var("SLUICE_ADMIN_USER").unwrap_or_else(|_| "sluice-admin".into());
         self.credentials(&user, "SLUICE_ADMIN_PASSWORD")
     }
@@ -74,13 +121,14 @@ impl KafkaArgs {
     /// A librdkafka configuration for these brokers and credentials.
     pub fn client_config(&self, credentials: Option<&Credentials>) -> ClientConfig {
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("security.protocol", self.security_protocol.librdkafka_name());
         if let Some(c) = credentials {
             config
-                .set("security.protocol", "SASL_PLAINTEXT")
                 .set("sasl.mechanism", &self.sasl_mechanism)
                 .set("sasl.username", &c.user)
-                .set("sasl.password", &c.password);
+                .set("sasl.password", c.password.expose());
         }
         config
     }

@@ -18,5 +18,6 @@ pub mod model;
 pub mod redis_conn;
 pub mod registry;
 pub mod runtime;
+pub mod secret;
 pub mod sinks;
 pub mod state;

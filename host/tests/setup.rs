@@ -48,12 +48,11 @@ async fn setup_twice_succeeds_and_changes_nothing() {
     );
 
     // The job users authenticate with the passwords setup gave them.
-    let mut args = kafka_args(&topic);
-    args.kafka_user = Some("transactions-backup-job-user".into());
+    let args = kafka_args(&topic);
     let credentials = args
-        .credentials("unused", "SLUICE_BACKUP_JOB_PASSWORD")
+        .credentials("transactions-backup-job-user", "SLUICE_BACKUP_JOB_PASSWORD")
         .expect("password in dev.env");
-    let consumer: rdkafka::consumer::BaseConsumer = args.client_config(Some(&credentials)).create().expect("client");
+    let consumer: rdkafka::consumer::BaseConsumer = args.client_config(credentials.as_ref()).create().expect("client");
     let metadata =
         rdkafka::consumer::Consumer::fetch_metadata(&consumer, Some(&topic), std::time::Duration::from_secs(10))
             .expect("the backup user can read metadata");

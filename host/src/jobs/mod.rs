@@ -184,7 +184,7 @@ impl Consuming {
         sinks: Sinks,
         redis: Option<RedisConn>,
     ) -> Result<Self> {
-        let credentials = kafka.credentials(user, password_var);
+        let credentials = kafka.credentials(user, password_var)?;
         let config = kafka.client_config(credentials.as_ref());
         let source = Source::subscribe(
             config.clone(),

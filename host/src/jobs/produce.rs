@@ -52,7 +52,7 @@ impl Produce {
     pub async fn run(self) -> Result<ProduceReport> {
         let runtime = Runtime::new(self.limits)?;
         let (mut swap, mut guest) = HotSwap::<GeneratorWorld>::start(runtime, &self.module, &self.swap).await?;
-        let credentials = self.kafka.admin_credentials();
+        let credentials = self.kafka.admin_credentials()?;
         let producer = producer::create(self.kafka.client_config(credentials.as_ref()))?;
         let encoder = AvroEncoder::new(self.registry.settings().clone());
         // Writes with the schema this binary was built with (registered under

@@ -40,7 +40,7 @@ pub struct RebuildReport {
 impl RebuildState {
     pub async fn run(self) -> Result<RebuildReport> {
         let topic = &self.kafka.topic;
-        let credentials = self.kafka.admin_credentials();
+        let credentials = self.kafka.admin_credentials()?;
         let consumer: BaseConsumer = self
             .kafka
             .client_config(credentials.as_ref())

@@ -38,7 +38,7 @@ impl Setup {
     /// Runs every step and returns what each did, one line per step.
     pub async fn run(self) -> Result<Vec<String>> {
         let mut lines = Vec::new();
-        let credentials = self.kafka.admin_credentials();
+        let credentials = self.kafka.admin_credentials()?;
         let admin: Arc<AdminClient<DefaultClientContext>> =
             Arc::new(self.kafka.client_config(credentials.as_ref()).create()?);
 
@@ -101,12 +101,12 @@ impl Setup {
             (BACKUP_USER, BACKUP_PASSWORD_VAR),
             (FEATURES_USER, FEATURES_PASSWORD_VAR),
         ] {
-            match std::env::var(var) {
-                Ok(password) if !password.is_empty() => users.push(ScramUser {
+            match crate::secret::from_env(var).map_err(crate::config::Error::from)? {
+                Some(password) => users.push(ScramUser {
                     name: name.to_string(),
                     password,
                 }),
-                _ => lines.push(format!("user {name}: skipped, {var} is not set")),
+                None => lines.push(format!("user {name}: skipped, {var} is not set")),
             }
         }
         let mechanism = match self.kafka.sasl_mechanism.as_str() {

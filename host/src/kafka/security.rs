@@ -13,13 +13,14 @@
 
 use std::collections::HashSet;
 use std::ffi::{CStr, CString, c_char, c_int};
-use std::fmt;
 use std::ptr::{self, NonNull};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::ClientContext;
 use rdkafka_sys as sys;
+
+use crate::secret::Secret;
 
 /// SCRAM iteration count. Kafka accepts 4096..=16384.
 pub const SCRAM_ITERATIONS: i32 = 8192;
@@ -65,19 +66,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 // ---------------------------------------------------------------------------
 
 /// A SCRAM user to create or update.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScramUser {
     pub name: String,
-    pub password: String,
-}
-
-impl fmt::Debug for ScramUser {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScramUser")
-            .field("name", &self.name)
-            .field("password", &"<redacted>")
-            .finish()
-    }
+    pub password: Secret,
 }
 
 /// SASL/SCRAM mechanism of a credential.
@@ -124,7 +116,7 @@ pub fn upsert_scram_users<C: ClientContext>(
         if user.name.is_empty() {
             return Err(Error::InvalidArgument("empty SCRAM user name".into()));
         }
-        if user.password.is_empty() {
+        if user.password.expose().is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "empty password for SCRAM user {:?}",
                 user.name
@@ -137,7 +129,7 @@ pub fn upsert_scram_users<C: ClientContext>(
             )));
         }
         let name = c_string(&user.name, "SCRAM user name")?;
-        let password = user.password.as_bytes();
+        let password = user.password.expose().as_bytes();
         // SAFETY: `name` is a valid NUL-terminated string and `password`
         // points to `password.len()` readable bytes; librdkafka copies both
         // before returning. A NULL salt with size 0 asks librdkafka to

@@ -89,8 +89,8 @@ pub fn report(stdout: &str) -> serde_json::Value {
 pub fn kafka_args(topic: &str) -> KafkaArgs {
     KafkaArgs {
         brokers: env("SLUICE_BROKERS"),
+        security_protocol: sluice::config::SecurityProtocol::SaslPlaintext,
         kafka_user: None,
-        kafka_password: None,
         sasl_mechanism: "SCRAM-SHA-512".into(),
         topic: topic.into(),
         dlq_topic: format!("{topic}-dlq"),
@@ -111,7 +111,7 @@ pub struct Record {
 /// start to its high watermark.
 pub fn read_topic(topic: &str) -> Vec<Record> {
     let args = kafka_args(topic);
-    let credentials = args.admin_credentials();
+    let credentials = args.admin_credentials().expect("admin credentials");
     let mut config = args.client_config(credentials.as_ref());
     config
         .set("group.id", unique("reader"))
@@ -263,7 +263,7 @@ pub async fn produce_raw(topic: &str, records: &[(String, Vec<u8>)]) {
 pub async fn produce_raw_with(topic: &str, records: &[(String, Vec<u8>)], partitioner: &str) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let args = kafka_args(topic);
-    let credentials = args.admin_credentials();
+    let credentials = args.admin_credentials().expect("admin credentials");
     let producer: FutureProducer = args
         .client_config(credentials.as_ref())
         .set("partitioner", partitioner)
@@ -553,7 +553,7 @@ pub fn job_args(job: &str, topic: &str, group: &str, output_url: &str) -> Vec<St
 /// high watermark, as (partition, committed, high watermark).
 pub fn group_lag(topic: &str, group: &str) -> Vec<(i32, i64, i64)> {
     let args = kafka_args(topic);
-    let credentials = args.admin_credentials();
+    let credentials = args.admin_credentials().expect("admin credentials");
     let mut config = args.client_config(credentials.as_ref());
     config.set("group.id", group);
     let consumer: BaseConsumer = config.create().expect("consumer");
@@ -622,7 +622,7 @@ pub async fn delete_records_below(topic: &str, partition: i32, offset: i64) {
     use rdkafka::client::DefaultClientContext;
 
     let args = kafka_args(topic);
-    let credentials = args.admin_credentials();
+    let credentials = args.admin_credentials().expect("admin credentials");
     let admin: AdminClient<DefaultClientContext> = args.client_config(credentials.as_ref()).create().expect("admin");
     let mut cut = TopicPartitionList::new();
     cut.add_partition_offset(topic, partition, Offset::Offset(offset))

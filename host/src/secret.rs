@@ -1,0 +1,144 @@
+//! Values that must not reach a log, an error, a report or a terminal.
+//! `Secret` prints `[redacted]` through `Debug`, `Display` and `Serialize`
+//! alike; only `expose` gives the value, where it is handed to a client.
+//! Secrets come from the environment or from a file a variable names
+//! (`<VAR>_FILE`, as container secrets are mounted), never from a flag.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+const REDACTED: &str = "[redacted]";
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself: for the client that needs it, nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+/// Why a secret could not be read; names variables and files, never values.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("both {var} and {var}_FILE are set: give the secret one way")]
+    Both { var: String },
+    #[error("{var}_FILE names {path}, which cannot be read: {reason}")]
+    File { var: String, path: String, reason: String },
+    #[error("{var}_FILE names {path}, which is empty")]
+    EmptyFile { var: String, path: String },
+}
+
+/// The secret in variable `var`, or in the file that `<var>_FILE` names
+/// (one trailing newline dropped); `None` when neither is set. An empty
+/// variable counts as unset.
+pub fn from_env(var: &str) -> Result<Option<Secret>, Error> {
+    from_lookup(var, |name| std::env::var(name).ok())
+}
+
+/// `from_env` over any lookup of variables (the tests give a map).
+fn from_lookup(var: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Option<Secret>, Error> {
+    let set = |name: &str| lookup(name).filter(|value| !value.is_empty());
+    let file_var = format!("{var}_FILE");
+    match (set(var), set(&file_var)) {
+        (Some(_), Some(_)) => Err(Error::Both { var: var.to_string() }),
+        (Some(value), None) => Ok(Some(Secret(value))),
+        (None, Some(path)) => {
+            let contents = std::fs::read_to_string(&path).map_err(|e| Error::File {
+                var: var.to_string(),
+                path: path.clone(),
+                reason: e.kind().to_string(),
+            })?;
+            let value = contents.strip_suffix('\n').unwrap_or(&contents);
+            let value = value.strip_suffix('\r').unwrap_or(value);
+            if value.is_empty() {
+                return Err(Error::EmptyFile {
+                    var: var.to_string(),
+                    path,
+                });
+            }
+            Ok(Some(Secret(value.to_string())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn debug_display_and_serialization_are_redacted() {
+        let secret = Secret::new("hunter2");
+        #[derive(Debug, Serialize)]
+        struct Holder {
+            password: Secret,
+        }
+        let holder = Holder {
+            password: secret.clone(),
+        };
+        for shown in [
+            format!("{secret}"),
+            format!("{secret:?}"),
+            format!("{holder:?}"),
+            serde_json::to_string(&holder).expect("json"),
+        ] {
+            assert!(!shown.contains("hunter2") && shown.contains(REDACTED), "{shown}");
+        }
+        assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn a_secret_comes_from_its_variable_or_the_file_its_file_variable_names() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-a-file\n").expect("write");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").expect("write");
+        let path = |p: &std::path::Path| p.display().to_string();
+        let read = |vars: &[(&str, String)]| {
+            let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            from_lookup("PW", |name| vars.get(name).cloned())
+        };
+
+        assert_eq!(read(&[]).expect("none"), None);
+        assert_eq!(read(&[("PW", String::new())]).expect("empty"), None);
+        let direct = read(&[("PW", "direct".into())]).expect("direct").expect("set");
+        assert_eq!(direct.expose(), "direct");
+        let filed = read(&[("PW_FILE", path(&file))]).expect("file").expect("set");
+        assert_eq!(filed.expose(), "from-a-file", "the trailing newline is dropped");
+
+        let both = read(&[("PW", "x".into()), ("PW_FILE", path(&file))]).expect_err("both");
+        assert!(both.to_string().contains("PW and PW_FILE"), "{both}");
+        let missing = read(&[("PW_FILE", path(&dir.path().join("nope")))]).expect_err("missing");
+        assert!(missing.to_string().contains("PW_FILE names"), "{missing}");
+        let blank = read(&[("PW_FILE", path(&empty))]).expect_err("empty file");
+        assert!(blank.to_string().contains("is empty"), "{blank}");
+    }
+}

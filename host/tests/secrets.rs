@@ -1,0 +1,117 @@
+//! Kafka passwords come from a variable or from a file that `<VAR>_FILE`
+//! names, never from a flag; a missing one is an error that names the user
+//! and the variable; none is ever printed.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// sluice with `set` added to and `unset` removed from the services'
+/// environment.
+fn sluice_env(args: &[&str], set: &[(&str, &str)], unset: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    for var in unset {
+        command.env_remove(var);
+    }
+    command.envs(set.iter().copied()).args(args);
+    command.output().expect("run sluice")
+}
+
+fn printed(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn passwords_come_from_a_variable_or_a_file_and_are_never_printed() {
+    let topic = unique("secrets");
+    let dlq = format!("{topic}-dlq");
+    let passwords: Vec<String> = [
+        "SLUICE_ADMIN_PASSWORD",
+        "SLUICE_BACKUP_JOB_PASSWORD",
+        "SLUICE_FEATURES_JOB_PASSWORD",
+    ]
+    .iter()
+    .map(|var| env(var))
+    .collect();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("admin-password");
+    std::fs::write(&file, format!("{}\n", passwords[0])).expect("write");
+    let file = file.display().to_string();
+    let setup = ["--topic", &topic, "--dlq-topic", &dlq, "setup", "--partitions", "2"];
+
+    // The admin's password from a file, as a container secret is mounted.
+    let from_file = sluice_env(
+        &setup,
+        &[("SLUICE_ADMIN_PASSWORD_FILE", &file)],
+        &["SLUICE_ADMIN_PASSWORD"],
+    );
+    let shown = printed(&from_file);
+    assert!(from_file.status.success(), "setup with the password in a file: {shown}");
+    assert!(shown.contains(&format!("topic {topic}: created")), "{shown}");
+
+    // Given both ways, it is refused rather than one silently chosen.
+    let both = sluice_env(&setup, &[("SLUICE_ADMIN_PASSWORD_FILE", &file)], &[]);
+    let both_shown = printed(&both);
+    assert!(!both.status.success(), "{both_shown}");
+    assert!(
+        both_shown.contains("SLUICE_ADMIN_PASSWORD and SLUICE_ADMIN_PASSWORD_FILE"),
+        "{both_shown}"
+    );
+
+    // A job without its password fails at once, naming its user and the
+    // variable, instead of connecting without authentication.
+    let (_lake, url) = local_lake();
+    let backup = module("backup");
+    let started = Instant::now();
+    let missing = sluice_env(
+        &[
+            "--topic",
+            &topic,
+            "--dlq-topic",
+            &dlq,
+            "run",
+            "--job",
+            "backup",
+            "--module",
+            &backup,
+            "--until-caught-up",
+            "--output-url",
+            &url,
+        ],
+        &[],
+        &["SLUICE_BACKUP_JOB_PASSWORD"],
+    );
+    let missing_shown = printed(&missing);
+    assert!(!missing.status.success(), "{missing_shown}");
+    assert!(
+        missing_shown.contains("transactions-backup-job-user") && missing_shown.contains("SLUICE_BACKUP_JOB_PASSWORD"),
+        "{missing_shown}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // No flag takes a password's value.
+    let flag = sluice_env(&["--kafka-password", "guess", "setup"], &[], &[]);
+    assert!(!flag.status.success());
+    assert!(
+        printed(&flag).contains("unexpected argument '--kafka-password'"),
+        "{}",
+        printed(&flag)
+    );
+
+    for shown in [&shown, &both_shown, &missing_shown] {
+        for password in &passwords {
+            assert!(!shown.contains(password.as_str()), "a password was printed: {shown}");
+        }
+    }
+}
