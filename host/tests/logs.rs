@@ -4,20 +4,16 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 /// `sluice produce` of a few records to `topic` with `level_vars` set (and
 /// the other level variables unset); its stderr.
 fn produce_log(topic: &str, extra: &[&str], level_vars: &[(&str, &str)]) -> String {
     let module = module("producer");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    command.env_remove("SLUICE_LOG").env_remove("RUST_LOG");
-    command.envs(level_vars.iter().copied());
-    command.args(["--topic", topic]).args(extra);
-    command.args(["produce", "--module", &module, "--count", "10"]);
-    let output = command.output().expect("run sluice");
+    let mut args = vec!["--topic", topic];
+    args.extend(extra);
+    args.extend(["produce", "--module", &module, "--count", "10"]);
+    let output = sluice_env(&args, level_vars, &["SLUICE_LOG", "RUST_LOG"]);
     let stderr = String::from_utf8(output.stderr).expect("utf-8 log");
     assert!(output.status.success(), "produce failed: {stderr}");
     stderr

@@ -4,21 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// sluice with `set` added to and `unset` removed from the services'
-/// environment.
-fn sluice_env(args: &[&str], set: &[(&str, &str)], unset: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    for var in unset {
-        command.env_remove(var);
-    }
-    command.envs(set.iter().copied()).args(args);
-    command.output().expect("run sluice")
-}
 
 fn printed(output: &Output) -> String {
     format!(

@@ -20,23 +20,23 @@ pub struct OpenEvents {
     last: Option<FeatureEvent>,
 }
 
-/// Every field as a step from the event before (the first from zero).
-fn steps(event: &FeatureEvent, before: Option<&FeatureEvent>) -> [i64; 5] {
-    let (user, count, at, partition, offset) = before.map_or((0, 0, 0, 0, 0), |b| {
-        (
-            b.user_id,
-            b.total_transactions_count,
-            b.as_of_timestamp_millis,
-            b.source_partition,
-            b.source_offset,
-        )
-    });
+/// What the first event's steps are taken from.
+const ORIGIN: FeatureEvent = FeatureEvent {
+    user_id: 0,
+    total_transactions_count: 0,
+    as_of_timestamp_millis: 0,
+    source_partition: 0,
+    source_offset: 0,
+};
+
+/// Every field as a step from the event before.
+fn steps(event: &FeatureEvent, before: &FeatureEvent) -> [i64; 5] {
     [
-        i64::from(event.user_id) - i64::from(user),
-        i64::from(event.total_transactions_count) - i64::from(count),
-        event.as_of_timestamp_millis.wrapping_sub(at),
-        i64::from(event.source_partition) - i64::from(partition),
-        event.source_offset.wrapping_sub(offset),
+        i64::from(event.user_id) - i64::from(before.user_id),
+        i64::from(event.total_transactions_count) - i64::from(before.total_transactions_count),
+        event.as_of_timestamp_millis.wrapping_sub(before.as_of_timestamp_millis),
+        i64::from(event.source_partition) - i64::from(before.source_partition),
+        event.source_offset.wrapping_sub(before.source_offset),
     ]
 }
 
@@ -49,7 +49,7 @@ impl OpenEvents {
     pub fn extend<'a>(&mut self, events: impl IntoIterator<Item = &'a FeatureEvent>) {
         for event in events {
             varint::reserve(&mut self.bytes, 5 * varint::MAX_LEN, GROW_STEP);
-            for step in steps(event, self.last.as_ref()) {
+            for step in steps(event, self.last.as_ref().unwrap_or(&ORIGIN)) {
                 varint::put(&mut self.bytes, varint::zigzag(step));
             }
             self.last = Some(event.clone());
@@ -60,26 +60,17 @@ impl OpenEvents {
     /// The events, unpacked, in order.
     fn unpack(&self) -> Vec<FeatureEvent> {
         let mut events = Vec::with_capacity(self.len);
-        let (mut at, mut last) = (0, None::<FeatureEvent>);
+        let (mut at, mut last) = (0, ORIGIN);
         while at < self.bytes.len() {
             let mut step = || varint::unzigzag(varint::get(&self.bytes, &mut at));
-            let event = match &last {
-                None => FeatureEvent {
-                    user_id: step() as i32,
-                    total_transactions_count: step() as i32,
-                    as_of_timestamp_millis: step(),
-                    source_partition: step() as i32,
-                    source_offset: step(),
-                },
-                Some(b) => FeatureEvent {
-                    user_id: (i64::from(b.user_id) + step()) as i32,
-                    total_transactions_count: (i64::from(b.total_transactions_count) + step()) as i32,
-                    as_of_timestamp_millis: b.as_of_timestamp_millis.wrapping_add(step()),
-                    source_partition: (i64::from(b.source_partition) + step()) as i32,
-                    source_offset: b.source_offset.wrapping_add(step()),
-                },
+            let event = FeatureEvent {
+                user_id: (i64::from(last.user_id) + step()) as i32,
+                total_transactions_count: (i64::from(last.total_transactions_count) + step()) as i32,
+                as_of_timestamp_millis: last.as_of_timestamp_millis.wrapping_add(step()),
+                source_partition: (i64::from(last.source_partition) + step()) as i32,
+                source_offset: last.source_offset.wrapping_add(step()),
             };
-            last = Some(event.clone());
+            last = event.clone();
             events.push(event);
         }
         events

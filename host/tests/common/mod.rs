@@ -68,6 +68,17 @@ pub fn sluice(args: &[&str]) -> Output {
     output
 }
 
+/// Runs sluice with `set` added to and `unset` removed from the services'
+/// environment, whatever its outcome.
+pub fn sluice_env(args: &[&str], set: &[(&str, &str)], unset: &[&str]) -> Output {
+    let mut command = sluice_command();
+    for var in unset {
+        command.env_remove(var);
+    }
+    command.envs(set.iter().copied()).args(args);
+    command.output().expect("run sluice")
+}
+
 /// Runs sluice and insists it succeeded; returns stdout.
 pub fn sluice_ok(args: &[&str]) -> String {
     let output = sluice(args);
