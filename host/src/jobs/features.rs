@@ -27,11 +27,9 @@ use super::claims::Range;
 pub use super::counting::OnMispartitioned;
 use super::counting::{Placement, count, mispartitioned_refusal};
 use super::durable::{CheckpointsReport, Object, Outputs, PartitionOutputs, Sinks};
-use super::open_events::OpenEvents;
 use super::pipeline::{self, RunReport, Stages};
-use super::rolling::Packed;
 use super::serving::Serving;
-use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, RunOptions, by_partition};
+use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, Roll, RunOptions, by_partition};
 
 pub const JOB: &str = "transactions-ml-features-job";
 /// The Parquet dataset of feature events.
@@ -112,7 +110,7 @@ impl Held {
 /// rolls: the feature events it emitted and the records it left out.
 #[derive(Default)]
 struct OpenOutputs {
-    events: OpenEvents,
+    events: Vec<FeatureEvent>,
     /// Dead letters, sent once the object's range passed the fence.
     left_out: Vec<(Consumed, String)>,
     /// The state as of the object's first offset, when no checkpoint of
@@ -123,8 +121,12 @@ struct OpenOutputs {
 impl OpenOutputs {
     /// The outputs of the records below `end`; the rest stays open.
     fn take_below(&mut self, end: i64) -> (Vec<FeatureEvent>, Vec<(Consumed, String)>) {
+        let events_cut = self.events.partition_point(|e| e.source_offset < end);
         let letters_cut = self.left_out.partition_point(|(r, _)| r.offset < end);
-        (self.events.take_below(end), take_front(&mut self.left_out, letters_cut))
+        (
+            take_front(&mut self.events, events_cut),
+            take_front(&mut self.left_out, letters_cut),
+        )
     }
 }
 
@@ -305,8 +307,8 @@ impl Stages for Run {
         self.realtime(consuming).await
     }
 
-    async fn roll(&mut self, consuming: &mut Consuming, records: Vec<Packed>) -> Result<Outputs> {
-        self.outputs_of(consuming, records).await
+    async fn roll(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs> {
+        self.outputs_of(consuming, roll).await
     }
 
     fn records(&self) -> u64 {
@@ -326,7 +328,7 @@ impl Run {
         self.decoder.prepare(micro.iter().map(|r| r.value.as_deref())).await?;
         let readers = self.decoder.readers();
         let mut placement = Placement::new(partition_count(consuming, &self.job.kafka.topic)?);
-        // This micro-batch's events, for Redis.
+        // Where this micro-batch's events start in each partition's open outputs.
         let mut fresh = Vec::new();
         for (partition, records) in by_partition(micro) {
             let first = records[0].offset;
@@ -367,24 +369,26 @@ impl Run {
             self.report.run.records += records.len() as u64;
             self.report.features += processed.events.len() as u64;
             self.report.mispartitioned += processed.mispartitioned;
-            open.events.extend(&processed.events);
+            fresh.push((partition, open.events.len()));
+            open.events.extend(processed.events);
             open.left_out.extend(processed.left_out);
-            fresh.extend(processed.events);
         }
-        self.report.redis_updates += self.serving.write_latest(&fresh).await? as u64;
+        let events = fresh
+            .iter()
+            .flat_map(|(partition, from)| self.open[partition].events[*from..].iter());
+        self.report.redis_updates += self.serving.write_latest(events).await? as u64;
         crate::fault::point("after-redis");
         Ok(())
     }
 
     /// The durable outputs of a roll: each partition's dead letters, its
     /// features object and its state as of the range's end.
-    async fn outputs_of(&mut self, consuming: &mut Consuming, records: Vec<Packed>) -> Result<Outputs> {
+    async fn outputs_of(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs> {
         let mut outputs = Outputs {
             partitions: Vec::new(),
             module_sha256: self.swap.sha256().to_string(),
         };
-        // Each partition's records are dropped at the end of its turn.
-        for packed in records {
+        for packed in &roll.records {
             let (Some(first), Some(last)) = (packed.first_offset(), packed.last_offset()) else {
                 continue;
             };

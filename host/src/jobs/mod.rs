@@ -8,7 +8,6 @@ pub mod counting;
 pub mod date_folders;
 pub mod durable;
 pub mod features;
-mod open_events;
 pub mod pipeline;
 pub mod produce;
 pub mod rebuild;
@@ -16,7 +15,6 @@ pub mod republish;
 pub mod rolling;
 pub mod serving;
 pub mod setup;
-mod varint;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -107,7 +105,7 @@ pub enum Step {
 pub struct Roll {
     pub records: Vec<Packed>,
     /// The rebalance count they were fetched under.
-    pub rebalances: u64,
+    rebalances: u64,
 }
 
 /// What every consumer job shares: group membership as the job's user,
@@ -358,9 +356,11 @@ impl Consuming {
 
     /// Hands a roll's outputs to the durable path. Waits (fetching paused)
     /// while the durable path is more than `MAX_QUEUED_ROLLS` behind.
-    /// `rebalances` is the roll's (`Roll::rebalances`).
-    pub async fn write(&mut self, outputs: Outputs, rebalances: u64) -> Result<()> {
-        let queued = Queued { outputs, rebalances };
+    pub async fn write(&mut self, outputs: Outputs, roll: &Roll) -> Result<()> {
+        let queued = Queued {
+            outputs,
+            rebalances: roll.rebalances,
+        };
         let sent = self.rolls.as_ref().is_some_and(|rolls| rolls.send(queued).is_ok());
         if !sent {
             self.check_durable().await?;

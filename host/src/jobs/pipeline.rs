@@ -16,8 +16,7 @@ use serde::Serialize;
 use crate::hot_swap::SwapRecord;
 
 use super::durable::{DurableReport, Outputs};
-use super::rolling::Packed;
-use super::{Consuming, Result, Step, Throughput};
+use super::{Consuming, Result, Roll, Step, Throughput};
 
 /// What every consumer job reports, flattened into the job's own report.
 #[derive(Debug, Default, Serialize)]
@@ -48,10 +47,8 @@ pub(super) trait Stages {
         Ok(())
     }
 
-    /// What a roll's records become on the durable path. The records are
-    /// the job's to drop as it goes: each partition's are freed once its
-    /// outputs are made, rather than held beside every output of the roll.
-    async fn roll(&mut self, consuming: &mut Consuming, records: Vec<Packed>) -> Result<Outputs>;
+    /// What a roll's records become on the durable path.
+    async fn roll(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs>;
 
     /// Records received so far.
     fn records(&self) -> u64;
@@ -69,9 +66,8 @@ pub(super) async fn run(mut consuming: Consuming, stages: &mut impl Stages) -> R
             Step::Quiet => {}
             Step::Arrived => stages.arrived(&mut consuming).await?,
             Step::Roll(roll) => {
-                let rebalances = roll.rebalances;
-                let outputs = stages.roll(&mut consuming, roll.records).await?;
-                consuming.write(outputs, rebalances).await?;
+                let outputs = stages.roll(&mut consuming, &roll).await?;
+                consuming.write(outputs, &roll).await?;
             }
         }
     }
