@@ -422,6 +422,17 @@ impl Run {
                 // of its first offset.
                 // What the durable path holds may be the base it needs.
                 consuming.wait_for_durable_path().await?;
+                if consuming.is_void(roll) {
+                    // The durable path dropped the rolls before this one, so
+                    // the checkpoint to recount from may not exist; it
+                    // drops this one too, and the partition is fetched
+                    // again from the committed offset.
+                    tracing::info!(partition, "a rebalance or a refused commit voids this roll");
+                    return Ok(Outputs {
+                        partitions: Vec::new(),
+                        ..outputs
+                    });
+                }
                 let mut state = match &checkpoint_at_first {
                     Some(snapshot) => self.checkpoints.state_of(partition, snapshot).await?,
                     None => {

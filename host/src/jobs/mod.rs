@@ -355,8 +355,12 @@ impl Consuming {
     }
 
     /// Hands a roll's outputs to the durable path. Waits (fetching paused)
-    /// while the durable path is more than `MAX_QUEUED_ROLLS` behind.
+    /// while the durable path is more than `MAX_QUEUED_ROLLS` behind. A
+    /// roll with no outputs (one `is_void` voided) is not queued.
     pub async fn write(&mut self, outputs: Outputs, roll: &Roll) -> Result<()> {
+        if outputs.partitions.is_empty() {
+            return Ok(());
+        }
         let queued = Queued {
             outputs,
             rebalances: roll.rebalances,
@@ -373,6 +377,16 @@ impl Consuming {
     /// Waits until the durable path has written every roll handed to it.
     pub async fn wait_for_durable_path(&mut self) -> Result<()> {
         self.wait_for_durable(0, false).await
+    }
+
+    /// True when the durable path will drop `roll` unwritten: a rebalance
+    /// came since its records were fetched (`Commit::Stale`), or the group
+    /// refused this member's commits (`Commit::Fenced`) and has not assigned
+    /// partitions again. The rolls before it in that assignment may have
+    /// been dropped too, so the checkpoints they would have written cannot
+    /// be relied on.
+    pub fn is_void(&self, roll: &Roll) -> bool {
+        roll.rebalances != self.source.rebalances() || self.source.is_fenced()
     }
 
     /// Rolls not yet made durable.
