@@ -129,13 +129,12 @@ impl BackupJob {
 
 impl Stages for Run {
     /// The backup job has no real-time output: it works per roll.
-    async fn roll(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs> {
+    async fn roll(&mut self, consuming: &mut Consuming, roll: Roll) -> Result<Outputs> {
+        let records = roll.records;
         // A roll boundary: a staged module takes over here.
         self.swap.swap_staged(&mut self.guest);
-        self.decoder
-            .prepare(roll.records.iter().flat_map(Packed::values))
-            .await?;
-        let mut uncovered = uncovered_writers(&self.decoder, roll, &self.layout);
+        self.decoder.prepare(records.iter().flat_map(Packed::values)).await?;
+        let mut uncovered = uncovered_writers(&self.decoder, &records, &self.layout);
         if !uncovered.is_empty() {
             // A newer version was registered: the archive follows the latest.
             self.layout = self.job.latest_layout(&self.subject).await?;
@@ -143,7 +142,7 @@ impl Stages for Run {
                 schema_id = self.layout.schema_id,
                 "archive layout follows the latest schema"
             );
-            uncovered = uncovered_writers(&self.decoder, roll, &self.layout);
+            uncovered = uncovered_writers(&self.decoder, &records, &self.layout);
         }
         let readers = self.decoder.readers();
         let topic = &self.job.kafka.topic;
@@ -154,8 +153,9 @@ impl Stages for Run {
             partitions: Vec::new(),
             module_sha256: self.swap.sha256().to_string(),
         };
-        for packed in &roll.records {
+        for packed in records {
             let (partition, records) = (packed.partition(), packed.unpack());
+            drop(packed);
             self.swap.took_over(partition, records[0].offset);
             let raw: Vec<RawRecord> = records.iter().map(raw_record).collect();
             let verdicts = self.guest.process(&raw);
@@ -296,9 +296,8 @@ impl Archived<'_> {
 /// Writer schemas of this batch whose fields the layout lacks. Coverage is a
 /// property of (writer, layout), so it is decided once per batch, not per
 /// record.
-fn uncovered_writers(decoder: &Decoder, roll: &Roll, layout: &Layout) -> HashSet<u32> {
-    let ids: HashSet<u32> = roll
-        .records
+fn uncovered_writers(decoder: &Decoder, records: &[Packed], layout: &Layout) -> HashSet<u32> {
+    let ids: HashSet<u32> = records
         .iter()
         .flat_map(Packed::values)
         .filter_map(|value| schema_id(value).ok())

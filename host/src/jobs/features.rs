@@ -27,6 +27,7 @@ use super::claims::Range;
 pub use super::counting::OnMispartitioned;
 use super::counting::{Placement, count, mispartitioned_refusal};
 use super::durable::{CheckpointsReport, Object, Outputs, PartitionOutputs, Sinks};
+use super::open_events::OpenEvents;
 use super::pipeline::{self, RunReport, Stages};
 use super::serving::Serving;
 use super::{Consuming, Error, FEATURES_PASSWORD_VAR, FEATURES_USER, Result, Roll, RunOptions, by_partition};
@@ -110,7 +111,7 @@ impl Held {
 /// rolls: the feature events it emitted and the records it left out.
 #[derive(Default)]
 struct OpenOutputs {
-    events: Vec<FeatureEvent>,
+    events: OpenEvents,
     /// Dead letters, sent once the object's range passed the fence.
     left_out: Vec<(Consumed, String)>,
     /// The state as of the object's first offset, when no checkpoint of
@@ -121,12 +122,8 @@ struct OpenOutputs {
 impl OpenOutputs {
     /// The outputs of the records below `end`; the rest stays open.
     fn take_below(&mut self, end: i64) -> (Vec<FeatureEvent>, Vec<(Consumed, String)>) {
-        let events_cut = self.events.partition_point(|e| e.source_offset < end);
         let letters_cut = self.left_out.partition_point(|(r, _)| r.offset < end);
-        (
-            take_front(&mut self.events, events_cut),
-            take_front(&mut self.left_out, letters_cut),
-        )
+        (self.events.take_below(end), take_front(&mut self.left_out, letters_cut))
     }
 }
 
@@ -307,7 +304,7 @@ impl Stages for Run {
         self.realtime(consuming).await
     }
 
-    async fn roll(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs> {
+    async fn roll(&mut self, consuming: &mut Consuming, roll: Roll) -> Result<Outputs> {
         self.outputs_of(consuming, roll).await
     }
 
@@ -328,7 +325,7 @@ impl Run {
         self.decoder.prepare(micro.iter().map(|r| r.value.as_deref())).await?;
         let readers = self.decoder.readers();
         let mut placement = Placement::new(partition_count(consuming, &self.job.kafka.topic)?);
-        // Where this micro-batch's events start in each partition's open outputs.
+        // This micro-batch's events, for Redis.
         let mut fresh = Vec::new();
         for (partition, records) in by_partition(micro) {
             let first = records[0].offset;
@@ -369,26 +366,25 @@ impl Run {
             self.report.run.records += records.len() as u64;
             self.report.features += processed.events.len() as u64;
             self.report.mispartitioned += processed.mispartitioned;
-            fresh.push((partition, open.events.len()));
-            open.events.extend(processed.events);
+            open.events.extend(&processed.events);
             open.left_out.extend(processed.left_out);
+            fresh.extend(processed.events);
         }
-        let events = fresh
-            .iter()
-            .flat_map(|(partition, from)| self.open[partition].events[*from..].iter());
-        self.report.redis_updates += self.serving.write_latest(events).await? as u64;
+        self.report.redis_updates += self.serving.write_latest(&fresh).await? as u64;
         crate::fault::point("after-redis");
         Ok(())
     }
 
     /// The durable outputs of a roll: each partition's dead letters, its
     /// features object and its state as of the range's end.
-    async fn outputs_of(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs> {
+    async fn outputs_of(&mut self, consuming: &mut Consuming, roll: Roll) -> Result<Outputs> {
+        let Roll { records, rebalances } = roll;
         let mut outputs = Outputs {
             partitions: Vec::new(),
             module_sha256: self.swap.sha256().to_string(),
         };
-        for packed in &roll.records {
+        // Each partition's records are dropped at the end of its turn.
+        for packed in records {
             let (Some(first), Some(last)) = (packed.first_offset(), packed.last_offset()) else {
                 continue;
             };
@@ -422,7 +418,7 @@ impl Run {
                 // of its first offset.
                 // What the durable path holds may be the base it needs.
                 consuming.wait_for_durable_path().await?;
-                if consuming.is_void(roll) {
+                if consuming.is_void(rebalances) {
                     // The durable path dropped the rolls before this one, so
                     // the checkpoint to recount from may not exist; it
                     // drops this one too, and the partition is fetched

@@ -8,6 +8,7 @@ pub mod counting;
 pub mod date_folders;
 pub mod durable;
 pub mod features;
+mod open_events;
 pub mod pipeline;
 pub mod produce;
 pub mod rebuild;
@@ -15,6 +16,7 @@ pub mod republish;
 pub mod rolling;
 pub mod serving;
 pub mod setup;
+mod varint;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -105,7 +107,7 @@ pub enum Step {
 pub struct Roll {
     pub records: Vec<Packed>,
     /// The rebalance count they were fetched under.
-    rebalances: u64,
+    pub rebalances: u64,
 }
 
 /// What every consumer job shares: group membership as the job's user,
@@ -355,16 +357,14 @@ impl Consuming {
     }
 
     /// Hands a roll's outputs to the durable path. Waits (fetching paused)
-    /// while the durable path is more than `MAX_QUEUED_ROLLS` behind. A
-    /// roll with no outputs (one `is_void` voided) is not queued.
-    pub async fn write(&mut self, outputs: Outputs, roll: &Roll) -> Result<()> {
+    /// while the durable path is more than `MAX_QUEUED_ROLLS` behind.
+    /// `rebalances` is the roll's (`Roll::rebalances`). A roll with no
+    /// outputs (one `is_void` voided) is not queued.
+    pub async fn write(&mut self, outputs: Outputs, rebalances: u64) -> Result<()> {
         if outputs.partitions.is_empty() {
             return Ok(());
         }
-        let queued = Queued {
-            outputs,
-            rebalances: roll.rebalances,
-        };
+        let queued = Queued { outputs, rebalances };
         let sent = self.rolls.as_ref().is_some_and(|rolls| rolls.send(queued).is_ok());
         if !sent {
             self.check_durable().await?;
@@ -385,8 +385,9 @@ impl Consuming {
     /// partitions again. The rolls before it in that assignment may have
     /// been dropped too, so the checkpoints they would have written cannot
     /// be relied on.
-    pub fn is_void(&self, roll: &Roll) -> bool {
-        roll.rebalances != self.source.rebalances() || self.source.is_fenced()
+    /// `rebalances` is the roll's (`Roll::rebalances`).
+    pub fn is_void(&self, rebalances: u64) -> bool {
+        rebalances != self.source.rebalances() || self.source.is_fenced()
     }
 
     /// Rolls not yet made durable.

@@ -47,8 +47,10 @@ pub(super) trait Stages {
         Ok(())
     }
 
-    /// What a roll's records become on the durable path.
-    async fn roll(&mut self, consuming: &mut Consuming, roll: &Roll) -> Result<Outputs>;
+    /// What a roll's records become on the durable path. The records are
+    /// the job's to drop as it goes: each partition's are freed once its
+    /// outputs are made, rather than held beside every output of the roll.
+    async fn roll(&mut self, consuming: &mut Consuming, roll: Roll) -> Result<Outputs>;
 
     /// Records received so far.
     fn records(&self) -> u64;
@@ -66,8 +68,9 @@ pub(super) async fn run(mut consuming: Consuming, stages: &mut impl Stages) -> R
             Step::Quiet => {}
             Step::Arrived => stages.arrived(&mut consuming).await?,
             Step::Roll(roll) => {
-                let outputs = stages.roll(&mut consuming, &roll).await?;
-                consuming.write(outputs, &roll).await?;
+                let rebalances = roll.rebalances;
+                let outputs = stages.roll(&mut consuming, roll).await?;
+                consuming.write(outputs, rebalances).await?;
             }
         }
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::kafka::Consumed;
 
 use super::claims::Range;
+use super::varint;
 
 /// When a partition's open object rolls.
 #[derive(Debug, Clone, Copy)]
@@ -29,43 +30,82 @@ pub struct RollPolicy {
     pub interval: Duration,
 }
 
-/// Records of one partition in offset order, packed: every key and value
-/// in one buffer, and per record its offset, timestamp and where its bytes
-/// are. A `Consumed` costs about 180 bytes of heap for a 40-byte record
-/// (the struct, two allocations, their headers); packed, a record costs its
-/// bytes and 32, so an open object's memory follows `--roll-mb`, which
-/// counts those bytes.
+/// Records of one partition in offset order, packed into one buffer as a
+/// stream: per record a flags byte, the offset's step from the previous
+/// record, the timestamp's step (zigzag), the key's and the value's lengths
+/// (LEB128 varints), then the key and value bytes. A `Consumed` costs about
+/// 180 bytes of heap for a 40-byte record (the struct, two allocations,
+/// their headers); packed, a record costs its bytes and about 6, so an open
+/// object's memory follows `--roll-mb`, which counts those bytes. The
+/// buffer doubles up to `GROW_STEP`, then grows in steps of it. Records are
+/// read in order only: the jobs decode a roll front to back.
 #[derive(Default)]
 pub struct Packed {
     partition: i32,
     bytes: Vec<u8>,
-    slots: Vec<Slot>,
+    records: usize,
+    first: Option<i64>,
+    last: Option<i64>,
+    /// The timestamp the next record's step is taken from.
+    last_timestamp: i64,
+    /// Bytes of keys and values.
+    payload: usize,
     /// Headers of the records that have any (few do), by offset.
     headers: BTreeMap<i64, Vec<(String, Vec<u8>)>>,
 }
 
-/// Where a record's key and value lie in `Packed::bytes`.
-struct Slot {
+/// What a packed buffer grows by.
+const GROW_STEP: usize = 1 << 20;
+
+/// Flags of a packed record.
+const HAS_TIMESTAMP: u8 = 1;
+const HAS_KEY: u8 = 2;
+const HAS_VALUE: u8 = 4;
+
+/// One packed record, borrowed from its buffer.
+struct Unpacked<'a> {
     offset: i64,
-    /// `NO_TIMESTAMP` for none.
-    timestamp_millis: i64,
-    start: usize,
-    /// Lengths; `ABSENT` for a null key or value.
-    key: u32,
-    value: u32,
+    timestamp_millis: Option<i64>,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
 }
 
-const NO_TIMESTAMP: i64 = i64::MIN;
-const ABSENT: u32 = u32::MAX;
-
-fn len_of(bytes: &Option<Vec<u8>>) -> u32 {
-    bytes
-        .as_ref()
-        .map_or(ABSENT, |b| u32::try_from(b.len()).unwrap_or(ABSENT - 1))
+/// Reads a `Packed` buffer front to back.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    offset: i64,
+    timestamp: i64,
 }
 
-fn stored(len: u32) -> usize {
-    if len == ABSENT { 0 } else { len as usize }
+impl<'a> Iterator for Reader<'a> {
+    type Item = Unpacked<'a>;
+
+    fn next(&mut self) -> Option<Unpacked<'a>> {
+        if self.at == self.bytes.len() {
+            return None;
+        }
+        let flags = self.bytes[self.at];
+        self.at += 1;
+        self.offset = self.offset.wrapping_add(varint::get(self.bytes, &mut self.at) as i64);
+        let timestamp_millis = (flags & HAS_TIMESTAMP != 0).then(|| {
+            self.timestamp = self
+                .timestamp
+                .wrapping_add(varint::unzigzag(varint::get(self.bytes, &mut self.at)));
+            self.timestamp
+        });
+        let key_len = varint::get(self.bytes, &mut self.at) as usize;
+        let value_len = varint::get(self.bytes, &mut self.at) as usize;
+        let key = &self.bytes[self.at..self.at + key_len];
+        let value = &self.bytes[self.at + key_len..self.at + key_len + value_len];
+        self.at += key_len + value_len;
+        Some(Unpacked {
+            offset: self.offset,
+            timestamp_millis,
+            key: (flags & HAS_KEY != 0).then_some(key),
+            value: (flags & HAS_VALUE != 0).then_some(value),
+        })
+    }
 }
 
 impl Packed {
@@ -77,20 +117,55 @@ impl Packed {
     }
 
     fn push(&mut self, record: Consumed) {
-        let start = self.bytes.len();
-        let (key, value) = (len_of(&record.key), len_of(&record.value));
-        self.bytes.extend_from_slice(record.key.as_deref().unwrap_or_default());
-        self.bytes
-            .extend_from_slice(record.value.as_deref().unwrap_or_default());
-        self.slots.push(Slot {
-            offset: record.offset,
-            timestamp_millis: record.timestamp_millis.unwrap_or(NO_TIMESTAMP),
-            start,
-            key,
-            value,
-        });
+        self.append(
+            record.offset,
+            record.timestamp_millis,
+            record.key.as_deref(),
+            record.value.as_deref(),
+        );
         if !record.headers.is_empty() {
             self.headers.insert(record.offset, record.headers);
+        }
+    }
+
+    fn append(&mut self, offset: i64, timestamp_millis: Option<i64>, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let flag = |present: bool, flag: u8| if present { flag } else { 0 };
+        let flags = flag(timestamp_millis.is_some(), HAS_TIMESTAMP)
+            | flag(key.is_some(), HAS_KEY)
+            | flag(value.is_some(), HAS_VALUE);
+        let (key, value) = (key.unwrap_or_default(), value.unwrap_or_default());
+        varint::reserve(
+            &mut self.bytes,
+            1 + 4 * varint::MAX_LEN + key.len() + value.len(),
+            GROW_STEP,
+        );
+        self.bytes.push(flags);
+        // The first record's step is from its own offset.
+        let previous = self.last.unwrap_or(offset);
+        varint::put(&mut self.bytes, offset.wrapping_sub(previous) as u64);
+        if let Some(timestamp) = timestamp_millis {
+            varint::put(
+                &mut self.bytes,
+                varint::zigzag(timestamp.wrapping_sub(self.last_timestamp)),
+            );
+            self.last_timestamp = timestamp;
+        }
+        varint::put(&mut self.bytes, key.len() as u64);
+        varint::put(&mut self.bytes, value.len() as u64);
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value);
+        self.first.get_or_insert(offset);
+        self.last = Some(offset);
+        self.records += 1;
+        self.payload += key.len() + value.len();
+    }
+
+    fn reader(&self) -> Reader<'_> {
+        Reader {
+            bytes: &self.bytes,
+            at: 0,
+            offset: self.first.unwrap_or_default(),
+            timestamp: 0,
         }
     }
 
@@ -99,67 +174,68 @@ impl Packed {
     }
 
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.records
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.records == 0
     }
 
     pub fn first_offset(&self) -> Option<i64> {
-        self.slots.first().map(|s| s.offset)
+        self.first
     }
 
     pub fn last_offset(&self) -> Option<i64> {
-        self.slots.last().map(|s| s.offset)
+        self.last
     }
 
     /// Bytes of keys and values.
     fn size(&self) -> usize {
-        self.bytes.len()
+        self.payload
     }
 
     /// Each record's value, in offset order.
     pub fn values(&self) -> impl Iterator<Item = Option<&[u8]>> {
-        self.slots.iter().map(|s| {
-            let at = s.start + stored(s.key);
-            (s.value != ABSENT).then(|| &self.bytes[at..at + s.value as usize])
-        })
+        self.reader().map(|r| r.value)
     }
 
     /// The records, unpacked, in offset order.
     pub fn unpack(&self) -> Vec<Consumed> {
-        self.slots
-            .iter()
-            .map(|s| {
-                let key_end = s.start + stored(s.key);
-                Consumed {
-                    key: (s.key != ABSENT).then(|| self.bytes[s.start..key_end].to_vec()),
-                    value: (s.value != ABSENT).then(|| self.bytes[key_end..key_end + s.value as usize].to_vec()),
-                    headers: self.headers.get(&s.offset).cloned().unwrap_or_default(),
-                    timestamp_millis: (s.timestamp_millis != NO_TIMESTAMP).then_some(s.timestamp_millis),
-                    partition: self.partition,
-                    offset: s.offset,
-                }
+        self.reader()
+            .map(|r| Consumed {
+                key: r.key.map(<[u8]>::to_vec),
+                value: r.value.map(<[u8]>::to_vec),
+                headers: self.headers.get(&r.offset).cloned().unwrap_or_default(),
+                timestamp_millis: r.timestamp_millis,
+                partition: self.partition,
+                offset: r.offset,
             })
             .collect()
     }
 
     /// Takes the records below offset `end` into a `Packed` of their own.
+    /// A cut packs both parts again (each stream starts from its own first
+    /// record): a claim cuts an object short rarely, so that need not be
+    /// cheap.
     fn take_below(&mut self, end: i64) -> Packed {
-        let cut = self.slots.partition_point(|s| s.offset < end);
-        let byte_cut = self.slots.get(cut).map_or(self.bytes.len(), |s| s.start);
-        let rest_headers = self.headers.split_off(&end);
-        let taken = Packed {
-            partition: self.partition,
-            bytes: self.bytes.drain(..byte_cut).collect(),
-            slots: self.slots.drain(..cut).collect(),
-            headers: std::mem::replace(&mut self.headers, rest_headers),
-        };
-        for slot in &mut self.slots {
-            slot.start -= byte_cut;
+        // The usual roll takes the whole object; a claim that ends before
+        // it takes nothing.
+        let empty = Packed::new(self.partition);
+        match (self.first, self.last) {
+            (Some(_), Some(last)) if last < end => return std::mem::replace(self, empty),
+            (Some(first), _) if first >= end => return empty,
+            (None, _) => return empty,
+            _ => {}
         }
-        taken
+        let (mut below, mut rest) = (Packed::new(self.partition), Packed::new(self.partition));
+        for r in self.reader() {
+            let part = if r.offset < end { &mut below } else { &mut rest };
+            part.append(r.offset, r.timestamp_millis, r.key, r.value);
+        }
+        rest.headers = self.headers.split_off(&end);
+        below.headers = std::mem::take(&mut self.headers);
+        *self = rest;
+        below
     }
 }
 
@@ -353,6 +429,40 @@ mod tests {
             vec![Some(3), Some(9), Some(5)]
         );
         assert!(rolling.is_empty());
+    }
+
+    #[test]
+    fn packing_keeps_gaps_timestamps_going_back_and_empty_or_absent_bytes() {
+        let records = vec![
+            (5, Some(i64::MAX), Some(vec![]), None),
+            (6, Some(i64::MIN), None, Some(vec![])),
+            (1_000_000, None, Some(b"k".to_vec()), Some(vec![1; GROW_STEP + 3])),
+            (1_000_001, Some(-1), None, None),
+            (i64::MAX, Some(1_700_000_000_000), Some(vec![2; 300]), Some(vec![3])),
+        ];
+        let records: Vec<Consumed> = records
+            .into_iter()
+            .map(|(offset, timestamp_millis, key, value)| Consumed {
+                key,
+                value,
+                headers: Vec::new(),
+                timestamp_millis,
+                partition: 4,
+                offset,
+            })
+            .collect();
+        let mut packed = Packed::new(4);
+        records.iter().cloned().for_each(|r| packed.push(r));
+        assert_eq!(
+            (packed.len(), packed.first_offset(), packed.last_offset()),
+            (5, Some(5), Some(i64::MAX))
+        );
+        assert_eq!(packed.size(), GROW_STEP + 3 + 1 + 301);
+        assert_eq!(format!("{:?}", packed.unpack()), format!("{records:?}"));
+        let below = packed.take_below(1_000_001);
+        assert_eq!(format!("{:?}", below.unpack()), format!("{:?}", &records[..3]));
+        assert_eq!(format!("{:?}", packed.unpack()), format!("{:?}", &records[3..]));
+        assert_eq!((packed.first_offset(), packed.size()), (Some(1_000_001), 301));
     }
 
     #[test]
