@@ -88,7 +88,7 @@ demo: guests setup
 # The broker-outage test stops the broker every test shares, so it runs alone,
 # after the others.
 test: guests test-guests services
-	$(LOAD_ENV) && export SLUICE_MODULES_DIR=$(MODULES_DIR) && \
+	$(LOAD_ENV) && export SLUICE_TEST_MODULES=$(MODULES_DIR) && \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --release --no-fail-fast -E 'not test(outage)' && \
 		$(CARGO) nextest run --workspace --release -E 'test(outage)'; \

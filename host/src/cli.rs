@@ -225,8 +225,14 @@ pub enum Command {
     },
     /// Serve the embedded schema registry (Confluent REST subset).
     Registry {
+        /// Loopback only, unless --allow-remote: the registry has no
+        /// authentication, and anyone who reaches it can register schemas.
         #[arg(long, env = "SLUICE_REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
+        /// Listen beyond loopback (behind a network that only trusted
+        /// clients reach).
+        #[arg(long, env = "SLUICE_REGISTRY_ALLOW_REMOTE")]
+        allow_remote: bool,
         /// Where schemas and ids are kept across restarts.
         #[arg(long, env = "SLUICE_REGISTRY_DATA", default_value = ".sluice/registry.json")]
         data_file: PathBuf,
@@ -278,6 +284,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             guest,
             swap,
         } => {
+            if swap.admin_listen.is_some() {
+                crate::ops::metrics::install("produce");
+            }
             let produce = jobs::produce::Produce {
                 kafka: cli.kafka.clone(),
                 registry: registry()?,
@@ -289,7 +298,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 start_millis,
                 batch: batch.max(1),
                 limits: guest.limits(),
-                swap: swap.options(),
+                swap: swap.options()?,
             };
             println!("{}", serde_json::to_string(&produce.run().await?)?);
         }
@@ -319,6 +328,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Job::Backup => jobs::backup::JOB,
                 Job::Features => jobs::features::JOB,
             };
+            if swap.admin_listen.is_some() {
+                crate::ops::metrics::install(match job {
+                    Job::Backup => "backup",
+                    Job::Features => "features",
+                });
+            }
             let options = RunOptions {
                 group: group.unwrap_or_else(|| default_group.to_string()),
                 batch_size: batch_size.max(1),
@@ -347,7 +362,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         module,
                         options,
                         limits: guest.limits(),
-                        swap: swap.options(),
+                        swap: swap.options()?,
                         date_folders_by: Some(date_folders_by).filter(|f| f != "none"),
                     };
                     serde_json::to_string(&job.run().await?)?
@@ -361,7 +376,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         options,
                         on_mispartitioned,
                         limits: guest.limits(),
-                        swap: swap.options(),
+                        swap: swap.options()?,
                     };
                     serde_json::to_string(&job.run().await?)?
                 }
@@ -427,7 +442,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!("{}", serde_json::to_string(&republish.run().await?)?);
         }
-        Command::Registry { listen, data_file } => {
+        Command::Registry {
+            listen,
+            allow_remote,
+            data_file,
+        } => {
+            if !listen.ip().is_loopback() && !allow_remote {
+                anyhow::bail!(
+                    "the embedded registry has no authentication, so it listens on loopback only, not on {listen}; \
+                     pass --allow-remote to serve it beyond loopback"
+                );
+            }
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(%listen, data = %data_file.display(), "schema registry listening");
             crate::registry::embedded::serve(listener, data_file).await?;

@@ -343,19 +343,36 @@ impl GuestArgs {
 /// How a running job's module is swapped (README "Hot swap").
 #[derive(Debug, Clone, Args)]
 pub struct SwapArgs {
-    /// Serve the admin endpoint (GET and POST /module) on this loopback address.
+    /// Serve the admin endpoint (GET and POST /module) here: loopback only,
+    /// unless SLUICE_ADMIN_TOKEN (or SLUICE_ADMIN_TOKEN_FILE) sets the
+    /// bearer token every request must then carry.
     #[arg(long, env = "SLUICE_ADMIN_LISTEN")]
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// The folder `POST /module` may load modules from, subfolders included
+    /// [default: the folder of --module].
+    #[arg(long, env = "SLUICE_MODULES_DIR")]
+    pub modules_dir: Option<std::path::PathBuf>,
+    /// `POST /module` takes WebAssembly text modules too, not only binary
+    /// components (the text parser's errors quote the file).
+    #[arg(long, env = "SLUICE_ADMIN_ACCEPT_TEXT")]
+    pub admin_accept_text: bool,
     /// Do not swap when the module file changes (SIGHUP and the admin endpoint still do).
     #[arg(long)]
     pub no_watch: bool,
 }
 
+/// The variable that holds the admin endpoint's bearer token (or, with
+/// `_FILE`, names a file that does).
+pub const ADMIN_TOKEN_VAR: &str = "SLUICE_ADMIN_TOKEN";
+
 impl SwapArgs {
-    pub fn options(&self) -> crate::hot_swap::SwapOptions {
-        crate::hot_swap::SwapOptions {
+    pub fn options(&self) -> std::result::Result<crate::hot_swap::SwapOptions, crate::secret::Error> {
+        Ok(crate::hot_swap::SwapOptions {
             watch: !self.no_watch,
             admin_listen: self.admin_listen,
-        }
+            admin_token: crate::secret::from_env(ADMIN_TOKEN_VAR)?,
+            modules_dir: self.modules_dir.clone(),
+            accept_text: self.admin_accept_text,
+        })
     }
 }

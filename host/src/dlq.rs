@@ -75,6 +75,7 @@ impl DeadLetters {
 
     /// Queues one record for the dead-letter topic; `flush` confirms it.
     pub async fn send(&mut self, record: &Consumed, reason: &str) -> Result<(), Error> {
+        metrics::counter!(crate::ops::metrics::DEAD_LETTERS, "reason" => reason_class(reason)).increment(1);
         tracing::warn!(
             job = self.job,
             partition = record.partition,
@@ -138,4 +139,12 @@ impl DeadLetters {
             }
         }
     }
+}
+
+/// A reason's kind, for a metric's label: the words before its first colon
+/// ("rejected by guest: zero amount" is "rejected by guest"), so the label
+/// takes few values whatever the details.
+fn reason_class(reason: &str) -> String {
+    let class = reason.split(':').next().unwrap_or(reason).trim();
+    class.chars().take(48).collect()
 }

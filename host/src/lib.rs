@@ -15,6 +15,7 @@ pub mod kafka;
 pub mod lineage;
 pub mod logging;
 pub mod model;
+pub mod ops;
 pub mod redis_conn;
 pub mod registry;
 pub mod runtime;

@@ -53,8 +53,10 @@ impl RedisConn {
     /// Connects to `url`, waiting up to `patience` for a Redis that is not
     /// answering yet.
     pub async fn connect(url: &str, patience: Duration) -> Result<Self> {
+        // What messages show: the URL without its password.
+        let shown = crate::secret::redact_url(url);
         let client = redis::Client::open(url).map_err(|source| Error::Redis {
-            url: url.to_string(),
+            url: shown.clone(),
             source,
         })?;
         let config = ConnectionManagerConfig::new()
@@ -62,14 +64,14 @@ impl RedisConn {
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_max_delay(MAX_BACKOFF);
         let started = Instant::now();
-        let mut waiting = Waiting::new(url, "connecting", patience);
+        let mut waiting = Waiting::new(&shown, "connecting", patience);
         loop {
             match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
                 Ok(manager) => {
                     waiting.recovered(started);
                     return Ok(Self {
                         manager,
-                        url: url.to_string(),
+                        url: shown.clone(),
                         patience,
                     });
                 }
@@ -78,6 +80,7 @@ impl RedisConn {
         }
     }
 
+    /// The URL, without its password.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -163,6 +166,7 @@ impl<'a> Waiting<'a> {
             });
         }
         self.attempts += 1;
+        crate::ops::health::unreachable("redis", format!("{} ({error})", self.url));
         if self.logged_at.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
             self.logged_at = Some(Instant::now());
             tracing::warn!(
@@ -181,6 +185,7 @@ impl<'a> Waiting<'a> {
 
     fn recovered(&self, started: Instant) {
         if self.attempts > 0 {
+            crate::ops::health::reachable("redis");
             tracing::info!(
                 redis = %self.url,
                 waited_for = self.what,

@@ -87,6 +87,33 @@ fn from_lookup(var: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Opt
     }
 }
 
+/// A URL as it may be shown: its password, if it has one, replaced by
+/// `[redacted]` (`redis://user:[redacted]@host:6379`). Text that is not a
+/// URL is returned as it is.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(url) if url.password().is_some() => scrub(raw, raw),
+        _ => raw.to_string(),
+    }
+}
+
+/// `text` with the password of `url` replaced wherever it appears, raw or
+/// percent-encoded: a client's error message may quote the whole URL.
+pub fn scrub(text: &str, url: &str) -> String {
+    let Some(encoded) = url::Url::parse(url).ok().and_then(|u| u.password().map(str::to_string)) else {
+        return text.to_string();
+    };
+    let decoded = url::form_urlencoded::parse(format!("p={encoded}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let mut scrubbed = text.replace(&encoded, REDACTED);
+    if !decoded.is_empty() {
+        scrubbed = scrubbed.replace(&decoded, REDACTED);
+    }
+    scrubbed
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -140,5 +167,22 @@ mod tests {
         assert!(missing.to_string().contains("PW_FILE names"), "{missing}");
         let blank = read(&[("PW_FILE", path(&empty))]).expect_err("empty file");
         assert!(blank.to_string().contains("is empty"), "{blank}");
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact_url("redis://app:s3cret@cache:6379/0"),
+            "redis://app:[redacted]@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://:p%40ss@cache:6380"),
+            "rediss://:[redacted]@cache:6380"
+        );
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("not a url"), "not a url");
+        let quoted = "error sending request for url (http://sr:p%40ss@registry:8081/subjects): p@ss refused";
+        let scrubbed = scrub(quoted, "http://sr:p%40ss@registry:8081");
+        assert!(!scrubbed.contains("p%40ss") && !scrubbed.contains("p@ss"), "{scrubbed}");
     }
 }

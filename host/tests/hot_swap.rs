@@ -67,6 +67,9 @@ async fn modules_swap_under_load_and_every_count_stays_exact() {
     let watched = folder.path().join("features.wasm");
     let (v1, rebuilt) = (module("features"), test_module("features_rebuilt.wasm"));
     std::fs::copy(&v1, &watched).expect("copy");
+    // The admin endpoint loads from the watched module's folder only.
+    let rebuilt_here = folder.path().join("features_rebuilt.wasm");
+    std::fs::copy(&rebuilt, &rebuilt_here).expect("copy");
     let (sha_v1, sha_rebuilt) = (file_sha256(&v1), file_sha256(&rebuilt));
     assert_ne!(sha_v1, sha_rebuilt, "the rebuilt module must differ in bytes");
 
@@ -78,7 +81,8 @@ async fn modules_swap_under_load_and_every_count_stays_exact() {
     // Four swaps from the admin endpoint, then two from file changes, each
     // waited for until the new module has processed records.
     let watched_path = watched.display().to_string();
-    for (i, (path, sha)) in [(&rebuilt, &sha_rebuilt), (&watched_path, &sha_v1)]
+    let rebuilt_path = rebuilt_here.display().to_string();
+    for (i, (path, sha)) in [(&rebuilt_path, &sha_rebuilt), (&watched_path, &sha_v1)]
         .iter()
         .cycle()
         .take(4)
@@ -232,18 +236,21 @@ async fn modules_that_cannot_run_are_refused_and_the_running_one_stays() {
     std::fs::write(&core_module, b"\0asm\x01\0\0\0").expect("write");
     let v1 = module("features");
     let sha_v1 = file_sha256(&v1);
+    // The candidates are in a modules directory of their own.
+    let backup = folder.path().join("backup.wasm");
+    std::fs::copy(module("backup"), &backup).expect("copy");
+    let always_fails = folder.path().join("always_fails.wasm");
+    std::fs::copy(test_module("always_fails.wasm"), &always_fails).expect("copy");
+    let modules_dir = folder.path().display().to_string();
 
-    let (mut job, admin) = spawn_features_with_admin(&topic, &url, &v1, &[]);
+    let (mut job, admin) = spawn_features_with_admin(&topic, &url, &v1, &["--modules-dir", &modules_dir]);
 
     let candidates = [
-        (not_wasm.display().to_string(), "does not compile"),
+        (not_wasm.display().to_string(), "not a binary WebAssembly component"),
         (core_module.display().to_string(), "is not a WebAssembly component"),
-        (module("backup"), "does not implement world `features`"),
-        (test_module("always_fails.wasm"), "refuses every batch"),
-        (
-            folder.path().join("missing.wasm").display().to_string(),
-            "file not found",
-        ),
+        (backup.display().to_string(), "does not implement world `features`"),
+        (always_fails.display().to_string(), "refuses every batch"),
+        ("missing.wasm".to_string(), "no such module"),
     ];
     for (path, reason) in &candidates {
         let (status, answer) = admin_swap(&admin, path).await;

@@ -133,7 +133,8 @@ async fn a_guest_that_grows_a_table_without_bound_hits_the_store_cap() {
     let topic = unique("hostile-grow-table");
     setup_topic(&topic);
     let (_dir, url) = local_lake();
-    let (mut job, admin) = spawn_features_with_admin(&topic, &url, &module("features"), &[]);
+    // The guest is WebAssembly text, which the endpoint takes only when asked to.
+    let (mut job, admin) = spawn_features_with_admin(&topic, &url, &module("features"), &["--admin-accept-text"]);
     let (status, answer) = admin_swap(&admin, &test_module("grow_table.wat")).await;
     assert_eq!(status, 422, "{answer}");
     let reason = answer["reason"].as_str().expect("reason");

@@ -104,3 +104,56 @@ fn passwords_come_from_a_variable_or_a_file_and_are_never_printed() {
         }
     }
 }
+
+/// A password inside a Redis or registry URL never reaches a message: the
+/// URL is shown with `[redacted]` in its place.
+#[test]
+fn passwords_inside_service_urls_are_never_printed() {
+    let (_lake, url) = local_lake();
+    let redis_password = "redis-password-never-printed";
+    let redis_url = format!("redis://sluice:{redis_password}@127.0.0.1:6379");
+    // The machine's Redis has no such user, so the connection is refused.
+    let republish = sluice_env(
+        &[
+            "republish",
+            "--group",
+            &unique("secrets-redis"),
+            "--output-url",
+            &url,
+            "--redis-url",
+            &redis_url,
+            "--redis-patience-ms",
+            "1000",
+        ],
+        &[],
+        &[],
+    );
+    let shown = printed(&republish);
+    assert!(!republish.status.success(), "{shown}");
+    assert!(shown.contains("redis://sluice:[redacted]@127.0.0.1:6379"), "{shown}");
+    assert!(!shown.contains(redis_password), "{shown}");
+
+    let registry_password = "registry-password-never-printed";
+    let topic = unique("secrets-registry");
+    // Nothing listens on port 9 of loopback.
+    let registry_url = format!("http://schemas:{registry_password}@127.0.0.1:9");
+    let setup = sluice_env(
+        &[
+            "--topic",
+            &topic,
+            "--dlq-topic",
+            &format!("{topic}-dlq"),
+            "--registry-url",
+            &registry_url,
+            "setup",
+            "--partitions",
+            "1",
+        ],
+        &[],
+        &[],
+    );
+    let shown = printed(&setup);
+    assert!(!setup.status.success(), "{shown}");
+    assert!(shown.contains("http://schemas:[redacted]@127.0.0.1:9"), "{shown}");
+    assert!(!shown.contains(registry_password), "{shown}");
+}

@@ -1,23 +1,35 @@
 //! The admin endpoint: `GET /module` answers the status (active, staged,
 //! swaps, refusals); `POST /module` asks for a swap, to `{"path": "..."}`
-//! or, with an empty body, to the active module's file again, and answers
-//! once the candidate is staged (202), unchanged (200) or refused (422,
-//! with the reason).
+//! (inside the modules directory, see `modules_dir`) or, with an empty
+//! body, to the active module's file again, and answers once the candidate
+//! is staged (202), unchanged (200) or refused (422, with the reason).
+//!
+//! With a token (`SLUICE_ADMIN_TOKEN`), every request must carry it as
+//! `Authorization: Bearer <token>` (401 otherwise). At most
+//! `MAX_PENDING_SWAPS` swap requests wait at once; more get 429.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::runtime::World;
+use crate::secret::Secret;
 
+use super::modules_dir::ModulesDir;
 use super::{Answer, Request, Shared};
+
+/// Swap requests from the endpoint that may wait at once: each one compiles
+/// a module of up to 256 MiB.
+const MAX_PENDING_SWAPS: usize = 4;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,22 +37,70 @@ struct SwapBody {
     path: std::path::PathBuf,
 }
 
-struct Admin<W: World> {
+pub(super) struct Admin<W: World> {
     shared: Arc<Shared<W>>,
     requests: mpsc::UnboundedSender<Request>,
+    modules: ModulesDir,
+    token: Option<Secret>,
+    pending: Semaphore,
 }
 
-pub(super) async fn serve<W: World>(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared<W>>,
-    requests: mpsc::UnboundedSender<Request>,
-) {
+impl<W: World> Admin<W> {
+    pub(super) fn new(
+        shared: Arc<Shared<W>>,
+        requests: mpsc::UnboundedSender<Request>,
+        modules: ModulesDir,
+        token: Option<Secret>,
+    ) -> Self {
+        Self {
+            shared,
+            requests,
+            modules,
+            token,
+            pending: Semaphore::new(MAX_PENDING_SWAPS),
+        }
+    }
+}
+
+pub(super) async fn serve<W: World>(listener: tokio::net::TcpListener, admin: Admin<W>) {
+    let admin = Arc::new(admin);
+    // The token guards the module and the metrics; probes call health bare.
     let app = axum::Router::new()
         .route("/module", get(status::<W>).post(swap::<W>))
-        .with_state(Arc::new(Admin { shared, requests }));
+        .merge(crate::ops::metrics_routes())
+        .layer(axum::middleware::from_fn_with_state(admin.clone(), authorized::<W>))
+        .merge(crate::ops::health_routes())
+        .with_state(admin);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!(error = %e, "admin endpoint stopped");
     }
+}
+
+/// Lets a request through when no token is set or it carries the token.
+async fn authorized<W: World>(State(admin): State<Arc<Admin<W>>>, request: HttpRequest, next: Next) -> Response {
+    let Some(token) = &admin.token else {
+        return next.run(request).await;
+    };
+    let offered = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if offered.is_some_and(|offered| same_secret(offered.as_bytes(), token.expose().as_bytes())) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({ "status": "unauthorized", "reason": "this endpoint needs its bearer token" })),
+    )
+        .into_response()
+}
+
+/// Compares in time that depends on the lengths only, not on where the
+/// bytes first differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn status<W: World>(State(admin): State<Arc<Admin<W>>>) -> Json<Value> {
@@ -61,6 +121,27 @@ async fn swap<W: World>(State(admin): State<Arc<Admin<W>>>, body: Bytes) -> (Sta
                 );
             }
         }
+    };
+    let path = match path
+        .map(|p| admin.modules.resolve(&p).map_err(|reason| (p, reason)))
+        .transpose()
+    {
+        Ok(path) => path,
+        Err((requested, reason)) => {
+            let reason = super::stager::refuse(&admin.shared, requested, "admin", reason);
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "status": "refused", "reason": reason })),
+            );
+        }
+    };
+    let Ok(_pending) = admin.pending.try_acquire() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(
+                json!({ "status": "busy", "reason": format!("{MAX_PENDING_SWAPS} swap requests are waiting already") }),
+            ),
+        );
     };
     let (reply, answer) = oneshot::channel();
     let request = Request {

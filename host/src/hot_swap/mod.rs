@@ -11,6 +11,7 @@
 //! names the offset at which the new module took over on each partition.
 
 mod admin;
+mod modules_dir;
 mod stager;
 mod triggers;
 
@@ -24,22 +25,37 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::runtime::{self, Compiled, Guest, ModuleFile, Runtime, World};
+use crate::secret::Secret;
+
+use modules_dir::ModulesDir;
 
 /// Where swap requests come from, besides the job's own start.
 #[derive(Debug, Clone, Default)]
 pub struct SwapOptions {
     /// Swap when the module file changes.
     pub watch: bool,
-    /// Serve `GET`/`POST /module` here (loopback only).
+    /// Serve `GET`/`POST /module` here (loopback only, without a token).
     pub admin_listen: Option<SocketAddr>,
+    /// Requests must carry `Authorization: Bearer <token>`.
+    pub admin_token: Option<Secret>,
+    /// Where `POST /module` may load from; the job's module's folder when
+    /// `None`.
+    pub modules_dir: Option<PathBuf>,
+    /// `POST /module` takes WebAssembly text too.
+    pub accept_text: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Module(#[from] runtime::Error),
-    #[error("the admin endpoint has no authentication, so it listens on loopback only, not on {0}")]
+    #[error(
+        "the admin endpoint has no token, so it listens on loopback only, not on {0}; set SLUICE_ADMIN_TOKEN \
+         (or SLUICE_ADMIN_TOKEN_FILE) to serve it elsewhere"
+    )]
     AdminNotLoopback(SocketAddr),
+    #[error("modules directory {path}: {source}")]
+    ModulesDir { path: String, source: std::io::Error },
     #[error("admin endpoint {addr}: {source}")]
     AdminBind { addr: SocketAddr, source: std::io::Error },
     #[error("watching {path} for changes: {reason}")]
@@ -141,6 +157,7 @@ impl<W: World> HotSwap<W> {
     pub async fn start(runtime: Arc<Runtime>, path: &Path, options: &SwapOptions) -> Result<(Self, Guest<W>), Error> {
         if let Some(addr) = options.admin_listen
             && !addr.ip().is_loopback()
+            && options.admin_token.is_none()
         {
             return Err(Error::AdminNotLoopback(addr));
         }
@@ -170,8 +187,28 @@ impl<W: World> HotSwap<W> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| Error::AdminBind { addr, source })?;
-            tracing::info!(%addr, "admin endpoint listening: GET /module, POST /module");
-            tokio::spawn(admin::serve(listener, shared.clone(), requests));
+            let folder = match &options.modules_dir {
+                Some(folder) => folder.clone(),
+                None => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            };
+            // `Path::parent` of a bare file name is empty: the working directory.
+            let folder = if folder.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                folder
+            };
+            let modules = ModulesDir::new(&folder, options.accept_text).map_err(|source| Error::ModulesDir {
+                path: folder.display().to_string(),
+                source,
+            })?;
+            tracing::info!(
+                %addr,
+                modules_dir = %modules.path().display(),
+                token = options.admin_token.is_some(),
+                "admin endpoint listening: GET /module, POST /module, GET /metrics, GET /health/live, GET /health/ready"
+            );
+            let admin = admin::Admin::new(shared.clone(), requests, modules, options.admin_token.clone());
+            tokio::spawn(admin::serve(listener, admin));
         }
         tracing::info!(world = W::NAME, module = %module.file().path.display(), sha256 = %module.file().sha256, "module loaded");
         Ok((
@@ -228,6 +265,7 @@ impl<W: World> HotSwap<W> {
         inner.status.active_took_over.clear();
         inner.status.staged = None;
         inner.status.swaps.push(record);
+        metrics::counter!(crate::ops::metrics::SWAPS).increment(1);
         self.taken_over.clear();
         true
     }

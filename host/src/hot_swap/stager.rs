@@ -80,20 +80,24 @@ async fn handle<W: World>(
             inner.staged = Some(Staged { module, guest, trigger });
             Answer::Staged(file)
         }
-        Err(e) => {
-            let reason = e.to_string();
-            tracing::warn!(trigger, module = %path.display(), %reason, "module refused; the running module stays");
-            let mut inner = shared.lock();
-            let refusals = &mut inner.status.refusals;
-            if refusals.len() == KEPT_REFUSALS {
-                refusals.remove(0);
-            }
-            refusals.push(Refusal {
-                path,
-                trigger,
-                reason: reason.clone(),
-            });
-            Answer::Refused(reason)
-        }
+        Err(e) => Answer::Refused(refuse(shared, path, trigger, e.to_string())),
     }
+}
+
+/// Logs and keeps a refusal (the status shows the last `KEPT_REFUSALS`);
+/// returns its reason.
+pub(super) fn refuse<W: World>(shared: &Shared<W>, path: PathBuf, trigger: &'static str, reason: String) -> String {
+    tracing::warn!(trigger, module = %path.display(), %reason, "module refused; the running module stays");
+    metrics::counter!(crate::ops::metrics::SWAP_REFUSALS).increment(1);
+    let mut inner = shared.lock();
+    let refusals = &mut inner.status.refusals;
+    if refusals.len() == KEPT_REFUSALS {
+        refusals.remove(0);
+    }
+    refusals.push(Refusal {
+        path,
+        trigger,
+        reason: reason.clone(),
+    });
+    reason
 }

@@ -100,6 +100,9 @@ pub struct CheckpointsReport {
 
 impl CheckpointsReport {
     fn add(&mut self, whole: bool, bytes: usize, started: Instant) {
+        let kind = if whole { "whole" } else { "delta" };
+        metrics::counter!(crate::ops::metrics::CHECKPOINTS, "kind" => kind).increment(1);
+        metrics::counter!(crate::ops::metrics::CHECKPOINT_BYTES).increment(bytes as u64);
         self.written += 1;
         self.whole += u64::from(whole);
         self.bytes += bytes as u64;
@@ -287,7 +290,15 @@ impl DurablePath {
                 return Err(Error::Other("the consumer stopped before a commit was sent".into()));
             }
             match answer.await {
-                Ok(Ok(commit)) => return Ok(commit),
+                Ok(Ok(commit)) => {
+                    let result = match commit {
+                        Commit::Done => "done",
+                        Commit::Stale => "stale",
+                        Commit::Fenced => "fenced",
+                    };
+                    metrics::counter!(crate::ops::metrics::COMMITS, "result" => result).increment(1);
+                    return Ok(commit);
+                }
                 Ok(Err(reason)) => {
                     tracing::warn!(%reason, "commit failed; retrying");
                     tokio::time::sleep(COMMIT_RETRY_PAUSE).await;

@@ -195,7 +195,7 @@ impl Consuming {
             options.on_data_loss,
             options.handoffs.clone(),
         )?;
-        let dead_letters = DeadLetters::new(producer::create(config)?, &kafka.dlq_topic, &kafka.topic, job);
+        let dead_letters = DeadLetters::new(producer::create(config.clone())?, &kafka.dlq_topic, &kafka.topic, job);
         let redis_for_claims = async || -> std::result::Result<_, claims::Error> {
             let connection = match redis {
                 Some(connection) => connection,
@@ -217,6 +217,10 @@ impl Consuming {
         let (finished_tx, finished) = watch::channel(0);
         let durable = DurablePath::new(sinks, claims.clone(), dead_letters, commit_requests, finished_tx);
         let durable = tokio::spawn(durable.run(queue));
+        crate::ops::health::expect_assignment();
+        if crate::ops::metrics::installed() {
+            crate::ops::lag::spawn(config.clone(), &options.group, &kafka.topic);
+        }
         tracing::info!(job, topic = %kafka.topic, group = %options.group, "consuming");
         Ok(Self {
             source,
@@ -328,6 +332,12 @@ impl Consuming {
                 self.options.max_wait,
             )
             .await?;
+        let bytes: usize = micro
+            .iter()
+            .map(|r| r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        metrics::counter!(crate::ops::metrics::RECORDS_IN).increment(micro.len() as u64);
+        metrics::counter!(crate::ops::metrics::BYTES_IN).increment(bytes as u64);
         if self.source.rebalances() != self.rolling_rebalances {
             self.rolling_rebalances = self.source.rebalances();
             self.rolling.clear();

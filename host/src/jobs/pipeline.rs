@@ -14,6 +14,7 @@
 use serde::Serialize;
 
 use crate::hot_swap::SwapRecord;
+use crate::ops::metrics::BATCH_SECONDS;
 
 use super::durable::{DurableReport, Outputs};
 use super::{Consuming, Result, Roll, Step, Throughput};
@@ -66,10 +67,16 @@ pub(super) async fn run(mut consuming: Consuming, stages: &mut impl Stages) -> R
         stages.prepare(&mut consuming).await?;
         match step {
             Step::Quiet => {}
-            Step::Arrived => stages.arrived(&mut consuming).await?,
+            Step::Arrived => {
+                let started = std::time::Instant::now();
+                stages.arrived(&mut consuming).await?;
+                metrics::histogram!(BATCH_SECONDS, "path" => "realtime").record(started.elapsed().as_secs_f64());
+            }
             Step::Roll(roll) => {
+                let started = std::time::Instant::now();
                 let rebalances = roll.rebalances;
                 let outputs = stages.roll(&mut consuming, roll).await?;
+                metrics::histogram!(BATCH_SECONDS, "path" => "roll").record(started.elapsed().as_secs_f64());
                 consuming.write(outputs, rebalances).await?;
             }
         }

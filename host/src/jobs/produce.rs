@@ -110,7 +110,7 @@ impl Produce {
             }
             for delivery in futures::future::join_all(deliveries).await {
                 match delivery {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => metrics::counter!(crate::ops::metrics::RECORDS_OUT, "sink" => "kafka").increment(1),
                     Ok(Err((e, _))) => return Err(Error::Producer(e)),
                     Err(_canceled) => return Err(Error::Other("producer closed before delivery".into())),
                 }

@@ -158,6 +158,7 @@ impl ConsumerContext for GroupContext {
             }
             *self.lock() = assignment;
             *guard(&self.fenced_since) = None;
+            crate::ops::health::set_assigned(partitions);
         } else {
             if consumer.assignment_lost() {
                 tracing::warn!(
@@ -179,8 +180,10 @@ impl ConsumerContext for GroupContext {
             if let Err(e) = consumer.unassign() {
                 tracing::error!(error = %e, "unassign failed");
             }
+            crate::ops::health::set_assigned(Vec::new());
         }
         self.rebalances.fetch_add(1, Ordering::SeqCst);
+        metrics::counter!(crate::ops::metrics::REBALANCES).increment(1);
     }
 
     /// The answer to the oldest commit sent with the same positions.

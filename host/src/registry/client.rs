@@ -5,6 +5,8 @@
 
 use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_schema_by_subject, post_schema};
 use schema_registry_converter::error::SRCError;
+
+use crate::secret::{redact_url, scrub};
 use schema_registry_converter::schema_registry_common::{
     RegisteredSchema, SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
@@ -27,6 +29,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Clone)]
 pub struct Registry {
     url: String,
+    /// The URL as messages show it: without its password.
+    shown: String,
     settings: SrSettings,
     http: reqwest::Client,
 }
@@ -38,10 +42,11 @@ impl Registry {
             .set_timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| Error::Registry {
-                url: url.clone(),
-                message: describe(&e),
+                url: redact_url(&url),
+                message: scrub(&describe(&e), &url),
             })?;
         Ok(Self {
+            shown: redact_url(&url),
             url,
             settings,
             http: reqwest::Client::new(),
@@ -81,9 +86,9 @@ impl Registry {
         post_schema(&self.settings, subject.to_string(), supplied)
             .await
             .map_err(|e| Error::Refused {
-                url: self.url.clone(),
+                url: self.shown.clone(),
                 subject: subject.to_string(),
-                message: describe(&e),
+                message: scrub(&describe(&e), &self.url),
             })
     }
 
@@ -98,16 +103,16 @@ impl Registry {
         get_schema_by_subject(&self.settings, &strategy)
             .await
             .map_err(|e| Error::Refused {
-                url: self.url.clone(),
+                url: self.shown.clone(),
                 subject: subject.to_string(),
-                message: describe(&e),
+                message: scrub(&describe(&e), &self.url),
             })
     }
 
     fn error(&self, message: String) -> Error {
         Error::Registry {
-            url: self.url.clone(),
-            message,
+            url: self.shown.clone(),
+            message: scrub(&message, &self.url),
         }
     }
 }

@@ -113,6 +113,14 @@ fn blocking<R>(code: impl FnOnce() -> R) -> R {
     }
 }
 
+/// A guest call, run as `blocking` does, timed for the metrics.
+fn timed_call<R>(code: impl FnOnce() -> R) -> R {
+    let started = std::time::Instant::now();
+    let result = blocking(code);
+    metrics::histogram!(crate::ops::metrics::GUEST_CALL_SECONDS).record(started.elapsed().as_secs_f64());
+    result
+}
+
 /// What sets one world apart: how a component is linked and typed for it,
 /// how it is instantiated, and the probe a candidate must pass (one call
 /// over a small fixed input in a scratch store: a trap, an error or the
@@ -239,7 +247,7 @@ impl Guest<GeneratorWorld> {
     ) -> Result<Vec<generator::sluice::pipeline::types::Transaction>> {
         let (store, bindings) = self.instance()?;
         let armed = store.arm()?;
-        let returned = blocking(|| bindings.call_generate(armed, seed, first_index, count, start_millis));
+        let returned = timed_call(|| bindings.call_generate(armed, seed, first_index, count, start_millis));
         let result = store.outcomes(returned.map(Ok), count as usize);
         self.settle(result)
     }
@@ -304,7 +312,7 @@ impl Guest<RawFilterWorld> {
     ) -> Result<Vec<raw_filter::sluice::pipeline::types::Verdict>> {
         let (store, bindings) = self.instance()?;
         let armed = store.arm()?;
-        let returned = blocking(|| bindings.call_process(armed, batch));
+        let returned = timed_call(|| bindings.call_process(armed, batch));
         let result = store.outcomes(returned, batch.len());
         self.settle(result)
     }
@@ -374,7 +382,7 @@ impl Guest<FeaturesWorld> {
         store.store.data_mut().lend_state(state);
         let result = match store.arm() {
             Ok(armed) => {
-                let returned = blocking(|| bindings.call_process(armed, batch));
+                let returned = timed_call(|| bindings.call_process(armed, batch));
                 store.outcomes(returned, batch.len())
             }
             Err(e) => Err(e),

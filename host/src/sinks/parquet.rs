@@ -77,6 +77,7 @@ impl ParquetSink {
             path: path.to_string(),
             source,
         })?;
+        let size = bytes.len();
         self.storage
             .store
             .put(&path, PutPayload::from(bytes))
@@ -86,6 +87,9 @@ impl ParquetSink {
                 url: self.storage.url.clone(),
                 source,
             })?;
+        metrics::counter!(crate::ops::metrics::OBJECTS).increment(1);
+        metrics::histogram!(crate::ops::metrics::OBJECT_BYTES).record(size as f64);
+        metrics::counter!(crate::ops::metrics::RECORDS_OUT, "sink" => "parquet").increment(batch.num_rows() as u64);
         Ok(path)
     }
 }

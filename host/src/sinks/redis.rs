@@ -109,7 +109,9 @@ impl RedisSink {
 
     async fn fenced_write(&self, rows: impl Iterator<Item = (i32, Latest, i32)>) -> Result<usize> {
         let mut invocation = self.script.prepare_invoke();
+        let mut sent = 0usize;
         for (user_id, value, partition) in rows {
+            sent += 1;
             invocation
                 .key(self.key(user_id))
                 .arg(value.total_transactions_count)
@@ -117,7 +119,10 @@ impl RedisSink {
                 .arg(partition)
                 .arg(value.source_offset);
         }
-        self.connection.invoke("a fenced feature write", &invocation).await
+        let written: usize = self.connection.invoke("a fenced feature write", &invocation).await?;
+        metrics::counter!(crate::ops::metrics::REDIS_WRITES).increment(written as u64);
+        metrics::counter!(crate::ops::metrics::REDIS_FENCED).increment(sent.saturating_sub(written) as u64);
+        Ok(written)
     }
 
     /// The key that says a partition's serving view was published to this

@@ -28,7 +28,7 @@ pub fn env(name: &str) -> String {
 }
 
 pub fn modules_dir() -> PathBuf {
-    PathBuf::from(env("SLUICE_MODULES_DIR"))
+    PathBuf::from(env("SLUICE_TEST_MODULES"))
 }
 
 pub fn module(name: &str) -> String {
