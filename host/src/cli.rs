@@ -124,6 +124,10 @@ pub enum Command {
         /// end (waiting for partitions that members which died still hold).
         #[arg(long)]
         until_caught_up: bool,
+        /// With --until-caught-up: give up, failing, once no broker has
+        /// answered for this long (a service run waits on, not ready).
+        #[arg(long, env = "SLUICE_KAFKA_PATIENCE_MS", default_value_t = 120_000)]
+        kafka_patience_ms: u64,
         /// When the committed offset is no longer in the topic (retention
         /// deleted records the group never read): fail, or skip them, counting
         /// and logging what was skipped.
@@ -223,6 +227,22 @@ pub enum Command {
         #[command(flatten)]
         redis: RedisArgs,
     },
+    /// Where the pipeline stands: the topic, each job group's members,
+    /// committed offsets and lag, the newest checkpoints and objects, the
+    /// modules that wrote them, Redis's feature keys, the datasets' sizes.
+    Status {
+        #[arg(long, env = "SLUICE_BACKUP_GROUP", default_value = jobs::backup::JOB)]
+        backup_group: String,
+        #[arg(long, env = "SLUICE_FEATURES_GROUP", default_value = jobs::features::JOB)]
+        features_group: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
     /// Serve the embedded schema registry (Confluent REST subset).
     Registry {
         /// Loopback only, unless --allow-remote: the registry has no
@@ -315,6 +335,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             fetch_wait_ms,
             session_timeout_ms,
             until_caught_up,
+            kafka_patience_ms,
             on_data_loss,
             on_mispartitioned,
             claims_in,
@@ -347,6 +368,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 fetch_wait: Duration::from_millis(fetch_wait_ms.max(1)),
                 session_timeout: Duration::from_millis(session_timeout_ms),
                 until_caught_up,
+                kafka_patience: Duration::from_millis(kafka_patience_ms),
                 on_data_loss,
                 claims_in,
                 redis,
@@ -441,6 +463,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 topic: cli.kafka.topic.clone(),
             };
             println!("{}", serde_json::to_string(&republish.run().await?)?);
+        }
+        Command::Status {
+            backup_group,
+            features_group,
+            json,
+            storage,
+            redis,
+        } => {
+            let status = jobs::status::Status {
+                kafka: cli.kafka.clone(),
+                storage: storage.open()?,
+                redis,
+                backup_group,
+                features_group,
+            };
+            let report = status.run().await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.human());
+            }
         }
         Command::Registry {
             listen,

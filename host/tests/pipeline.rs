@@ -50,6 +50,82 @@ async fn pipeline_round_trip(output_url: &str, topic: &str) {
         let stored: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(stored["module_sha256"], file_sha256(&module("features")), "{location}");
     }
+    check_status(topic, output_url, &backup, &features);
+}
+
+/// `sluice status` sees what the jobs did: every partition committed to its
+/// end by both groups, the objects, checkpoints and modules, one Redis key
+/// per user; its text names the same, and neither output shows a password.
+fn check_status(topic: &str, output_url: &str, backup: &serde_json::Value, features: &serde_json::Value) {
+    let prefix = format!("sluice:test:{topic}");
+    let (backup_group, features_group) = (format!("{topic}-backup"), format!("{topic}-features"));
+    let args = [
+        "--topic",
+        topic,
+        "status",
+        "--backup-group",
+        &backup_group,
+        "--features-group",
+        &features_group,
+        "--output-url",
+        output_url,
+        "--redis-prefix",
+        &prefix,
+    ];
+    let text = sluice_ok(&args);
+    let json = sluice_ok(&[&args[..], &["--json"]].concat());
+    let status: serde_json::Value = serde_json::from_str(&json).expect("status JSON");
+    let partitions = status["partitions"].as_array().expect("partitions");
+    let high: i64 = partitions.iter().map(|p| p["high"].as_i64().expect("high")).sum();
+    assert_eq!(high as u64, RECORDS, "{status}");
+    for group in status["groups"].as_array().expect("groups") {
+        assert_eq!(group["total_lag"], 0, "{group}");
+        for (partition, ends) in group["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .zip(partitions)
+        {
+            assert_eq!(partition["committed"], ends["high"], "{group}");
+        }
+    }
+    assert_eq!(status["archive"]["objects"], backup["files"], "{status}");
+    assert_eq!(status["features"]["objects"], features["files"], "{status}");
+    for (dataset, job) in [("archive", "backup"), ("features", "features")] {
+        assert_eq!(
+            status[dataset]["modules"],
+            serde_json::json!([file_sha256(&module(job))]),
+            "{status}"
+        );
+        assert_eq!(
+            status[dataset]["newest"].as_object().expect("newest").len(),
+            partitions.len(),
+            "{status}"
+        );
+    }
+    assert_eq!(
+        status["checkpoints"].as_object().expect("checkpoints").len(),
+        partitions.len(),
+        "{status}"
+    );
+    let users = common::verify::expected_feature_rows(topic)
+        .iter()
+        .map(|row| row.0)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(status["redis"]["feature_keys"], users as u64, "{status}");
+    assert!(
+        text.contains(&format!("topic {topic}")) && text.contains("lag 0"),
+        "{text}"
+    );
+    for var in [
+        "SLUICE_ADMIN_PASSWORD",
+        "SLUICE_BACKUP_JOB_PASSWORD",
+        "SLUICE_FEATURES_JOB_PASSWORD",
+    ] {
+        let password = env(var);
+        assert!(!text.contains(&password) && !json.contains(&password), "{var} printed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -157,3 +157,79 @@ fn passwords_inside_service_urls_are_never_printed() {
     assert!(shown.contains("http://schemas:[redacted]@127.0.0.1:9"), "{shown}");
     assert!(!shown.contains(registry_password), "{shown}");
 }
+
+/// A backup job's arguments up to the end of the topic.
+fn backup_args(topic: &str, url: &str, backup: &str) -> Vec<String> {
+    [
+        "--topic",
+        topic,
+        "--dlq-topic",
+        &format!("{topic}-dlq"),
+        "run",
+        "--job",
+        "backup",
+        "--module",
+        backup,
+        "--until-caught-up",
+        "--output-url",
+        url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A wrong password fails the job within seconds, naming the user and the
+/// brokers and never the password; brokers that do not answer are reported
+/// once and then rarely, and `--until-caught-up` gives up after
+/// `--kafka-patience-ms` instead of waiting forever.
+#[test]
+fn a_wrong_password_or_absent_brokers_fail_the_job_soon_and_say_why() {
+    let topic = unique("wrong-password");
+    setup_topic_with(&topic, 1);
+    let (_lake, url) = local_lake();
+    let backup = module("backup");
+    let args = backup_args(&topic, &url, &backup);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let wrong = "wrong-password-never-printed";
+    let started = Instant::now();
+    let refused = sluice_env(&args, &[("SLUICE_BACKUP_JOB_PASSWORD", wrong)], &[]);
+    let shown = printed(&refused);
+    assert!(!refused.status.success(), "{shown}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}: {shown}",
+        started.elapsed()
+    );
+    assert!(
+        shown.contains("refused the login of user transactions-backup-job-user")
+            && shown.contains(&env("SLUICE_BROKERS")),
+        "{shown}"
+    );
+    assert!(!shown.contains(wrong), "{shown}");
+
+    // Nothing listens on port 1 of loopback.
+    let started = Instant::now();
+    let absent = sluice_env(
+        &[
+            &["--brokers", "127.0.0.1:1"][..],
+            &args[..],
+            &["--kafka-patience-ms", "3000"][..],
+        ]
+        .concat(),
+        &[],
+        &[],
+    );
+    let shown = printed(&absent);
+    assert!(!absent.status.success(), "{shown}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}: {shown}",
+        started.elapsed()
+    );
+    assert!(shown.contains("no broker of 127.0.0.1:1 answered"), "{shown}");
+    assert!(shown.contains("127.0.0.1:1"), "{shown}");
+    let reports = shown.matches("kafka unreachable").count() + shown.matches("kafka still unreachable").count();
+    assert!((1..=3).contains(&reports), "{reports} reports: {shown}");
+}

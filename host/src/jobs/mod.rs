@@ -16,6 +16,7 @@ pub mod republish;
 pub mod rolling;
 pub mod serving;
 pub mod setup;
+pub mod status;
 mod varint;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -63,6 +64,8 @@ pub struct RunOptions {
     pub session_timeout: Duration,
     /// Stop once the group has read every partition of the topic to its end.
     pub until_caught_up: bool,
+    /// With `until_caught_up`: fail once no broker answered for this long.
+    pub kafka_patience: Duration,
     /// What to do when retention deleted records the group never read.
     pub on_data_loss: OnDataLoss,
     /// Where the claims that fence zombies live.
@@ -123,6 +126,9 @@ pub struct Roll {
 /// task sends every commit (`serve_commits`), so none can pass a rebalance.
 pub struct Consuming {
     source: Source,
+    /// The brokers and this member's user, for messages.
+    brokers: String,
+    user: String,
     claims: Claims,
     stop: watch::Receiver<bool>,
     options: RunOptions,
@@ -224,6 +230,8 @@ impl Consuming {
         tracing::info!(job, topic = %kafka.topic, group = %options.group, "consuming");
         Ok(Self {
             source,
+            brokers: kafka.brokers.clone(),
+            user: user.to_string(),
             claims,
             stop: stop_signal(),
             options,
@@ -253,6 +261,23 @@ impl Consuming {
         loop {
             self.check_durable().await?;
             self.serve_commits()?;
+            if let Some(reason) = self.source.login_refused() {
+                return Err(Error::Other(format!(
+                    "the brokers ({}) refused the login of user {}: {reason}. Check the user's password",
+                    self.brokers, self.user
+                )));
+            }
+            if self.options.until_caught_up
+                && let Some(waited) = self.source.unreachable_for()
+                && waited >= self.options.kafka_patience
+            {
+                return Err(Error::Other(format!(
+                    "no broker of {} answered for {} s, so the group cannot catch up; giving up after \
+                     --kafka-patience-ms (the log names the last error)",
+                    self.brokers,
+                    waited.as_secs()
+                )));
+            }
             if self.source.is_fenced() && !self.rolling.is_empty() {
                 // Nothing open is this member's to write any more.
                 self.rolling.clear();

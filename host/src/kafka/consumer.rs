@@ -27,6 +27,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::reachability::Reachability;
 use super::starting_offsets::{self, OnDataLoss, Start};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,9 +119,15 @@ struct GroupContext {
     /// keeps a partition paused across a rebalance, so one revoked while
     /// paused is resumed when it is assigned again.
     paused: Mutex<BTreeSet<i32>>,
+    /// Whether the brokers answer.
+    reachability: Reachability,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.reachability.error(&error, reason);
+    }
+}
 
 /// The answers by which the group refuses a commit of a member that lost
 /// its partitions.
@@ -212,6 +219,9 @@ impl ConsumerContext for GroupContext {
             return;
         };
         tracing::debug!(?positions, ok = result.is_ok(), "commit answered");
+        if result.is_ok() {
+            self.reachability.answered();
+        }
         let answer = match result {
             Ok(()) => Ok(Commit::Done),
             Err(KafkaError::ConsumerCommit(code)) if refused(code) => {
@@ -398,6 +408,7 @@ impl Source {
             commits: Mutex::new(VecDeque::new()),
             fenced_since: Mutex::new(None),
             paused: Mutex::new(BTreeSet::new()),
+            reachability: Reachability::default(),
         };
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(context).map_err(kafka("create"))?;
         let context = consumer.context().clone();
@@ -507,7 +518,10 @@ impl Source {
             }
             let message = match received {
                 Err(_elapsed) => break,
-                Ok(Ok(message)) => message,
+                Ok(Ok(message)) => {
+                    self.context.reachability.answered();
+                    message
+                }
                 Ok(Err(KafkaError::MessageConsumption(
                     code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange),
                 ))) => {
@@ -622,6 +636,16 @@ impl Source {
         Ok(())
     }
 
+    /// Why the brokers refused this member's login, once they did.
+    pub fn login_refused(&self) -> Option<String> {
+        self.context.reachability.login_refused()
+    }
+
+    /// How long no broker has answered, while none does.
+    pub fn unreachable_for(&self) -> Option<Duration> {
+        self.context.reachability.unreachable_for()
+    }
+
     /// True while this member knows it lost its partitions (a refused
     /// commit) and the group has not assigned partitions again.
     pub fn is_fenced(&self) -> bool {
@@ -664,9 +688,11 @@ impl Source {
                     _ => None,
                 });
             if next.unwrap_or(low) < high {
+                self.context.reachability.answered();
                 return Ok(false);
             }
         }
+        self.context.reachability.answered();
         Ok(true)
     }
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod consumer;
 pub mod partitioner;
 pub mod producer;
+pub mod reachability;
 pub mod security;
 pub mod starting_offsets;
 

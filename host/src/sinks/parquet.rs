@@ -11,7 +11,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 
 use crate::config::Storage;
@@ -116,4 +116,40 @@ fn encode(batch: &RecordBatch, metadata: Vec<KeyValue>) -> std::result::Result<V
     writer.write(batch)?;
     writer.close()?;
     Ok(buffer)
+}
+
+/// Bytes fetched from an object's end in one request: the footer of an
+/// object usually fits.
+const FOOTER_GUESS: u64 = 64 << 10;
+
+/// An object's Parquet metadata, from ranged reads of its end (the last 8
+/// bytes are the metadata's length and `PAR1`).
+pub async fn read_footer(
+    storage: &Storage,
+    path: &ObjectPath,
+    size: u64,
+) -> std::result::Result<ParquetMetaData, String> {
+    const TAIL: u64 = 8;
+    if size < TAIL {
+        return Err(format!("{size} bytes is too short for Parquet"));
+    }
+    let get = |range: std::ops::Range<u64>| async move {
+        storage.store.get_range(path, range).await.map_err(|e| e.to_string())
+    };
+    let suffix_start = size.saturating_sub(FOOTER_GUESS);
+    let suffix = get(suffix_start..size).await?;
+    let tail = &suffix[suffix.len() - TAIL as usize..];
+    if &tail[4..] != b"PAR1" {
+        return Err("not a Parquet file (no PAR1 at its end)".into());
+    }
+    let length = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    let start = size
+        .checked_sub(TAIL + length)
+        .ok_or_else(|| format!("metadata of {length} bytes does not fit in {size}"))?;
+    let metadata = if start >= suffix_start {
+        suffix.slice((start - suffix_start) as usize..suffix.len() - TAIL as usize)
+    } else {
+        get(start..size - TAIL).await?
+    };
+    ParquetMetaDataReader::decode_metadata(&metadata).map_err(|e| e.to_string())
 }

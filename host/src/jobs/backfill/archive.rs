@@ -9,11 +9,9 @@ use arrow_array::types::{Float32Type, Int32Type, Int64Type};
 use arrow_array::{Array, RecordBatch};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 use crate::config::{Storage, partition_in_path};
 use crate::lineage::ArchiveLineage;
@@ -23,9 +21,6 @@ use super::{Error, Result, Shard};
 
 /// Footers read at once while surveying.
 const SURVEY_CONCURRENCY: usize = 16;
-/// Bytes fetched from an object's end in one request: the footer of an
-/// archive object usually fits.
-const FOOTER_GUESS: u64 = 64 << 10;
 /// Rows per decoded Arrow batch.
 const READ_BATCH_ROWS: usize = 65_536;
 /// The archive columns the features module reads.
@@ -68,7 +63,7 @@ pub async fn survey(archive: &Storage, topic: &str, shard: Shard) -> Result<BTre
     }
     let objects: Vec<(i32, ArchiveObject)> = futures::stream::iter(wanted)
         .map(|(partition, meta)| async move {
-            let metadata = read_footer(archive, &meta.location, meta.size)
+            let metadata = crate::sinks::parquet::read_footer(archive, &meta.location, meta.size)
                 .await
                 .map_err(|reason| Error::Other(format!("reading the footer of {}: {reason}", meta.location)))?;
             let file = metadata.file_metadata();
@@ -114,34 +109,6 @@ pub async fn survey(archive: &Storage, topic: &str, shard: Shard) -> Result<BTre
         });
     }
     Ok(partitions)
-}
-
-/// An object's Parquet metadata, from ranged reads of its end (the last 8
-/// bytes are the metadata's length and `PAR1`).
-async fn read_footer(storage: &Storage, path: &ObjectPath, size: u64) -> std::result::Result<ParquetMetaData, String> {
-    const TAIL: u64 = 8;
-    if size < TAIL {
-        return Err(format!("{size} bytes is too short for Parquet"));
-    }
-    let get = |range: std::ops::Range<u64>| async move {
-        storage.store.get_range(path, range).await.map_err(|e| e.to_string())
-    };
-    let suffix_start = size.saturating_sub(FOOTER_GUESS);
-    let suffix = get(suffix_start..size).await?;
-    let tail = &suffix[suffix.len() - TAIL as usize..];
-    if &tail[4..] != b"PAR1" {
-        return Err("not a Parquet file (no PAR1 at its end)".into());
-    }
-    let length = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-    let start = size
-        .checked_sub(TAIL + length)
-        .ok_or_else(|| format!("metadata of {length} bytes does not fit in {size}"))?;
-    let metadata = if start >= suffix_start {
-        suffix.slice((start - suffix_start) as usize..suffix.len() - TAIL as usize)
-    } else {
-        get(start..size - TAIL).await?
-    };
-    ParquetMetaDataReader::decode_metadata(&metadata).map_err(|e| e.to_string())
 }
 
 /// Offset ranges no archive object consumed, between the first and the
