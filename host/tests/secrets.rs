@@ -158,27 +158,6 @@ fn passwords_inside_service_urls_are_never_printed() {
     assert!(!shown.contains(registry_password), "{shown}");
 }
 
-/// A backup job's arguments up to the end of the topic.
-fn backup_args(topic: &str, url: &str, backup: &str) -> Vec<String> {
-    [
-        "--topic",
-        topic,
-        "--dlq-topic",
-        &format!("{topic}-dlq"),
-        "run",
-        "--job",
-        "backup",
-        "--module",
-        backup,
-        "--until-caught-up",
-        "--output-url",
-        url,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// A wrong password fails the job within seconds, naming the user and the
 /// brokers and never the password; brokers that do not answer are reported
 /// once and then rarely, and `--until-caught-up` gives up after
@@ -188,8 +167,7 @@ fn a_wrong_password_or_absent_brokers_fail_the_job_soon_and_say_why() {
     let topic = unique("wrong-password");
     setup_topic_with(&topic, 1);
     let (_lake, url) = local_lake();
-    let backup = module("backup");
-    let args = backup_args(&topic, &url, &backup);
+    let args = job_run_args("backup", &topic, &url, &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     let wrong = "wrong-password-never-printed";
