@@ -49,10 +49,14 @@ pub enum Command {
         /// Partitions of the transactions topic (see README "Partitioning").
         #[arg(long, default_value_t = 6)]
         partitions: i32,
-        #[arg(long, default_value = jobs::backup::JOB)]
-        backup_group: String,
-        #[arg(long, default_value = jobs::features::JOB)]
-        features_group: String,
+        /// A consumer group the backup job's user may use; repeat for
+        /// several (granting adds, so earlier grants stay).
+        #[arg(long = "backup-group", default_value = jobs::backup::JOB)]
+        backup_groups: Vec<String>,
+        /// A consumer group the features job's user may use; repeat for
+        /// several (a hand-off's new group, say).
+        #[arg(long = "features-group", default_value = jobs::features::JOB)]
+        features_groups: Vec<String>,
     },
     /// Run the transactions-producer with a generator module.
     Produce {
@@ -279,15 +283,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup {
             partitions,
-            backup_group,
-            features_group,
+            backup_groups,
+            features_groups,
         } => {
             let setup = jobs::setup::Setup {
                 kafka: cli.kafka.clone(),
                 registry: registry()?,
                 partitions,
-                backup_group,
-                features_group,
+                backup_groups,
+                features_groups,
             };
             for line in setup.run().await? {
                 println!("{line}");

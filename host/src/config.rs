@@ -85,6 +85,29 @@ impl SecurityProtocol {
 /// The password of the user `--kafka-user` names.
 pub const KAFKA_PASSWORD_VAR: &str = "SLUICE_KAFKA_PASSWORD";
 
+/// The identity of `setup`, `produce` and `status`.
+pub const ADMIN_USER_VAR: &str = "SLUICE_ADMIN_USER";
+pub const ADMIN_PASSWORD_VAR: &str = "SLUICE_ADMIN_PASSWORD";
+
+/// The variables sluice reads that no flag names (each flag's own variable
+/// is in `--help`): secrets, which never have a flag, the log level, and
+/// what the S3 client reads itself. Each secret may also be given as
+/// `<VAR>_FILE`.
+pub const UNFLAGGED_VARIABLES: &[&str] = &[
+    ADMIN_USER_VAR,
+    ADMIN_PASSWORD_VAR,
+    crate::jobs::BACKUP_PASSWORD_VAR,
+    crate::jobs::FEATURES_PASSWORD_VAR,
+    KAFKA_PASSWORD_VAR,
+    ADMIN_TOKEN_VAR,
+    crate::logging::LEVEL_VARS[0],
+    crate::logging::LEVEL_VARS[1],
+    "SLUICE_PROGRESS_INTERVAL_MS",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
 /// Resolved credentials of one Kafka client.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -114,8 +137,8 @@ impl KafkaArgs {
 
     /// The admin identity used by `setup` and `produce`.
     pub fn admin_credentials(&self) -> Result<Option<Credentials>> {
-        let user = std::env::var("SLUICE_ADMIN_USER").unwrap_or_else(|_| "sluice-admin".into());
-        self.credentials(&user, "SLUICE_ADMIN_PASSWORD")
+        let user = std::env::var(ADMIN_USER_VAR).unwrap_or_else(|_| "sluice-admin".into());
+        self.credentials(&user, ADMIN_PASSWORD_VAR)
     }
 
     /// A librdkafka configuration for these brokers and credentials.

@@ -31,7 +31,25 @@ async fn setup_twice_succeeds_and_changes_nothing() {
     let subject = sluice::model::value_subject(&topic);
     let before = registry.latest(&subject).await.expect("registered");
 
-    let second = sluice_ok(&["--topic", &topic, "--dlq-topic", &dlq, "setup", "--partitions", "4"]);
+    // Again, granting the features user a second group (a hand-off's).
+    let second = sluice_ok(&[
+        "--topic",
+        &topic,
+        "--dlq-topic",
+        &dlq,
+        "setup",
+        "--partitions",
+        "4",
+        "--features-group",
+        "transactions-ml-features-job",
+        "--features-group",
+        "features-v2",
+    ]);
+    assert!(
+        second.contains("transactions-ml-features-job-user may use groups transactions-ml-features-job, features-v2"),
+        "{second}"
+    );
+    assert!(second.contains("11 ACLs"), "{second}");
     assert!(
         second.contains(&format!("topic {topic}: exists (4 partitions)")),
         "{second}"

@@ -28,8 +28,9 @@ pub struct Setup {
     pub kafka: KafkaArgs,
     pub registry: Registry,
     pub partitions: i32,
-    pub backup_group: String,
-    pub features_group: String,
+    /// The groups each job's user may use.
+    pub backup_groups: Vec<String>,
+    pub features_groups: Vec<String>,
 }
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,16 +127,18 @@ impl Setup {
         Ok(lines)
     }
 
-    /// Each job user may read the topic and its own group's offsets, and
-    /// write dead letters.
+    /// Each job user may read the topic and its own groups' offsets, and
+    /// write dead letters: nothing else (README "Users and ACLs").
     async fn acls(&self, admin: &Arc<AdminClient<DefaultClientContext>>) -> Result<Vec<String>> {
         let (topic, dlq) = (self.kafka.topic.as_str(), self.kafka.dlq_topic.as_str());
         let mut acls = Vec::new();
-        for (user, group) in [(BACKUP_USER, &self.backup_group), (FEATURES_USER, &self.features_group)] {
-            let grants = [
+        for (user, groups) in [
+            (BACKUP_USER, &self.backup_groups),
+            (FEATURES_USER, &self.features_groups),
+        ] {
+            let mut grants = vec![
                 (AclResourceType::Topic, topic, AclOperation::Read),
                 (AclResourceType::Topic, topic, AclOperation::Describe),
-                (AclResourceType::Group, group.as_str(), AclOperation::Read),
                 (AclResourceType::Topic, dlq, AclOperation::Write),
                 (
                     AclResourceType::Cluster,
@@ -143,6 +146,11 @@ impl Setup {
                     AclOperation::IdempotentWrite,
                 ),
             ];
+            grants.extend(
+                groups
+                    .iter()
+                    .map(|group| (AclResourceType::Group, group.as_str(), AclOperation::Read)),
+            );
             acls.extend(
                 grants
                     .into_iter()
@@ -168,11 +176,17 @@ impl Setup {
         if !failed.is_empty() {
             return Err(Error::Other(format!("creating ACLs: {}", failed.join("; "))));
         }
+        let granted = format!(
+            "{BACKUP_USER} may use groups {}; {FEATURES_USER} may use groups {}",
+            self.backup_groups.join(", "),
+            self.features_groups.join(", ")
+        );
         Ok(vec![match disabled {
             Some(message) => format!(
-                "acls: the broker has no authorizer (SECURITY_DISABLED: {message}); {count} ACLs not enforced, continuing"
+                "acls: the broker has no authorizer (SECURITY_DISABLED: {message}); {count} ACLs not enforced, \
+                 continuing ({granted})"
             ),
-            None => format!("acls: {count} ACLs in place"),
+            None => format!("acls: {count} ACLs in place ({granted})"),
         }])
     }
 }
