@@ -3,7 +3,7 @@
 #
 #   scripts/services.sh up      start what is not running, wait until ready
 #   scripts/services.sh up --no-s3
-#                               the same without Garage (the demo writes file://)
+#                               the same without Garage and the TLS broker (the demo)
 #   scripts/services.sh down    stop what `up` started (not PostgreSQL/Redis)
 #   scripts/services.sh status  show what runs
 #   scripts/services.sh stop-broker / start-broker
@@ -16,6 +16,9 @@
 #   PostgreSQL  127.0.0.1:5432   started if down (storage for nisshi)
 #   Redis       127.0.0.1:6379   started if down
 #   nisshi      127.0.0.1:9092   Kafka API, PostgreSQL storage, SASL/SCRAM
+#   nisshi-tls  127.0.0.1:9093   the same over TLS (SASL_SSL), for the TLS
+#                                tests; its certificate is signed by a CA
+#                                made here, in .sluice/tls/ca.pem
 #   registry    127.0.0.1:8081   `sluice registry` (embedded schema registry)
 #   Garage      127.0.0.1:3900   S3 API (RPC 3901, admin 3903)
 #
@@ -37,6 +40,10 @@ KAFKA_DB=sluice_kafka
 KAFKA_STORAGE=postgres://postgres:postgres@localhost:$PG_PORT/$KAFKA_DB
 KAFKA_PORT=9092
 KAFKA_URL=tcp://127.0.0.1:$KAFKA_PORT
+# The TLS broker keeps nothing between starts: its database is made afresh.
+KAFKA_TLS_DB=sluice_kafka_tls
+KAFKA_TLS_PORT=9093
+TLS_DIR=$STATE_DIR/tls
 REGISTRY_PORT=8081
 REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT
 REDIS_PORT=6379
@@ -233,55 +240,94 @@ clear_feature_keys() {
 
 # ---------------------------------------------------------------- nisshi
 
-kafka_ready_since() { log_says "$1" "$2" "ready in" && port_open "$KAFKA_PORT"; }
+kafka_ready_since() { log_says "$1" "$2" "ready in" && port_open "$3"; }
 
-# start_nisshi SERVICE LOGFILE [--authentication]; prints the pid.
+# start_nisshi SERVICE LOGFILE PORT DATABASE [BROKER OPTIONS...]; waits until
+# it is ready.
 start_nisshi() {
-    local service=$1 logfile=$2
-    shift 2
-    local from
+    local service=$1 logfile=$2 port=$3 db=$4
+    shift 4
+    local url=tcp://127.0.0.1:$port from
     from=$(line_count "$logfile")
     start_bg "$service" "$logfile" nisshi broker \
-        --listener-url "$KAFKA_URL" --advertised-listener-url "$KAFKA_URL" \
-        --storage-engine "$KAFKA_STORAGE" "$@"
+        --listener-url "$url" --advertised-listener-url "$url" \
+        --storage-engine "postgres://postgres:postgres@localhost:$PG_PORT/$db" "$@"
     local pid
     pid=$(<"$(pid_file "$service")")
-    wait_until nisshi "$pid" "$logfile" "'ready in' logged and port $KAFKA_PORT open" \
-        kafka_ready_since "$logfile" "$from"
+    wait_until "$service" "$pid" "$logfile" "'ready in' logged and port $port open" \
+        kafka_ready_since "$logfile" "$from" "$port"
 }
 
-ensure_nisshi() {
-    local pid logfile=$LOG_DIR/nisshi.log bootlog=$LOG_DIR/nisshi-bootstrap.log
-    if pid=$(service_pid nisshi nisshi) && port_open "$KAFKA_PORT"; then
+# ensure_broker SERVICE PORT DATABASE [BROKER OPTIONS...]: a broker with
+# SCRAM authentication and the admin user, on a database that exists.
+ensure_broker() {
+    local service=$1 port=$2 db=$3
+    shift 3
+    local url=tcp://127.0.0.1:$port pid logfile=$LOG_DIR/$service.log bootlog=$LOG_DIR/$service-bootstrap.log
+    if pid=$(service_pid "$service" nisshi) && port_open "$port"; then
         if [[ $(tr '\0' ' ' <"/proc/$pid/cmdline") == *--authentication* ]]; then
-            log "nisshi: already running (pid $pid) on $KAFKA_URL"
+            log "$service: already running (pid $pid) on $url"
             return
         fi
-        log "nisshi: running without --authentication (pid $pid); restarting"
-        stop nisshi nisshi
+        log "$service: running without --authentication (pid $pid); restarting"
+        stop "$service" nisshi
     fi
-    stop nisshi nisshi             # a dead or half-started broker
-    stop nisshi-bootstrap nisshi   # left by an interrupted bootstrap
-    port_free_or_die "$KAFKA_PORT" nisshi
+    stop "$service" nisshi             # a dead or half-started broker
+    stop "$service-bootstrap" nisshi   # left by an interrupted bootstrap
+    port_free_or_die "$port" "$service"
     command -v nisshi >/dev/null || die "nisshi not found in PATH; run 'make tools'"
-    ensure_kafka_db
 
     # SCRAM users can only be created while the broker runs without
-    # authentication; `user create` is an upsert, so this is safe every time.
-    log "nisshi: bootstrapping SCRAM user $SLUICE_ADMIN_USER (log $bootlog)"
-    start_nisshi nisshi-bootstrap "$bootlog"
-    nisshi user create --broker "$KAFKA_URL" "$SLUICE_ADMIN_USER" "$SLUICE_ADMIN_PASSWORD" >>"$bootlog" 2>&1 ||
-        { stop nisshi-bootstrap nisshi; die "nisshi user create failed; see $bootlog"; }
-    stop nisshi-bootstrap nisshi
+    # authentication (nor TLS); `user create` is an upsert, so this is safe
+    # every time.
+    log "$service: bootstrapping SCRAM user $SLUICE_ADMIN_USER (log $bootlog)"
+    start_nisshi "$service-bootstrap" "$bootlog" "$port" "$db"
+    nisshi user create --broker "$url" "$SLUICE_ADMIN_USER" "$SLUICE_ADMIN_PASSWORD" >>"$bootlog" 2>&1 ||
+        { stop "$service-bootstrap" nisshi; die "nisshi user create failed; see $bootlog"; }
+    stop "$service-bootstrap" nisshi
     local deadline=$((SECONDS + TIMEOUT))
-    while port_open "$KAFKA_PORT"; do
-        ((SECONDS < deadline)) || die "port $KAFKA_PORT still open after stopping the bootstrap broker"
+    while port_open "$port"; do
+        ((SECONDS < deadline)) || die "port $port still open after stopping the bootstrap broker"
         sleep 0.2
     done
 
-    log "nisshi: starting with --authentication (log $logfile)"
-    start_nisshi nisshi "$logfile" --authentication
-    log "nisshi: ready on $KAFKA_URL (pid $(<"$(pid_file nisshi)"))"
+    log "$service: starting with --authentication $* (log $logfile)"
+    start_nisshi "$service" "$logfile" "$port" "$db" --authentication "$@"
+    log "$service: ready on $url (pid $(<"$(pid_file "$service")"))"
+}
+
+ensure_nisshi() {
+    ensure_kafka_db
+    ensure_broker nisshi "$KAFKA_PORT" "$KAFKA_DB"
+}
+
+# A certificate authority of this checkout's own and a server certificate it
+# signs for localhost and 127.0.0.1 (the TLS broker's, and the TLS Redis the
+# tests start).
+ensure_tls_certificates() {
+    [[ -f $TLS_DIR/server.pem && -f $TLS_DIR/server.key && -f $TLS_DIR/ca.pem ]] && return
+    command -v openssl >/dev/null || die "openssl not found (apt-get install openssl)"
+    log "tls: making a certificate authority and a server certificate in $TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    (
+        cd "$TLS_DIR"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=sluice test CA" \
+            -keyout ca.key -out ca.pem
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr
+        printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+            "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >server.ext
+        openssl x509 -req -days 30 -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -extfile server.ext -out server.pem
+    ) >>"$LOG_DIR/tls.log" 2>&1 || die "openssl could not make the test certificates; see $LOG_DIR/tls.log"
+}
+
+ensure_nisshi_tls() {
+    ensure_tls_certificates
+    if ! service_pid nisshi-tls nisshi >/dev/null; then
+        dropdb --if-exists "$KAFKA_TLS_DB" || die "cannot drop database $KAFKA_TLS_DB"
+        createdb "$KAFKA_TLS_DB" || die "createdb $KAFKA_TLS_DB failed"
+    fi
+    ensure_broker nisshi-tls "$KAFKA_TLS_PORT" "$KAFKA_TLS_DB" --cert "$TLS_DIR/server.pem" --key "$TLS_DIR/server.key"
 }
 
 # ---------------------------------------------------------------- registry
@@ -400,10 +446,11 @@ cmd_up() {
     ensure_nisshi
     ensure_registry
     if [[ ${1:-} == --no-s3 ]]; then
-        log "all services up but Garage (--no-s3)"
+        log "all services up but Garage and the TLS broker (--no-s3)"
         return
     fi
     ensure_garage
+    ensure_nisshi_tls
     log "all services up"
 }
 
@@ -411,6 +458,8 @@ cmd_down() {
     stop registry " registry "
     stop nisshi nisshi
     stop nisshi-bootstrap nisshi
+    stop nisshi-tls nisshi
+    stop nisshi-tls-bootstrap nisshi
     stop garage garage
     log "stopped (PostgreSQL and Redis are left running)"
 }
@@ -425,6 +474,14 @@ cmd_status() {
     else
         row nisshi down "$KAFKA_URL$(port_open "$KAFKA_PORT" && echo " (port used by $(port_owner "$KAFKA_PORT"))")"
         rc=1
+    fi
+    if [[ $s3 != --no-s3 ]]; then
+        if pid=$(service_pid nisshi-tls nisshi) && port_open "$KAFKA_TLS_PORT"; then
+            row nisshi-tls up "127.0.0.1:$KAFKA_TLS_PORT pid $pid"
+        else
+            row nisshi-tls down "127.0.0.1:$KAFKA_TLS_PORT"
+            rc=1
+        fi
     fi
     if pid=$(service_pid registry " registry ") && registry_ready; then
         row registry up "$REGISTRY_URL pid $pid"
@@ -450,6 +507,7 @@ cmd_reset() {
     if pg_ready; then
         log "dropping database $KAFKA_DB"
         dropdb --if-exists "$KAFKA_DB" || die "cannot drop database $KAFKA_DB"
+        dropdb --if-exists "$KAFKA_TLS_DB" || die "cannot drop database $KAFKA_TLS_DB"
     fi
     clear_feature_keys
 }

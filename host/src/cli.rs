@@ -13,6 +13,7 @@ use crate::jobs::features::OnMispartitioned;
 use crate::jobs::{self, RunOptions};
 use crate::kafka::starting_offsets::OnDataLoss;
 use crate::logging::LogFormat;
+use crate::ops::progress::ProgressArgs;
 use crate::registry::Registry;
 
 #[derive(Debug, Parser)]
@@ -30,6 +31,10 @@ pub struct Cli {
     /// or `json`, one object a line.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// A TOML configuration file (docs/configuration.md): keys named as
+    /// the flags, which, like `SLUICE_*` variables, win over it.
+    #[arg(long, env = crate::settings::CONFIG_VAR, global = true)]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -46,7 +51,7 @@ pub enum Job {
 pub enum Command {
     /// Create the topics, register the schemas, create the job users and ACLs.
     Setup {
-        /// Partitions of the transactions topic (see README "Partitioning").
+        /// Partitions of the transactions topic (docs/data.md, "Partitioning").
         #[arg(long, default_value_t = 6)]
         partitions: i32,
         /// A consumer group the backup job's user may use; repeat for
@@ -60,6 +65,7 @@ pub enum Command {
     },
     /// Run the transactions-producer with a generator module.
     Produce {
+        /// The generator component (.wasm).
         #[arg(long)]
         module: PathBuf,
         /// Records to produce.
@@ -86,11 +92,15 @@ pub enum Command {
         guest: GuestArgs,
         #[command(flatten)]
         swap: SwapArgs,
+        #[command(flatten)]
+        progress: ProgressArgs,
     },
     /// Run a consumer job with a guest module.
     Run {
+        /// Which job: the archive to Parquet, or the per-user features.
         #[arg(long, value_enum)]
         job: Job,
+        /// The job's component (.wasm).
         #[arg(long)]
         module: PathBuf,
         /// Consumer group; defaults to the job's name.
@@ -159,10 +169,13 @@ pub enum Command {
         guest: GuestArgs,
         #[command(flatten)]
         swap: SwapArgs,
+        #[command(flatten)]
+        progress: ProgressArgs,
     },
     /// Replay the backup archive through a features module: the same rows as
     /// the live job, to Parquet only (no Kafka, no Redis).
     Backfill {
+        /// The features component (.wasm) to replay the archive through.
         #[arg(long)]
         module: PathBuf,
         /// The backup archive's root: the backup job's --output-url.
@@ -201,16 +214,23 @@ pub enum Command {
         /// features of the shard's partitions, and replay from the start.
         #[arg(long)]
         restart: bool,
+        /// Serve Prometheus metrics and health here (loopback only, unless
+        /// `SLUICE_ADMIN_TOKEN` guards it).
+        #[arg(long, env = "SLUICE_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
         #[command(flatten)]
         storage: StorageArgs,
         #[command(flatten)]
         guest: GuestArgs,
+        #[command(flatten)]
+        progress: ProgressArgs,
     },
     /// Rebuild one partition's features state from the topic's start: deletes
     /// its checkpoints and feature objects and resets the group's offset to 0.
     /// Run it with the job stopped; it refuses when the topic no longer holds
     /// the partition's first records.
     RebuildState {
+        /// The partition whose state is rebuilt.
         #[arg(long)]
         partition: i32,
         /// Consumer group of the features job.
@@ -235,8 +255,10 @@ pub enum Command {
     /// committed offsets and lag, the newest checkpoints and objects, the
     /// modules that wrote them, Redis's feature keys, the datasets' sizes.
     Status {
+        /// Consumer group of the backup job.
         #[arg(long, env = "SLUICE_BACKUP_GROUP", default_value = jobs::backup::JOB)]
         backup_group: String,
+        /// Consumer group of the features job.
         #[arg(long, env = "SLUICE_FEATURES_GROUP", default_value = jobs::features::JOB)]
         features_group: String,
         /// One JSON object instead of text.
@@ -247,18 +269,41 @@ pub enum Command {
         #[command(flatten)]
         redis: RedisArgs,
     },
+    /// Print the effective configuration of every command (flags, then
+    /// `SLUICE_*` variables, then the --config file, then defaults), each
+    /// value with where it came from; secrets and URL passwords redacted.
+    Config {
+        /// Print the configuration reference (docs/configuration.md) instead.
+        #[arg(long)]
+        reference: bool,
+    },
     /// Serve the embedded schema registry (Confluent REST subset).
     Registry {
-        /// Loopback only, unless --allow-remote: the registry has no
-        /// authentication, and anyone who reaches it can register schemas.
-        #[arg(long, env = "SLUICE_REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
+        /// Where the registry listens: loopback only, unless
+        /// --registry-allow-remote, as it has no authentication and anyone
+        /// who reaches it can register schemas.
+        #[arg(
+            long = "registry-listen",
+            visible_alias = "listen",
+            env = "SLUICE_REGISTRY_LISTEN",
+            default_value = "127.0.0.1:8081"
+        )]
         listen: SocketAddr,
         /// Listen beyond loopback (behind a network that only trusted
         /// clients reach).
-        #[arg(long, env = "SLUICE_REGISTRY_ALLOW_REMOTE")]
+        #[arg(
+            long = "registry-allow-remote",
+            visible_alias = "allow-remote",
+            env = "SLUICE_REGISTRY_ALLOW_REMOTE"
+        )]
         allow_remote: bool,
         /// Where schemas and ids are kept across restarts.
-        #[arg(long, env = "SLUICE_REGISTRY_DATA", default_value = ".sluice/registry.json")]
+        #[arg(
+            long = "registry-data-file",
+            visible_alias = "data-file",
+            env = "SLUICE_REGISTRY_DATA_FILE",
+            default_value = ".sluice/registry.json"
+        )]
         data_file: PathBuf,
     },
 }
@@ -278,8 +323,8 @@ fn parse_event_time(raw: &str) -> Result<i64, String> {
 }
 
 /// Runs a parsed command line; prints the command's report on stdout.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let registry = || Registry::new(&cli.registry.registry_url);
+pub async fn run(cli: Cli, layers: &crate::settings::Layers) -> anyhow::Result<()> {
+    let registry = || Registry::new(&cli.registry.registry_url, cli.registry.registry_ca_file.as_deref());
     match cli.command {
         Command::Setup {
             partitions,
@@ -307,6 +352,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             guest,
             swap,
+            progress,
         } => {
             if swap.admin_listen.is_some() {
                 crate::ops::metrics::install("produce");
@@ -323,6 +369,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 batch: batch.max(1),
                 limits: guest.limits(),
                 swap: swap.options()?,
+                progress_every: progress.every(),
             };
             println!("{}", serde_json::to_string(&produce.run().await?)?);
         }
@@ -348,6 +395,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             redis,
             guest,
             swap,
+            progress,
         } => {
             let default_group = match job {
                 Job::Backup => jobs::backup::JOB,
@@ -377,6 +425,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 claims_in,
                 redis,
                 handoffs: Default::default(),
+                progress_every: progress.every(),
             };
             let storage = storage.open()?;
             let report = match job {
@@ -421,9 +470,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             on_mispartitioned,
             allow_gaps,
             restart,
+            admin_listen,
             storage,
             guest,
+            progress,
         } => {
+            if let Some(addr) = admin_listen {
+                crate::ops::metrics::install("backfill");
+                let token = crate::secret::from_env(crate::config::ADMIN_TOKEN_VAR)?;
+                crate::ops::listen(addr, token).await.map_err(anyhow::Error::msg)?;
+            }
             let archive = StorageArgs {
                 output_url: from,
                 ..storage.clone()
@@ -443,6 +499,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 allow_gaps,
                 restart,
                 limits: guest.limits(),
+                progress_every: progress.every(),
             };
             println!("{}", serde_json::to_string(&backfill.run().await?)?);
         }
@@ -489,6 +546,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", report.human());
             }
         }
+        Command::Config { reference } => {
+            if reference {
+                print!("{}", crate::settings::reference(&layers.command));
+            } else {
+                print!("{}", layers.effective());
+            }
+        }
         Command::Registry {
             listen,
             allow_remote,
@@ -497,7 +561,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !listen.ip().is_loopback() && !allow_remote {
                 anyhow::bail!(
                     "the embedded registry has no authentication, so it listens on loopback only, not on {listen}; \
-                     pass --allow-remote to serve it beyond loopback"
+                     pass --registry-allow-remote to serve it beyond loopback"
                 );
             }
             let listener = tokio::net::TcpListener::bind(listen).await?;

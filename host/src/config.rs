@@ -1,6 +1,6 @@
 //! Connection settings shared by every command: Kafka, registry, object
-//! storage and Redis. Values come from flags or `SLUICE_*` variables (see
-//! README "Configuration").
+//! storage and Redis. Values come from flags, `SLUICE_*` variables or the
+//! configuration file (`settings`, docs/configuration.md).
 
 use std::sync::Arc;
 
@@ -27,6 +27,14 @@ pub enum Error {
     MissingPassword { user: String, var: String },
     #[error(transparent)]
     Secret(#[from] crate::secret::Error),
+    #[error("{flag} applies only to TLS connections, but --security-protocol is {protocol}: use ssl or sasl_ssl")]
+    TlsWithoutTls { flag: &'static str, protocol: &'static str },
+    #[error("{flag} {path}: {reason}")]
+    CaFile {
+        flag: &'static str,
+        path: String,
+        reason: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -37,11 +45,28 @@ pub struct KafkaArgs {
     /// Bootstrap servers.
     #[arg(long, env = "SLUICE_BROKERS", default_value = "127.0.0.1:9092", global = true)]
     pub brokers: String,
-    /// How clients reach the brokers: `sasl_plaintext` (SASL/SCRAM) or
-    /// `plaintext` (no authentication).
+    /// How clients reach the brokers: SASL/SCRAM over TLS (`sasl_ssl`, as
+    /// managed Kafka offers it) or not (`sasl_plaintext`), TLS alone (`ssl`),
+    /// or neither (`plaintext`).
     #[arg(long, env = "SLUICE_SECURITY_PROTOCOL", value_enum, ignore_case = true,
           default_value_t = SecurityProtocol::SaslPlaintext, global = true)]
     pub security_protocol: SecurityProtocol,
+    /// PEM file of the certificate authorities that sign the brokers'
+    /// certificates (`ssl`, `sasl_ssl`); the system's when unset.
+    #[arg(long, env = "SLUICE_KAFKA_CA_FILE", global = true)]
+    pub kafka_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for brokers that ask for one (mutual TLS);
+    /// needs --kafka-key-file. The key's passphrase, if any, comes from
+    /// `SLUICE_KAFKA_KEY_PASSWORD` (or `_FILE`).
+    #[arg(long, env = "SLUICE_KAFKA_CERT_FILE", requires = "kafka_key_file", global = true)]
+    pub kafka_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --kafka-cert-file.
+    #[arg(long, env = "SLUICE_KAFKA_KEY_FILE", requires = "kafka_cert_file", global = true)]
+    pub kafka_key_file: Option<std::path::PathBuf>,
+    /// Check that a broker's certificate names the host connected to.
+    #[arg(long, env = "SLUICE_KAFKA_VERIFY_HOSTNAME", default_value_t = true,
+          action = clap::ArgAction::Set, global = true)]
+    pub kafka_verify_hostname: bool,
     /// SASL user; defaults to the job's own user for `run`, the admin user
     /// otherwise. Its password comes from `SLUICE_KAFKA_PASSWORD` (or
     /// `SLUICE_KAFKA_PASSWORD_FILE`), never from a flag.
@@ -67,6 +92,12 @@ pub enum SecurityProtocol {
     /// SASL (SCRAM) authentication, no encryption.
     #[value(name = "sasl_plaintext")]
     SaslPlaintext,
+    /// TLS, no SASL (a client certificate may authenticate).
+    #[value(name = "ssl")]
+    Ssl,
+    /// SASL (SCRAM) authentication over TLS.
+    #[value(name = "sasl_ssl")]
+    SaslSsl,
 }
 
 impl SecurityProtocol {
@@ -74,16 +105,25 @@ impl SecurityProtocol {
         match self {
             Self::Plaintext => "plaintext",
             Self::SaslPlaintext => "sasl_plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslSsl => "sasl_ssl",
         }
     }
 
     fn authenticates(self) -> bool {
-        self == Self::SaslPlaintext
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+
+    fn encrypts(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
     }
 }
 
 /// The password of the user `--kafka-user` names.
 pub const KAFKA_PASSWORD_VAR: &str = "SLUICE_KAFKA_PASSWORD";
+
+/// The passphrase of `--kafka-key-file`, if it is encrypted.
+pub const KAFKA_KEY_PASSWORD_VAR: &str = "SLUICE_KAFKA_KEY_PASSWORD";
 
 /// The identity of `setup`, `produce` and `status`.
 pub const ADMIN_USER_VAR: &str = "SLUICE_ADMIN_USER";
@@ -99,10 +139,11 @@ pub const UNFLAGGED_VARIABLES: &[&str] = &[
     crate::jobs::BACKUP_PASSWORD_VAR,
     crate::jobs::FEATURES_PASSWORD_VAR,
     KAFKA_PASSWORD_VAR,
+    KAFKA_KEY_PASSWORD_VAR,
     ADMIN_TOKEN_VAR,
     crate::logging::LEVEL_VARS[0],
     crate::logging::LEVEL_VARS[1],
-    "SLUICE_PROGRESS_INTERVAL_MS",
+    "AWS_REGION",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -137,12 +178,15 @@ impl KafkaArgs {
 
     /// The admin identity used by `setup` and `produce`.
     pub fn admin_credentials(&self) -> Result<Option<Credentials>> {
-        let user = std::env::var(ADMIN_USER_VAR).unwrap_or_else(|_| "sluice-admin".into());
+        let user = secret::from_env(ADMIN_USER_VAR)?.map_or_else(|| "sluice-admin".into(), |u| u.expose().to_string());
         self.credentials(&user, ADMIN_PASSWORD_VAR)
     }
 
-    /// A librdkafka configuration for these brokers and credentials.
-    pub fn client_config(&self, credentials: Option<&Credentials>) -> ClientConfig {
+    /// A librdkafka configuration for these brokers and credentials. TLS
+    /// files with a protocol that does not encrypt are refused rather than
+    /// ignored, so that a deployment cannot believe it encrypts when it
+    /// does not.
+    pub fn client_config(&self, credentials: Option<&Credentials>) -> Result<ClientConfig> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
@@ -153,13 +197,38 @@ impl KafkaArgs {
                 .set("sasl.username", &c.user)
                 .set("sasl.password", c.password.expose());
         }
-        config
+        let tls_files = [
+            ("--kafka-ca-file", "ssl.ca.location", &self.kafka_ca_file),
+            ("--kafka-cert-file", "ssl.certificate.location", &self.kafka_cert_file),
+            ("--kafka-key-file", "ssl.key.location", &self.kafka_key_file),
+        ];
+        if !self.security_protocol.encrypts() {
+            if let Some((flag, _, _)) = tls_files.iter().find(|(_, _, file)| file.is_some()) {
+                return Err(Error::TlsWithoutTls {
+                    flag,
+                    protocol: self.security_protocol.librdkafka_name(),
+                });
+            }
+            return Ok(config);
+        }
+        for (_, key, file) in tls_files {
+            if let Some(file) = file {
+                config.set(key, file.display().to_string());
+            }
+        }
+        if let Some(passphrase) = secret::from_env(KAFKA_KEY_PASSWORD_VAR)? {
+            config.set("ssl.key.password", passphrase.expose());
+        }
+        let identification = if self.kafka_verify_hostname { "https" } else { "none" };
+        config.set("ssl.endpoint.identification.algorithm", identification);
+        Ok(config)
     }
 }
 
 /// Schema registry endpoint.
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
+    /// The schema registry (Confluent REST API), http or https.
     #[arg(
         long,
         env = "SLUICE_REGISTRY_URL",
@@ -167,6 +236,10 @@ pub struct RegistryArgs {
         global = true
     )]
     pub registry_url: String,
+    /// PEM file of the certificate authorities that sign an https registry's
+    /// certificate; the system's when unset.
+    #[arg(long, env = "SLUICE_REGISTRY_CA_FILE", global = true)]
+    pub registry_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Object storage for Parquet output: `file://` or `s3://bucket/prefix`.
@@ -181,8 +254,13 @@ pub struct StorageArgs {
     /// Path-style requests (`endpoint/bucket/key`), as Garage and MinIO expect.
     #[arg(long, env = "SLUICE_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub s3_path_style: bool,
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
-    pub s3_region: String,
+    /// The S3 region; else `AWS_REGION` as AWS tools read it, else us-east-1.
+    #[arg(long, env = "SLUICE_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// PEM file of the certificate authorities that sign an https S3
+    /// endpoint's certificate; the system's when unset.
+    #[arg(long, env = "SLUICE_S3_CA_FILE")]
+    pub s3_ca_file: Option<std::path::PathBuf>,
 }
 
 /// An object store and the prefix inside it that a URL names.
@@ -252,12 +330,26 @@ impl StorageArgs {
                     .ok_or_else(|| url_error("an s3:// URL needs a bucket".into()))?;
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
-                    .with_region(&self.s3_region)
                     .with_virtual_hosted_style_request(!self.s3_path_style);
+                if let Some(region) = &self.s3_region {
+                    builder = builder.with_region(region);
+                }
                 if let Some(endpoint) = &self.s3_endpoint {
                     builder = builder
                         .with_endpoint(endpoint)
                         .with_allow_http(endpoint.starts_with("http://"));
+                }
+                if let Some(path) = &self.s3_ca_file {
+                    let pem = std::fs::read(path).map_err(|e| Error::CaFile {
+                        flag: "--s3-ca-file",
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                    let mut options = object_store::ClientOptions::new();
+                    for certificate in object_store::Certificate::from_pem_bundle(&pem)? {
+                        options = options.with_root_certificate(certificate);
+                    }
+                    builder = builder.with_client_options(options);
                 }
                 Ok(Storage {
                     store: Arc::new(builder.build()?),
@@ -290,8 +382,14 @@ fn parse_storage_url(raw: &str) -> std::result::Result<Url, String> {
 /// Redis endpoint for the features job.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
+    /// `redis://` or, over TLS, `rediss://`; a password may be in the URL
+    /// (`redis://:password@host:port`), which sluice never prints.
     #[arg(long, env = "SLUICE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// PEM file of the certificate authorities that sign Redis's certificate
+    /// (`rediss://` only); the system's when unset.
+    #[arg(long, env = "SLUICE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Prefix of the per-user feature keys: `<prefix>:user:<user_id>`.
     #[arg(long, env = "SLUICE_REDIS_PREFIX", default_value = "sluice:features")]
     pub redis_prefix: String,
@@ -316,11 +414,11 @@ impl RedisArgs {
 
     /// A connection that waits out outages up to `--redis-patience-ms`.
     pub async fn connect(&self) -> crate::redis_conn::Result<crate::redis_conn::RedisConn> {
-        crate::redis_conn::RedisConn::connect(&self.redis_url, self.patience()).await
+        crate::redis_conn::RedisConn::connect(&self.redis_url, self.redis_ca_file.as_deref(), self.patience()).await
     }
 }
 
-/// Limits of the guest sandbox (README "Guest limits").
+/// Limits of the guest sandbox (docs/guests.md, "Limits").
 #[derive(Debug, Clone, Args)]
 pub struct GuestArgs {
     /// Wall-clock budget of one guest call (one batch), in milliseconds.
@@ -363,7 +461,7 @@ impl GuestArgs {
     }
 }
 
-/// How a running job's module is swapped (README "Hot swap").
+/// How a running job's module is swapped (docs/guests.md, "Hot swap").
 #[derive(Debug, Clone, Args)]
 pub struct SwapArgs {
     /// Serve the admin endpoint (GET and POST /module) here: loopback only,

@@ -20,5 +20,6 @@ pub mod redis_conn;
 pub mod registry;
 pub mod runtime;
 pub mod secret;
+pub mod settings;
 pub mod sinks;
 pub mod state;

@@ -1,11 +1,15 @@
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     sluice::allocator::tune();
-    let cli = sluice::cli::Cli::parse();
+    let (cli, layers) = match sluice::settings::parse() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     sluice::logging::init(cli.log_format);
-    match sluice::cli::run(cli).await {
+    match sluice::cli::run(cli, &layers).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

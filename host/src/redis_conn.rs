@@ -19,6 +19,10 @@ use redis::{Cmd, FromRedisValue, RedisError, RetryMethod, ScriptInvocation};
 pub enum Error {
     #[error("redis at {url}: {source}")]
     Redis { url: String, source: RedisError },
+    #[error("--redis-ca-file {path}: {source}")]
+    CaFile { path: String, source: std::io::Error },
+    #[error("--redis-ca-file applies only to rediss:// URLs, not to {url}")]
+    CaWithoutTls { url: String },
     #[error(
         "redis at {url} did not answer for {waited_s:.0} s ({what}; last error: {source}); giving up after \
          --redis-patience-ms"
@@ -51,11 +55,27 @@ pub struct RedisConn {
 
 impl RedisConn {
     /// Connects to `url`, waiting up to `patience` for a Redis that is not
-    /// answering yet.
-    pub async fn connect(url: &str, patience: Duration) -> Result<Self> {
+    /// answering yet. A `rediss://` URL is checked against the certificate
+    /// authorities in `ca_file`, or the system's.
+    pub async fn connect(url: &str, ca_file: Option<&std::path::Path>, patience: Duration) -> Result<Self> {
         // What messages show: the URL without its password.
         let shown = crate::secret::redact_url(url);
-        let client = redis::Client::open(url).map_err(|source| Error::Redis {
+        let client = match ca_file {
+            None => redis::Client::open(url),
+            Some(_) if !url.starts_with("rediss://") => return Err(Error::CaWithoutTls { url: shown }),
+            Some(path) => {
+                let root_cert = std::fs::read(path).map_err(|source| Error::CaFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(url, certificates)
+            }
+        }
+        .map_err(|source| Error::Redis {
             url: shown.clone(),
             source,
         })?;

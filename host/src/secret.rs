@@ -1,8 +1,9 @@
 //! Values that must not reach a log, an error, a report or a terminal.
 //! `Secret` prints `[redacted]` through `Debug`, `Display` and `Serialize`
 //! alike; only `expose` gives the value, where it is handed to a client.
-//! Secrets come from the environment or from a file a variable names
-//! (`<VAR>_FILE`, as container secrets are mounted), never from a flag.
+//! Secrets come from the environment, from a file a variable names
+//! (`<VAR>_FILE`, as container secrets are mounted) or from the
+//! configuration file, never from a flag.
 
 use std::fmt;
 
@@ -53,11 +54,40 @@ pub enum Error {
     EmptyFile { var: String, path: String },
 }
 
+/// The secrets of the configuration file (`--config`), by variable.
+static FILE_SECRETS: std::sync::OnceLock<std::collections::BTreeMap<String, String>> = std::sync::OnceLock::new();
+
+/// Remembers the secrets the configuration file holds (once, at start).
+pub fn set_file_secrets(secrets: std::collections::BTreeMap<String, String>) {
+    let _ = FILE_SECRETS.set(secrets);
+}
+
 /// The secret in variable `var`, or in the file that `<var>_FILE` names
-/// (one trailing newline dropped); `None` when neither is set. An empty
-/// variable counts as unset.
+/// (one trailing newline dropped), or else in the configuration file;
+/// `None` when none has it. An empty variable counts as unset.
 pub fn from_env(var: &str) -> Result<Option<Secret>, Error> {
-    from_lookup(var, |name| std::env::var(name).ok())
+    if let Some(secret) = from_lookup(var, |name| std::env::var(name).ok())? {
+        return Ok(Some(secret));
+    }
+    let from_file = FILE_SECRETS.get().and_then(|secrets| secrets.get(var));
+    Ok(from_file.filter(|v| !v.is_empty()).map(|v| Secret(v.clone())))
+}
+
+/// Where the secret in `var` comes from, if it is set: for `sluice config`.
+pub fn provenance(var: &str) -> Option<String> {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty());
+    if set(var) {
+        Some(format!("variable {var}"))
+    } else if set(&format!("{var}_FILE")) {
+        Some(format!("the file {var}_FILE names"))
+    } else if FILE_SECRETS
+        .get()
+        .is_some_and(|s| s.get(var).is_some_and(|v| !v.is_empty()))
+    {
+        Some("configuration file".into())
+    } else {
+        None
+    }
 }
 
 /// `from_env` over any lookup of variables (the tests give a map).

@@ -699,7 +699,8 @@ mod tests {
             output_url: format!("file://{}", dir.display()),
             s3_endpoint: None,
             s3_path_style: true,
-            s3_region: "us-east-1".into(),
+            s3_region: None,
+            s3_ca_file: None,
         }
         .open()
         .expect("storage");

@@ -117,9 +117,128 @@ fn the_embedded_registry_listens_beyond_loopback_only_when_allowed() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("loopback only") && stderr.contains("--allow-remote"),
+        stderr.contains("loopback only") && stderr.contains("--registry-allow-remote"),
         "{stderr}"
     );
+}
+
+/// Readiness follows the assignment. Of two members of one group on a
+/// one-partition topic, the one without the partition is not ready and says
+/// why; when the owner stops, the other takes the partition over and is ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_the_assignment() {
+    let topic = unique("ready");
+    setup_topic_with(&topic, 1);
+    let (_lake, url) = local_lake();
+    let (first, first_admin) = spawn_features_with_admin(&topic, &url, &module("features"), &[]);
+    let (second, second_admin) = spawn_features_with_admin(&topic, &url, &module("features"), &[]);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let (owner, idle, idle_admin) = loop {
+        let (a, a_answer) = readiness(&first_admin).await;
+        let (b, b_answer) = readiness(&second_admin).await;
+        match (a, b) {
+            (200, 503) => break (first, second, (second_admin, b_answer)),
+            (503, 200) => break (second, first, (first_admin, a_answer)),
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never one ready and one not: {a} {a_answer} / {b} {b_answer}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let (idle_admin, idle_answer) = idle_admin;
+    assert!(
+        idle_answer["reasons"].to_string().contains("no partitions assigned"),
+        "{idle_answer}"
+    );
+    assert_eq!(idle_answer["assigned_partitions"], 0, "{idle_answer}");
+
+    let (exit, _) = owner.terminate();
+    assert!(exit.success());
+    loop {
+        let (status, answer) = readiness(&idle_admin).await;
+        if status == 200 {
+            assert_eq!(answer["assigned_partitions"], 1, "{answer}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the remaining member never took the partition over: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (exit, _) = idle.terminate();
+    assert!(exit.success());
+}
+
+async fn readiness(addr: &str) -> (u16, serde_json::Value) {
+    let answer = reqwest::get(format!("http://{addr}/health/ready"))
+        .await
+        .expect("GET /health/ready");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.expect("readiness JSON"))
+}
+
+/// A backfill serves metrics and health on its admin listener while it
+/// works (here on a guest that never finishes a call, so that it stays busy).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_serves_metrics_and_health() {
+    let topic = unique("backfill-metrics");
+    setup_topic(&topic);
+    produce(&topic, 200, 0);
+    let (_archive_dir, archive) = local_lake();
+    run_job("backup", &topic, &archive, &[]);
+    let (_output_dir, output) = local_lake();
+    let admin = free_loopback_addr();
+    let module = test_module("loop_forever.wasm");
+    let mut backfill = spawn_sluice(
+        &[
+            "--topic",
+            &topic,
+            "backfill",
+            "--module",
+            &module,
+            "--from",
+            &archive,
+            "--output-url",
+            &output,
+            "--guest-timeout-ms",
+            "200",
+            "--admin-listen",
+            &admin,
+        ],
+        &[],
+    );
+    assert!(
+        backfill.wait_for("admin endpoint listening", Duration::from_secs(60)),
+        "{}",
+        backfill.log()
+    );
+    let (status, _) = readiness(&admin).await;
+    assert_eq!(status, 200, "a backfill has no partitions to wait for");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape(&admin).await;
+        if metric(
+            &text,
+            "sluice_guest_call_duration_seconds_count",
+            &[r#"command="backfill""#],
+        )
+        .is_some_and(|n| n > 0.0)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no guest calls measured: {text}\n{}",
+            backfill.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    backfill.kill();
 }
 
 /// The sum of a metric's samples in Prometheus text whose labels contain
@@ -149,12 +268,11 @@ async fn scrape(addr: &str) -> String {
         .expect("metrics text")
 }
 
-/// A features job serves Prometheus metrics and health on its admin
-/// listener: not ready until the group assigns it partitions, then ready;
-/// the counters move as records arrive, and the lag of every partition
-/// reaches zero once it has caught up.
+/// A features job serves Prometheus metrics and liveness on its admin
+/// listener: the counters move as records arrive, and the lag of every
+/// partition reaches zero once it has caught up.
 #[tokio::test(flavor = "multi_thread")]
-async fn metrics_move_lag_reaches_zero_and_readiness_follows_the_assignment() {
+async fn metrics_move_and_lag_reaches_zero() {
     let topic = unique("metrics");
     setup_topic_with(&topic, 3);
     let (_lake, url) = local_lake();
@@ -162,16 +280,6 @@ async fn metrics_move_lag_reaches_zero_and_readiness_follows_the_assignment() {
     produce_transactions(&topic, &first).await;
 
     let (mut job, admin) = spawn_features_with_admin(&topic, &url, &module("features"), &["--roll-interval-ms", "500"]);
-    // The listener is up before the job joins its group.
-    let ready = reqwest::get(format!("http://{admin}/health/ready"))
-        .await
-        .expect("ready");
-    assert_eq!(ready.status().as_u16(), 503);
-    let answer: serde_json::Value = ready.json().await.expect("JSON");
-    assert!(
-        answer["reasons"].to_string().contains("no partitions assigned"),
-        "{answer}"
-    );
     let live = reqwest::get(format!("http://{admin}/health/live")).await.expect("live");
     assert_eq!(live.status().as_u16(), 200);
 

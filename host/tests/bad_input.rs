@@ -14,7 +14,7 @@ use sluice::registry::Registry;
 async fn malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows() {
     let topic = unique("bad-input");
     setup_topic(&topic);
-    let registry = Registry::new(&env("SLUICE_REGISTRY_URL")).expect("registry");
+    let registry = Registry::new(&env("SLUICE_REGISTRY_URL"), None).expect("registry");
     let subject = sluice::model::value_subject(&topic);
     let id = registry.latest(&subject).await.expect("v1 registered").id;
     let schema = apache_avro::Schema::parse_str(sluice::model::TRANSACTION_SCHEMA).expect("schema");

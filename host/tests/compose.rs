@@ -1,18 +1,20 @@
 //! compose.yaml as a user runs it, checked as far as a machine without
 //! Docker allows: every variable it gives sluice is one sluice reads, every
 //! image is pinned, every service has a health check (one-shots say they
-//! have none), and the producer is not restarted into duplicates.
+//! have none), the producer is not restarted into duplicates, nothing needs
+//! a Compose newer than Debian's (no inline `configs`), every file it mounts
+//! exists, and Prometheus scrapes every sluice service with an admin
+//! listener into a dashboard that names only metrics sluice serves.
 
 use std::collections::BTreeSet;
 
-use clap::CommandFactory;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Every variable sluice reads: each flag's (from the parser itself) and
 /// those no flag names, with `<VAR>_FILE` for each secret.
 fn variables_sluice_reads() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    let mut commands = vec![sluice::cli::Cli::command()];
+    let mut commands = vec![sluice::settings::command()];
     while let Some(command) = commands.pop() {
         for arg in command.get_arguments() {
             if let Some(env) = arg.get_env() {
@@ -74,6 +76,10 @@ fn compose_gives_sluice_only_variables_it_reads_and_pins_and_checks_every_servic
         );
     }
     assert_eq!(sluice_services, 4, "setup, producer, backup, features");
+    assert!(
+        compose["configs"].is_badvalue(),
+        "inline configs need Compose 2; mount files instead"
+    );
     let producer = &compose["services"]["producer"];
     assert_eq!(
         key(producer, "restart").as_str(),
@@ -88,4 +94,89 @@ fn compose_gives_sluice_only_variables_it_reads_and_pins_and_checks_every_servic
             "{job} must wait for setup"
         );
     }
+}
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+fn compose() -> Yaml {
+    let text = std::fs::read_to_string(format!("{ROOT}/compose.yaml")).expect("compose.yaml");
+    YamlLoader::load_from_str(&text)
+        .expect("compose.yaml is YAML")
+        .remove(0)
+}
+
+#[test]
+fn every_mounted_file_exists_and_prometheus_scrapes_what_the_dashboard_shows() {
+    let compose = compose();
+    let services = compose["services"].as_hash().expect("services");
+    let mut listeners = BTreeSet::new();
+    for (name, service) in services {
+        let name = name.as_str().expect("name");
+        for mount in key(service, "volumes").as_vec().into_iter().flatten() {
+            let mount = mount.as_str().expect("a short volume syntax");
+            if let Some(source) = mount.strip_prefix("./") {
+                let source = source.split(':').next().expect("source");
+                let path = format!("{ROOT}/{source}");
+                assert!(
+                    std::path::Path::new(&path).exists(),
+                    "{name} mounts {source}, which is missing"
+                );
+            }
+        }
+        let environment = &key(service, "environment");
+        if let Some(listen) = environment["SLUICE_ADMIN_LISTEN"].as_str()
+            && key(service, "command")[0].as_str() != Some("setup")
+        {
+            let port = listen.rsplit_once(':').expect("host:port").1;
+            listeners.insert(format!("{name}:{port}"));
+        }
+    }
+    let prometheus_yml =
+        std::fs::read_to_string(format!("{ROOT}/deploy/prometheus/prometheus.yml")).expect("prometheus.yml");
+    let prometheus = &YamlLoader::load_from_str(&prometheus_yml).expect("YAML")[0];
+    let scrape = &prometheus["scrape_configs"][0];
+    let targets: BTreeSet<String> = scrape["static_configs"][0]["targets"]
+        .as_vec()
+        .expect("targets")
+        .iter()
+        .map(|t| t.as_str().expect("target").to_string())
+        .collect();
+    assert_eq!(
+        targets, listeners,
+        "Prometheus scrapes every admin listener, and only those"
+    );
+    assert_eq!(
+        scrape["authorization"]["credentials_file"].as_str(),
+        Some("/run/secrets/sluice-admin-token"),
+        "/metrics beyond loopback needs the token"
+    );
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/deploy/grafana/dashboards/sluice.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut shown = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if name.starts_with("sluice_") {
+                    let base = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|suffix| name.strip_suffix(suffix))
+                        .unwrap_or(name);
+                    assert!(
+                        sluice::ops::metrics::NAMES.contains(&base),
+                        "the dashboard's {name} is no metric sluice serves"
+                    );
+                    shown.insert(base.to_string());
+                }
+            }
+        }
+    }
+    let missing: Vec<_> = sluice::ops::metrics::NAMES
+        .iter()
+        .filter(|n| !shown.contains(**n))
+        .collect();
+    assert!(missing.is_empty(), "metrics no panel shows: {missing:?}");
 }

@@ -39,7 +39,7 @@ fn v2_value(user: i32, i: i64) -> Value {
 async fn v1_and_v2_records_flow_through_both_jobs() {
     let topic = unique("evolution");
     setup_topic(&topic);
-    let registry = Registry::new(&env("SLUICE_REGISTRY_URL")).expect("registry");
+    let registry = Registry::new(&env("SLUICE_REGISTRY_URL"), None).expect("registry");
     let subject = sluice::model::value_subject(&topic);
 
     let refused = registry

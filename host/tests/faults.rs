@@ -172,7 +172,11 @@ async fn a_committed_offset_beyond_the_partition_end_is_refused() {
 
     let args = kafka_args(&topic);
     let credentials = args.admin_credentials().expect("admin credentials");
-    let admin: AdminClient<DefaultClientContext> = args.client_config(credentials.as_ref()).create().expect("admin");
+    let admin: AdminClient<DefaultClientContext> = args
+        .client_config(credentials.as_ref())
+        .expect("client config")
+        .create()
+        .expect("admin");
     let deleted = admin
         .delete_topics(&[&topic], &AdminOptions::new())
         .await

@@ -54,3 +54,67 @@ fn logs_are_plain_text_or_json_at_the_level_a_variable_sets() {
         "a filter that does not parse is named, and info used: {bad}"
     );
 }
+
+/// `produce` and `run` log a progress line every `--progress-interval-ms`:
+/// the records so far, the rate since the last line and, for a consumer,
+/// the lag of its partitions, which reaches zero once it has caught up.
+#[test]
+fn produce_and_run_log_progress_lines() {
+    let topic = unique("progress");
+    setup_topic(&topic);
+    let producer = module("producer");
+    let output = sluice(&[
+        "--topic",
+        &topic,
+        "--log-format",
+        "json",
+        "produce",
+        "--module",
+        &producer,
+        "--count",
+        "3000",
+        "--rate",
+        "1000",
+        "--progress-interval-ms",
+        "300",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let progress: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == "progress")
+        .collect();
+    assert!(progress.len() >= 3, "{stderr}");
+    let records: Vec<u64> = progress
+        .iter()
+        .map(|l| l["fields"]["records"].as_u64().expect("records"))
+        .collect();
+    assert!(
+        records.windows(2).all(|w| w[0] <= w[1]) && records[records.len() - 1] <= 3000,
+        "{records:?}"
+    );
+    assert!(
+        progress
+            .iter()
+            .any(|l| l["fields"]["records_per_s"].as_f64().is_some_and(|r| r > 0.0)),
+        "{stderr}"
+    );
+
+    let (_lake, url) = local_lake();
+    let args = features_args(&topic, &url, &module("features"), &["--progress-interval-ms", "300"]);
+    let mut job = spawn_sluice(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(
+        job.wait_for("lag_records=0", std::time::Duration::from_secs(90)),
+        "{}",
+        job.log()
+    );
+    let log = job.log();
+    let caught_up = log
+        .lines()
+        .find(|l| l.contains("progress") && l.contains("lag_records=0"))
+        .expect("the line");
+    assert!(caught_up.contains("records=3000"), "{caught_up}");
+    let (exit, _) = job.terminate();
+    assert!(exit.success());
+}

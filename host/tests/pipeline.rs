@@ -144,7 +144,7 @@ async fn pipeline_end_to_end_on_s3_garage() {
 
 /// Garage ignores `If-None-Match: *` and overwrites, so claims cannot live
 /// there: `--claims-in storage` is refused at start with the reason, and
-/// `auto` keeps them in Redis (README "Delivery guarantees").
+/// `auto` keeps them in Redis (docs/delivery.md, "Delivery guarantees").
 #[tokio::test(flavor = "multi_thread")]
 async fn claims_stay_out_of_a_store_that_overwrites_a_create_only_put() {
     let topic = unique("claims-garage");

@@ -27,7 +27,7 @@ async fn setup_twice_succeeds_and_changes_nothing() {
     );
     assert!(first.contains("acls:"), "{first}");
 
-    let registry = Registry::new(&env("SLUICE_REGISTRY_URL")).expect("registry");
+    let registry = Registry::new(&env("SLUICE_REGISTRY_URL"), None).expect("registry");
     let subject = sluice::model::value_subject(&topic);
     let before = registry.latest(&subject).await.expect("registered");
 
@@ -70,7 +70,11 @@ async fn setup_twice_succeeds_and_changes_nothing() {
     let credentials = args
         .credentials("transactions-backup-job-user", "SLUICE_BACKUP_JOB_PASSWORD")
         .expect("password in dev.env");
-    let consumer: rdkafka::consumer::BaseConsumer = args.client_config(credentials.as_ref()).create().expect("client");
+    let consumer: rdkafka::consumer::BaseConsumer = args
+        .client_config(credentials.as_ref())
+        .expect("client config")
+        .create()
+        .expect("client");
     let metadata =
         rdkafka::consumer::Consumer::fetch_metadata(&consumer, Some(&topic), std::time::Duration::from_secs(10))
             .expect("the backup user can read metadata");

@@ -12,10 +12,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Request as HttpRequest, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -68,39 +66,15 @@ pub(super) async fn serve<W: World>(listener: tokio::net::TcpListener, admin: Ad
     let app = axum::Router::new()
         .route("/module", get(status::<W>).post(swap::<W>))
         .merge(crate::ops::metrics_routes())
-        .layer(axum::middleware::from_fn_with_state(admin.clone(), authorized::<W>))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(admin.token.clone()),
+            crate::ops::authorized,
+        ))
         .merge(crate::ops::health_routes())
         .with_state(admin);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!(error = %e, "admin endpoint stopped");
     }
-}
-
-/// Lets a request through when no token is set or it carries the token.
-async fn authorized<W: World>(State(admin): State<Arc<Admin<W>>>, request: HttpRequest, next: Next) -> Response {
-    let Some(token) = &admin.token else {
-        return next.run(request).await;
-    };
-    let offered = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if offered.is_some_and(|offered| same_secret(offered.as_bytes(), token.expose().as_bytes())) {
-        return next.run(request).await;
-    }
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer")],
-        Json(json!({ "status": "unauthorized", "reason": "this endpoint needs its bearer token" })),
-    )
-        .into_response()
-}
-
-/// Compares in time that depends on the lengths only, not on where the
-/// bytes first differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn status<W: World>(State(admin): State<Arc<Admin<W>>>) -> Json<Value> {

@@ -1,7 +1,7 @@
 //! Claims: the range of each roll, agreed once per (partition, first
 //! offset) before any output of it is written, so that every member that
 //! ever writes an output named by that first offset writes the same records
-//! (see README "Delivery guarantees").
+//! (see docs/delivery.md, "Delivery guarantees").
 //!
 //! A claim is created only if none exists: the first member to claim a
 //! start offset fixes the end; a later one (the next owner after a crash,

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{KafkaArgs, RedisArgs};
 use crate::dlq::DeadLetters;
+use crate::kafka::reachability::Refusal;
 use crate::kafka::starting_offsets::{OnDataLoss, Start};
 use crate::kafka::{Commit, Consumed, Position, Source, producer};
 use crate::redis_conn::RedisConn;
@@ -75,6 +76,8 @@ pub struct RunOptions {
     /// Offsets at which a backfill left this group's state, per partition:
     /// where a partition the group never committed starts.
     pub handoffs: BTreeMap<i32, i64>,
+    /// How often the progress line is logged.
+    pub progress_every: Duration,
 }
 
 /// A micro-batch closes once no record arrived for this long (or at
@@ -191,7 +194,7 @@ impl Consuming {
         redis: Option<RedisConn>,
     ) -> Result<Self> {
         let credentials = kafka.credentials(user, password_var)?;
-        let config = kafka.client_config(credentials.as_ref());
+        let config = kafka.client_config(credentials.as_ref())?;
         let source = Source::subscribe(
             config.clone(),
             &options.group,
@@ -224,9 +227,9 @@ impl Consuming {
         let durable = DurablePath::new(sinks, claims.clone(), dead_letters, commit_requests, finished_tx);
         let durable = tokio::spawn(durable.run(queue));
         crate::ops::health::expect_assignment();
-        if crate::ops::metrics::installed() {
-            crate::ops::lag::spawn(config.clone(), &options.group, &kafka.topic);
-        }
+        // Lag feeds the metrics and the progress line alike.
+        crate::ops::lag::spawn(config.clone(), &options.group, &kafka.topic);
+        crate::ops::progress::spawn("run", options.progress_every);
         tracing::info!(job, topic = %kafka.topic, group = %options.group, "consuming");
         Ok(Self {
             source,
@@ -261,11 +264,21 @@ impl Consuming {
         loop {
             self.check_durable().await?;
             self.serve_commits()?;
-            if let Some(reason) = self.source.login_refused() {
-                return Err(Error::Other(format!(
-                    "the brokers ({}) refused the login of user {}: {reason}. Check the user's password",
-                    self.brokers, self.user
-                )));
+            match self.source.refused() {
+                Some(Refusal::Login(reason)) => {
+                    return Err(Error::Other(format!(
+                        "the brokers ({}) refused the login of user {}: {reason}. Check the user's password",
+                        self.brokers, self.user
+                    )));
+                }
+                Some(Refusal::Certificate(reason)) => {
+                    return Err(Error::Other(format!(
+                        "the brokers' ({}) TLS certificate was not accepted: {reason}. Check --kafka-ca-file \
+                         and that the certificate names the host in --brokers",
+                        self.brokers
+                    )));
+                }
+                None => {}
             }
             if self.options.until_caught_up
                 && let Some(waited) = self.source.unreachable_for()
@@ -362,6 +375,7 @@ impl Consuming {
             .map(|r| r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len))
             .sum();
         metrics::counter!(crate::ops::metrics::RECORDS_IN).increment(micro.len() as u64);
+        crate::ops::progress::add(micro.len() as u64);
         metrics::counter!(crate::ops::metrics::BYTES_IN).increment(bytes as u64);
         if self.source.rebalances() != self.rolling_rebalances {
             self.rolling_rebalances = self.source.rebalances();

@@ -33,6 +33,8 @@ pub struct Produce {
     pub batch: u32,
     pub limits: Limits,
     pub swap: SwapOptions,
+    /// How often the progress line is logged.
+    pub progress_every: std::time::Duration,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,7 +55,7 @@ impl Produce {
         let runtime = Runtime::new(self.limits)?;
         let (mut swap, mut guest) = HotSwap::<GeneratorWorld>::start(runtime, &self.module, &self.swap).await?;
         let credentials = self.kafka.admin_credentials()?;
-        let producer = producer::create(self.kafka.client_config(credentials.as_ref()))?;
+        let producer = producer::create(self.kafka.client_config(credentials.as_ref())?)?;
         let encoder = AvroEncoder::new(self.registry.settings().clone());
         // Writes with the schema this binary was built with (registered under
         // the topic's subject, or found there), not whatever is latest.
@@ -68,6 +70,7 @@ impl Produce {
                 .map_or(0, |d| d.as_millis() as i64)
         });
         let stop = stop_signal();
+        crate::ops::progress::spawn("produce", self.progress_every);
         let started = Instant::now();
         let mut produced = 0u64;
         let mut skipped = 0u64;
@@ -110,7 +113,10 @@ impl Produce {
             }
             for delivery in futures::future::join_all(deliveries).await {
                 match delivery {
-                    Ok(Ok(_)) => metrics::counter!(crate::ops::metrics::RECORDS_OUT, "sink" => "kafka").increment(1),
+                    Ok(Ok(_)) => {
+                        metrics::counter!(crate::ops::metrics::RECORDS_OUT, "sink" => "kafka").increment(1);
+                        crate::ops::progress::add(1);
+                    }
                     Ok(Err((e, _))) => return Err(Error::Producer(e)),
                     Err(_canceled) => return Err(Error::Other("producer closed before delivery".into())),
                 }

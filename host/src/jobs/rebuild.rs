@@ -43,7 +43,7 @@ impl RebuildState {
         let credentials = self.kafka.admin_credentials()?;
         let consumer: BaseConsumer = self
             .kafka
-            .client_config(credentials.as_ref())
+            .client_config(credentials.as_ref())?
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
             .create()?;

@@ -41,7 +41,7 @@ impl Setup {
         let mut lines = Vec::new();
         let credentials = self.kafka.admin_credentials()?;
         let admin: Arc<AdminClient<DefaultClientContext>> =
-            Arc::new(self.kafka.client_config(credentials.as_ref()).create()?);
+            Arc::new(self.kafka.client_config(credentials.as_ref())?.create()?);
 
         let topics = [
             TopicSpec {
@@ -128,7 +128,7 @@ impl Setup {
     }
 
     /// Each job user may read the topic and its own groups' offsets, and
-    /// write dead letters: nothing else (README "Users and ACLs").
+    /// write dead letters: nothing else (docs/operations.md, "Users and ACLs").
     async fn acls(&self, admin: &Arc<AdminClient<DefaultClientContext>>) -> Result<Vec<String>> {
         let (topic, dlq) = (self.kafka.topic.as_str(), self.kafka.dlq_topic.as_str());
         let mut acls = Vec::new();

@@ -136,7 +136,7 @@ fn kafka_status(
     groups: &[(&'static str, String)],
 ) -> Result<(Vec<PartitionEnds>, Vec<GroupStatus>)> {
     let credentials = kafka.admin_credentials()?;
-    let config = kafka.client_config(credentials.as_ref());
+    let config = kafka.client_config(credentials.as_ref())?;
     let consumer: BaseConsumer = config.create().map_err(kafka_error("creating a client"))?;
     let metadata = consumer
         .fetch_metadata(Some(&kafka.topic), TIMEOUT)

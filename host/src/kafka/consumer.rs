@@ -636,9 +636,9 @@ impl Source {
         Ok(())
     }
 
-    /// Why the brokers refused this member's login, once they did.
-    pub fn login_refused(&self) -> Option<String> {
-        self.context.reachability.login_refused()
+    /// Why the brokers refused this member for good, once they did.
+    pub fn refused(&self) -> Option<crate::kafka::reachability::Refusal> {
+        self.context.reachability.refused()
     }
 
     /// How long no broker has answered, while none does.

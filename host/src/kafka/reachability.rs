@@ -26,8 +26,18 @@ struct State {
     logged_at: Option<Instant>,
     /// Errors since the last line logged.
     unlogged: u64,
-    /// The brokers refused the login: why.
-    login_refused: Option<String>,
+    /// The brokers refused the connection for good: how and why.
+    refused: Option<Refusal>,
+}
+
+/// A refusal that retrying does not heal: the job stops and says which.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// A wrong user or password.
+    Login(String),
+    /// A broker certificate that the configured authorities did not sign,
+    /// or that does not name the host.
+    Certificate(String),
 }
 
 /// librdkafka's transport errors: the ones that mean no broker answers.
@@ -35,7 +45,7 @@ fn is_transport(error: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as Code;
     matches!(
         error.rdkafka_error_code(),
-        Some(Code::AllBrokersDown | Code::BrokerTransportFailure | Code::Resolve)
+        Some(Code::AllBrokersDown | Code::BrokerTransportFailure | Code::Resolve | Code::SSL)
     )
 }
 
@@ -46,9 +56,17 @@ impl Reachability {
 
     /// An error event of the client.
     pub fn error(&self, error: &KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Authentication) {
-            // A wrong password does not heal by retrying: the job stops.
-            self.state().login_refused.get_or_insert_with(|| reason.to_string());
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let refusal = match error.rdkafka_error_code() {
+            Some(Code::Authentication) => Some(Refusal::Login(reason.to_string())),
+            // Other TLS failures (a broker restarting mid-handshake) heal.
+            Some(Code::SSL) if reason.contains("certificate verify failed") => {
+                Some(Refusal::Certificate(reason.to_string()))
+            }
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            self.state().refused.get_or_insert(refusal);
             crate::ops::health::unreachable("kafka", reason.to_string());
             return;
         }
@@ -93,9 +111,9 @@ impl Reachability {
         }
     }
 
-    /// Why the brokers refused the login, once they did.
-    pub fn login_refused(&self) -> Option<String> {
-        self.state().login_refused.clone()
+    /// Why the brokers refused this client for good, once they did.
+    pub fn refused(&self) -> Option<Refusal> {
+        self.state().refused.clone()
     }
 
     /// How long the brokers have not answered, if they do not now.

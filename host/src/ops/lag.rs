@@ -72,6 +72,7 @@ fn measure(consumer: &BaseConsumer, topic: &str) -> rdkafka::error::KafkaResult<
             .max(low);
         behind.insert(*partition, (from, (high - from).max(0)));
     }
+    super::progress::set_lag(behind.values().map(|(_, records)| records).sum());
     let ages = oldest_ages(consumer, topic, &behind)?;
     for partition in partitions {
         let (_, records) = behind[&partition];

@@ -28,6 +28,29 @@ pub const REBALANCES: &str = "sluice_rebalances_total";
 pub const ASSIGNED_PARTITIONS: &str = "sluice_assigned_partitions";
 pub const COMMITS: &str = "sluice_commits_total";
 
+/// Every metric's name (the dashboard in deploy/ uses no other).
+pub const NAMES: &[&str] = &[
+    RECORDS_IN,
+    BYTES_IN,
+    RECORDS_OUT,
+    DEAD_LETTERS,
+    LAG_RECORDS,
+    LAG_SECONDS,
+    BATCH_SECONDS,
+    GUEST_CALL_SECONDS,
+    OBJECTS,
+    OBJECT_BYTES,
+    CHECKPOINTS,
+    CHECKPOINT_BYTES,
+    REDIS_WRITES,
+    REDIS_FENCED,
+    SWAPS,
+    SWAP_REFUSALS,
+    REBALANCES,
+    ASSIGNED_PARTITIONS,
+    COMMITS,
+];
+
 /// Histogram buckets, in seconds: from a fast micro-batch to a slow roll.
 const SECONDS_BUCKETS: &[f64] = &[
     0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -69,11 +92,6 @@ pub fn install(command: &str) -> &'static PrometheusHandle {
         describe();
         handle
     })
-}
-
-/// True once `install` ran: the command serves metrics.
-pub fn installed() -> bool {
-    HANDLE.get().is_some()
 }
 
 /// The exposition text of every metric, or nothing before `install`.

@@ -36,20 +36,35 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(url: &str) -> Result<Self> {
+    /// A registry at `url`; an https registry's certificate is checked
+    /// against the certificate authorities in `ca_file`, or the system's.
+    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self> {
         let url = url.trim_end_matches('/').to_string();
+        let failed = |message: String| Error::Registry {
+            url: redact_url(&url),
+            message,
+        };
+        let mut roots = Vec::new();
+        if let Some(path) = ca_file {
+            let unreadable = |e: String| failed(format!("--registry-ca-file {}: {e}", path.display()));
+            let pem = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+            roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| unreadable(e.to_string()))?;
+        }
+        // Two clients, the converter's and ours, with the same roots.
+        let http = || {
+            roots.iter().fold(reqwest::Client::builder(), |builder, root| {
+                builder.add_root_certificate(root.clone())
+            })
+        };
         let settings = SrSettings::new_builder(url.clone())
             .set_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| Error::Registry {
-                url: redact_url(&url),
-                message: scrub(&describe(&e), &url),
-            })?;
+            .build_with(http())
+            .map_err(|e| failed(scrub(&describe(&e), &url)))?;
         Ok(Self {
             shown: redact_url(&url),
-            url,
             settings,
-            http: reqwest::Client::new(),
+            http: http().build().map_err(|e| failed(e.to_string()))?,
+            url,
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 
-/// Per-call and per-store limits of a guest (README "Guest limits").
+/// Per-call and per-store limits of a guest (docs/guests.md, "Limits").
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Wall-clock budget of one batch call, counted in epochs: a guest that

@@ -101,6 +101,10 @@ pub fn kafka_args(topic: &str) -> KafkaArgs {
     KafkaArgs {
         brokers: env("SLUICE_BROKERS"),
         security_protocol: sluice::config::SecurityProtocol::SaslPlaintext,
+        kafka_ca_file: None,
+        kafka_cert_file: None,
+        kafka_key_file: None,
+        kafka_verify_hostname: true,
         kafka_user: None,
         sasl_mechanism: "SCRAM-SHA-512".into(),
         topic: topic.into(),
@@ -123,7 +127,7 @@ pub struct Record {
 pub fn read_topic(topic: &str) -> Vec<Record> {
     let args = kafka_args(topic);
     let credentials = args.admin_credentials().expect("admin credentials");
-    let mut config = args.client_config(credentials.as_ref());
+    let mut config = args.client_config(credentials.as_ref()).expect("client config");
     config
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false");
@@ -192,7 +196,8 @@ pub fn storage_args(url: &str) -> StorageArgs {
         output_url: url.into(),
         s3_endpoint: std::env::var("SLUICE_S3_ENDPOINT").ok(),
         s3_path_style: true,
-        s3_region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+        s3_region: None,
+        s3_ca_file: None,
     }
 }
 
@@ -277,6 +282,7 @@ pub async fn produce_raw_with(topic: &str, records: &[(String, Vec<u8>)], partit
     let credentials = args.admin_credentials().expect("admin credentials");
     let producer: FutureProducer = args
         .client_config(credentials.as_ref())
+        .expect("client config")
         .set("partitioner", partitioner)
         .set("queue.buffering.max.messages", "1000000")
         .create()
@@ -400,7 +406,7 @@ pub fn local_lake() -> (tempfile::TempDir, String) {
 
 /// The id of the latest value schema registered for `topic`.
 pub async fn registered_id(topic: &str) -> u32 {
-    let registry = sluice::registry::Registry::new(&env("SLUICE_REGISTRY_URL")).expect("registry");
+    let registry = sluice::registry::Registry::new(&env("SLUICE_REGISTRY_URL"), None).expect("registry");
     registry
         .latest(&sluice::model::value_subject(topic))
         .await
@@ -565,7 +571,7 @@ pub fn job_args(job: &str, topic: &str, group: &str, output_url: &str) -> Vec<St
 pub fn group_lag(topic: &str, group: &str) -> Vec<(i32, i64, i64)> {
     let args = kafka_args(topic);
     let credentials = args.admin_credentials().expect("admin credentials");
-    let mut config = args.client_config(credentials.as_ref());
+    let mut config = args.client_config(credentials.as_ref()).expect("client config");
     config.set("group.id", group);
     let consumer: BaseConsumer = config.create().expect("consumer");
     let metadata = consumer
@@ -634,7 +640,11 @@ pub async fn delete_records_below(topic: &str, partition: i32, offset: i64) {
 
     let args = kafka_args(topic);
     let credentials = args.admin_credentials().expect("admin credentials");
-    let admin: AdminClient<DefaultClientContext> = args.client_config(credentials.as_ref()).create().expect("admin");
+    let admin: AdminClient<DefaultClientContext> = args
+        .client_config(credentials.as_ref())
+        .expect("client config")
+        .create()
+        .expect("admin");
     let mut cut = TopicPartitionList::new();
     cut.add_partition_offset(topic, partition, Offset::Offset(offset))
         .expect("offset");

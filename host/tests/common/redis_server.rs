@@ -2,6 +2,7 @@
 //! shared one, for tests that pause, flush or restart Redis without
 //! disturbing the tests that run beside them.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,12 +13,25 @@ pub struct RedisServer {
     /// Append-only file with an fsync per write: nothing acknowledged is
     /// lost by a crash.
     persistent: bool,
+    /// TLS only, with the certificates in this directory (`ca.pem`,
+    /// `server.pem`, `server.key`).
+    tls: Option<PathBuf>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` on a free loopback port and waits until it
     /// answers PING.
     pub fn start(persistent: bool) -> Self {
+        Self::start_with(persistent, None)
+    }
+
+    /// A server that speaks TLS only, with the certificate and authority in
+    /// `tls_dir`; clients check it against `ca.pem`.
+    pub fn start_tls(tls_dir: &Path) -> Self {
+        Self::start_with(false, Some(tls_dir.to_path_buf()))
+    }
+
+    fn start_with(persistent: bool, tls: Option<PathBuf>) -> Self {
         let port = super::free_loopback_addr()
             .rsplit(':')
             .next()
@@ -28,19 +42,47 @@ impl RedisServer {
             port,
             dir: tempfile::tempdir().expect("tempdir"),
             persistent,
+            tls,
         };
         server.spawn();
         server
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A client of this server (checking its certificate, if TLS).
+    pub fn client(&self) -> redis::Client {
+        match &self.tls {
+            None => redis::Client::open(self.url()).expect("url"),
+            Some(dir) => {
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(dir.join("ca.pem")).expect("ca.pem")),
+                };
+                redis::Client::build_with_tls(self.url(), certificates).expect("TLS client")
+            }
+        }
     }
 
     fn spawn(&mut self) {
         let mut command = Command::new("redis-server");
+        let port = self.port.to_string();
+        command.args(["--bind", "127.0.0.1", "--save", ""]);
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(dir) => command
+                .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.pem")),
+        };
         command
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", ""])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -56,7 +98,7 @@ impl RedisServer {
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let client = redis::Client::open(self.url()).expect("url");
+        let client = self.client();
         loop {
             let ping = client
                 .get_connection_with_timeout(Duration::from_millis(500))
@@ -85,18 +127,13 @@ impl RedisServer {
     }
 
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis")
+        self.client().get_multiplexed_async_connection().await.expect("redis")
     }
 
     /// Runs one command on a connection of its own (`CLIENT PAUSE`,
     /// `FLUSHALL`).
     pub fn command(&self, args: &[&str]) {
-        let client = redis::Client::open(self.url()).expect("url");
-        let mut connection = client.get_connection().expect("connection");
+        let mut connection = self.client().get_connection().expect("connection");
         let mut cmd = redis::cmd(args[0]);
         for arg in &args[1..] {
             cmd.arg(*arg);

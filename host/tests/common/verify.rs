@@ -313,3 +313,16 @@ pub async fn assert_redis_holds_the_last_counts(topic: &str, rows: &[FeatureRow]
         assert_eq!(stored, Some(count), "user {user}");
     }
 }
+
+/// How many records of each user the archive at `url` holds: what the
+/// features job must count, for a topic the tests cannot read directly.
+pub async fn archived_counts(url: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let storage = storage_args(url).open().expect("storage");
+    let mut counts = BTreeMap::new();
+    for (_, batch) in read_dataset(&storage, topic).await {
+        for user in column::<Int32Type>(&batch, "user_id").values() {
+            *counts.entry(*user).or_default() += 1;
+        }
+    }
+    counts
+}

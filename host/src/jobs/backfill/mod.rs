@@ -102,6 +102,8 @@ pub struct Backfill {
     pub restart: bool,
     /// Limits of the guest sandbox.
     pub limits: Limits,
+    /// How often the progress line is logged without a terminal.
+    pub progress_every: std::time::Duration,
 }
 
 /// What a run did, printed as JSON at the end.
@@ -219,7 +221,7 @@ impl Backfill {
             .map(|o| o.lineage.partitions)
             .max()
             .unwrap_or_default();
-        let (progress, _reporter) = Progress::start(total, already_done);
+        let (progress, _reporter) = Progress::start(total, already_done, self.progress_every);
         let context = Arc::new(Context {
             module,
             archive: self.archive.clone(),

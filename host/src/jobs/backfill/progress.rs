@@ -9,17 +9,6 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
-/// How often the log line is written without a terminal, unless
-/// `SLUICE_PROGRESS_INTERVAL_MS` says otherwise.
-const LOG_EVERY: Duration = Duration::from_secs(5);
-
-fn log_interval() -> Duration {
-    std::env::var("SLUICE_PROGRESS_INTERVAL_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-        .map_or(LOG_EVERY, |ms: u64| Duration::from_millis(ms.max(1)))
-}
-
 /// Counts archive rows done across partition workers and shows them.
 #[derive(Clone)]
 pub struct Progress {
@@ -34,8 +23,8 @@ pub struct Reporter {
 
 impl Progress {
     /// Shows progress through `total` archive rows, `already` of which an
-    /// earlier run finished.
-    pub fn start(total: u64, already: u64) -> (Self, Reporter) {
+    /// earlier run finished; without a terminal, a line every `every`.
+    pub fn start(total: u64, already: u64, every: Duration) -> (Self, Reporter) {
         let done = Arc::new(AtomicU64::new(already));
         let (stop, mut stopped) = watch::channel(());
         let bar = std::io::stderr().is_terminal().then(|| {
@@ -51,7 +40,6 @@ impl Progress {
         });
         if bar.is_none() {
             let done = done.clone();
-            let every = log_interval();
             tokio::spawn(async move {
                 let started = Instant::now();
                 loop {
@@ -77,6 +65,7 @@ impl Progress {
 
     pub fn add(&self, rows: u64) {
         self.done.fetch_add(rows, Ordering::Relaxed);
+        metrics::counter!(crate::ops::metrics::RECORDS_IN).increment(rows);
         if let Some(bar) = &self.bar {
             bar.inc(rows);
         }
