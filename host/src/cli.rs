@@ -548,7 +548,8 @@ pub async fn run(cli: Cli, layers: &crate::settings::Layers) -> anyhow::Result<(
         }
         Command::Config { reference } => {
             if reference {
-                print!("{}", crate::settings::reference(&layers.command));
+                // The built-in defaults, not what the environment makes of them.
+                print!("{}", crate::settings::reference(&crate::settings::command()));
             } else {
                 print!("{}", layers.effective());
             }

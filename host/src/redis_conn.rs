@@ -219,8 +219,12 @@ impl<'a> Waiting<'a> {
 
 /// Timeouts, lost connections, refused connections and the server's own
 /// "not now" answers (LOADING, BUSY, TRYAGAIN, READONLY after a failover)
-/// pass; a wrong command, a script error or a refused login do not.
+/// pass; a wrong command, a script error, a refused login or a certificate
+/// the configured authorities did not sign (rustls's words) do not.
 fn retryable(error: &RedisError) -> bool {
+    if error.to_string().contains("invalid peer certificate") {
+        return false;
+    }
     if error.is_timeout() || error.is_connection_dropped() || error.is_connection_refusal() || error.is_io_error() {
         return true;
     }

@@ -401,9 +401,12 @@ impl Layers {
     /// `sluice config`: every command's settings as TOML, each with where
     /// its value came from; the secrets only say whether they are set.
     pub fn effective(&self) -> String {
-        let file = self.file.as_ref().map_or("no configuration file".to_string(), |p| {
-            format!("the file {}", p.display())
-        });
+        let file = self
+            .file
+            .as_ref()
+            .map_or("the configuration file (none given)".to_string(), |p| {
+                format!("the file {}", p.display())
+            });
         let mut out = format!(
             "# The effective configuration: flags, then SLUICE_* variables, then {file},\n\
              # then the defaults. Secrets and the passwords of URLs are redacted.\n\n"

@@ -26,7 +26,12 @@ pub fn spawn(mut config: ClientConfig, group: &str, topic: &str) {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // It reads one record a lagging partition: no prefetch of megabytes
+        // (librdkafka's defaults queue up to 64 MiB) beside the job's own.
+        .set("queued.min.messages", "1")
+        .set("queued.max.messages.kbytes", "64")
+        .set("fetch.message.max.bytes", "65536");
     let topic = topic.to_string();
     let spawned = std::thread::Builder::new().name("sluice-lag".into()).spawn(move || {
         let consumer: BaseConsumer = match config.create() {
