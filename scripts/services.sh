@@ -194,6 +194,7 @@ ensure_kafka_db() {
         log "nisshi: fresh .sluice/ state: dropping the old database $KAFKA_DB (its records reference schema ids of a registry that no longer exists)"
         dropdb --if-exists "$KAFKA_DB" ||
             die "cannot drop database $KAFKA_DB; is another broker using it? (psql -c 'SELECT * FROM pg_stat_activity')"
+        rm -f "$(users_marker nisshi)"
         clear_feature_keys
         log "nisshi: deleting data/ (the demo's lake and checkpoints describe the old records)"
         rm -rf "$ROOT/data"
@@ -201,6 +202,7 @@ ensure_kafka_db() {
     if ! kafka_db_exists; then
         log "nisshi: creating database $KAFKA_DB"
         createdb "$KAFKA_DB" || die "createdb $KAFKA_DB failed"
+        rm -f "$(users_marker nisshi)"
     fi
     touch "$KAFKA_DB_MARKER"
 }
@@ -258,6 +260,9 @@ start_nisshi() {
         kafka_ready_since "$logfile" "$from" "$port"
 }
 
+# Written once a broker's database holds the admin's SCRAM user.
+users_marker() { printf '%s/%s-users.created' "$STATE_DIR" "$1"; }
+
 # ensure_broker SERVICE PORT DATABASE [BROKER OPTIONS...]: a broker with
 # SCRAM authentication and the admin user, on a database that exists.
 ensure_broker() {
@@ -278,18 +283,27 @@ ensure_broker() {
     command -v nisshi >/dev/null || die "nisshi not found in PATH; run 'make tools'"
 
     # SCRAM users can only be created while the broker runs without
-    # authentication (nor TLS); `user create` is an upsert, so this is safe
-    # every time.
-    log "$service: bootstrapping SCRAM user $SLUICE_ADMIN_USER (log $bootlog)"
-    start_nisshi "$service-bootstrap" "$bootlog" "$port" "$db"
-    nisshi user create --broker "$url" "$SLUICE_ADMIN_USER" "$SLUICE_ADMIN_PASSWORD" >>"$bootlog" 2>&1 ||
-        { stop "$service-bootstrap" nisshi; die "nisshi user create failed; see $bootlog"; }
-    stop "$service-bootstrap" nisshi
-    local deadline=$((SECONDS + TIMEOUT))
-    while port_open "$port"; do
-        ((SECONDS < deadline)) || die "port $port still open after stopping the bootstrap broker"
-        sleep 0.2
-    done
+    # authentication (nor TLS), and they live in the database: once per
+    # database. A restart (the outage test's) must not bring the broker up
+    # without authentication, even briefly: clients would take that for a
+    # refused login.
+    local users_marker
+    users_marker=$(users_marker "$service")
+    if [[ -f $users_marker ]]; then
+        log "$service: SCRAM user $SLUICE_ADMIN_USER exists in database $db"
+    else
+        log "$service: bootstrapping SCRAM user $SLUICE_ADMIN_USER (log $bootlog)"
+        start_nisshi "$service-bootstrap" "$bootlog" "$port" "$db"
+        nisshi user create --broker "$url" "$SLUICE_ADMIN_USER" "$SLUICE_ADMIN_PASSWORD" >>"$bootlog" 2>&1 ||
+            { stop "$service-bootstrap" nisshi; die "nisshi user create failed; see $bootlog"; }
+        stop "$service-bootstrap" nisshi
+        local deadline=$((SECONDS + TIMEOUT))
+        while port_open "$port"; do
+            ((SECONDS < deadline)) || die "port $port still open after stopping the bootstrap broker"
+            sleep 0.2
+        done
+        touch "$users_marker"
+    fi
 
     log "$service: starting with --authentication $* (log $logfile)"
     start_nisshi "$service" "$logfile" "$port" "$db" --authentication "$@"
@@ -326,6 +340,7 @@ ensure_nisshi_tls() {
     if ! service_pid nisshi-tls nisshi >/dev/null; then
         dropdb --if-exists "$KAFKA_TLS_DB" || die "cannot drop database $KAFKA_TLS_DB"
         createdb "$KAFKA_TLS_DB" || die "createdb $KAFKA_TLS_DB failed"
+        rm -f "$(users_marker nisshi-tls)"
     fi
     ensure_broker nisshi-tls "$KAFKA_TLS_PORT" "$KAFKA_TLS_DB" --cert "$TLS_DIR/server.pem" --key "$TLS_DIR/server.key"
 }
