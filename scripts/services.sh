@@ -44,6 +44,8 @@ KAFKA_URL=tcp://127.0.0.1:$KAFKA_PORT
 KAFKA_TLS_DB=sluice_kafka_tls
 KAFKA_TLS_PORT=9093
 TLS_DIR=$STATE_DIR/tls
+# start-broker: keep the admin user made earlier in the same database.
+REUSE_USERS=0
 REGISTRY_PORT=8081
 REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT
 REDIS_PORT=6379
@@ -283,13 +285,15 @@ ensure_broker() {
     command -v nisshi >/dev/null || die "nisshi not found in PATH; run 'make tools'"
 
     # SCRAM users can only be created while the broker runs without
-    # authentication (nor TLS), and they live in the database: once per
-    # database. A restart (the outage test's) must not bring the broker up
-    # without authentication, even briefly: clients would take that for a
-    # refused login.
+    # authentication (nor TLS); `user create` is an upsert. A restart under
+    # running clients (`start-broker`, the outage test's) must not bring the
+    # broker up without authentication, even briefly: they would take that
+    # for a refused login. So it skips this once the user was made in this
+    # database; `up` makes it again (another checkout may have dropped the
+    # database since).
     local users_marker
     users_marker=$(users_marker "$service")
-    if [[ -f $users_marker ]]; then
+    if ((REUSE_USERS)) && [[ -f $users_marker ]]; then
         log "$service: SCRAM user $SLUICE_ADMIN_USER exists in database $db"
     else
         log "$service: bootstrapping SCRAM user $SLUICE_ADMIN_USER (log $bootlog)"
@@ -534,7 +538,10 @@ status) cmd_status "${2:-}" ;;
 reset) cmd_reset ;;
 # For the broker-outage test: take the Kafka API away and bring it back.
 stop-broker) stop nisshi nisshi ;;
-start-broker) ensure_nisshi ;;
+start-broker)
+    REUSE_USERS=1
+    ensure_nisshi
+    ;;
 *)
     echo "usage: $0 up [--no-s3]|down|status [--no-s3]|reset|stop-broker|start-broker" >&2
     exit 2

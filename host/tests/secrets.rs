@@ -211,3 +211,86 @@ fn a_wrong_password_or_absent_brokers_fail_the_job_soon_and_say_why() {
     let reports = shown.matches("kafka unreachable").count() + shown.matches("kafka still unreachable").count();
     assert!((1..=3).contains(&reports), "{reports} reports: {shown}");
 }
+
+/// A whole run, at the debug level: setup, produce, both jobs, `sluice
+/// config` and `sluice status` print none of the passwords, in their logs
+/// or their reports.
+#[test]
+fn a_full_run_prints_no_password() {
+    let topic = unique("secrets-run");
+    let dlq = format!("{topic}-dlq");
+    let (_lake, url) = local_lake();
+    let (producer, backup, features) = (module("producer"), module("backup"), module("features"));
+    let prefix = format!("sluice:test:{topic}");
+    let debug = [("SLUICE_LOG", "debug")];
+    let common = ["--topic", topic.as_str(), "--dlq-topic", dlq.as_str()];
+    let (backup_group, features_group) = (format!("{topic}-backup"), format!("{topic}-features"));
+    let groups = [
+        "--backup-group",
+        backup_group.as_str(),
+        "--features-group",
+        features_group.as_str(),
+    ];
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["setup", "--partitions", "2"],
+        vec!["produce", "--module", &producer, "--count", "500"],
+        vec![
+            "run",
+            "--job",
+            "backup",
+            "--module",
+            &backup,
+            "--group",
+            &backup_group,
+            "--until-caught-up",
+            "--output-url",
+            &url,
+        ],
+        vec![
+            "run",
+            "--job",
+            "features",
+            "--module",
+            &features,
+            "--group",
+            &features_group,
+            "--until-caught-up",
+            "--output-url",
+            &url,
+            "--redis-prefix",
+            &prefix,
+        ],
+        vec!["config"],
+        [
+            &["status", "--output-url", &url, "--redis-prefix", &prefix][..],
+            &groups,
+        ]
+        .concat(),
+        [
+            &["status", "--json", "--output-url", &url, "--redis-prefix", &prefix][..],
+            &groups,
+        ]
+        .concat(),
+    ];
+    let passwords: Vec<String> = [
+        "SLUICE_ADMIN_PASSWORD",
+        "SLUICE_BACKUP_JOB_PASSWORD",
+        "SLUICE_FEATURES_JOB_PASSWORD",
+    ]
+    .iter()
+    .map(|var| env(var))
+    .collect();
+    for command in commands {
+        let args = [&common[..], &command[..]].concat();
+        let output = sluice_env(&args, &debug, &[]);
+        let shown = printed(&output);
+        assert!(output.status.success(), "{command:?}: {shown}");
+        assert!(!shown.trim().is_empty(), "{command:?} printed nothing");
+        for password in &passwords {
+            assert!(
+                !shown.contains(password.as_str()),
+                "{command:?} printed a password: {shown}"
+            );
+        }
+    }
+}
