@@ -17,18 +17,23 @@ fn printed(output: &Output) -> String {
     )
 }
 
-#[test]
-fn passwords_come_from_a_variable_or_a_file_and_are_never_printed() {
-    let topic = unique("secrets");
-    let dlq = format!("{topic}-dlq");
-    let passwords: Vec<String> = [
+/// The development passwords of dev.env, which no output may show.
+fn dev_passwords() -> Vec<String> {
+    [
         "SLUICE_ADMIN_PASSWORD",
         "SLUICE_BACKUP_JOB_PASSWORD",
         "SLUICE_FEATURES_JOB_PASSWORD",
     ]
     .iter()
     .map(|var| env(var))
-    .collect();
+    .collect()
+}
+
+#[test]
+fn passwords_come_from_a_variable_or_a_file_and_are_never_printed() {
+    let topic = unique("secrets");
+    let dlq = format!("{topic}-dlq");
+    let passwords = dev_passwords();
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("admin-password");
     std::fs::write(&file, format!("{}\n", passwords[0])).expect("write");
@@ -272,14 +277,7 @@ fn a_full_run_prints_no_password() {
         ]
         .concat(),
     ];
-    let passwords: Vec<String> = [
-        "SLUICE_ADMIN_PASSWORD",
-        "SLUICE_BACKUP_JOB_PASSWORD",
-        "SLUICE_FEATURES_JOB_PASSWORD",
-    ]
-    .iter()
-    .map(|var| env(var))
-    .collect();
+    let passwords = dev_passwords();
     for command in commands {
         let args = [&common[..], &command[..]].concat();
         let output = sluice_env(&args, &debug, &[]);
