@@ -170,19 +170,15 @@ fn file_values(figment: &Figment, path: Option<&Path>) -> Result<BTreeMap<String
     })
 }
 
-/// The flags of a command, with the global ones of the root.
-fn flags_of<'a>(root: &'a Command, command: &'a Command) -> impl Iterator<Item = &'a Arg> {
-    let globals = root.get_arguments().filter(|a| a.is_global_set());
-    let own = command.get_arguments();
-    let both: Vec<&Arg> = if std::ptr::eq(root, command) {
-        own.collect()
-    } else {
-        globals.chain(own).collect()
-    };
-    both.into_iter().filter(|a| {
-        a.get_long()
-            .is_some_and(|l| l != "help" && l != "version" && l != "config")
-    })
+/// The long name of a flag that is a setting: not `--help`, `--version`,
+/// nor `--config` (which names the file the settings come from).
+fn setting_name(arg: &Arg) -> Option<&str> {
+    arg.get_long().filter(|l| !matches!(*l, "help" | "version" | "config"))
+}
+
+/// The settings a command defines itself; the root's are the global ones.
+fn own_flags(command: &Command) -> impl Iterator<Item = &Arg> {
+    command.get_arguments().filter(|a| setting_name(a).is_some())
 }
 
 /// Every command of the tree: the root, then each subcommand.
@@ -193,18 +189,10 @@ fn commands(root: &Command) -> impl Iterator<Item = &Command> {
 /// Refuses a file key that no command knows.
 fn check_keys(root: &Command, values: &BTreeMap<String, Value>, path: Option<&Path>) -> Result<(), Error> {
     let Some(path) = path else { return Ok(()) };
-    let keys_of = |command: &Command| -> BTreeSet<String> {
-        flags_of(root, command)
-            .map(|a| key_of(a.get_long().expect("long")))
-            .collect()
+    let keys_of = |flags: &mut dyn Iterator<Item = &Arg>| -> BTreeSet<String> {
+        flags.filter_map(setting_name).map(key_of).collect()
     };
-    let every_key: BTreeSet<String> = commands(root).flat_map(keys_of).collect();
-    let own_keys_of = |command: &Command| -> BTreeSet<String> {
-        flags_of(root, command)
-            .filter(|a| !a.is_global_set())
-            .map(|a| key_of(a.get_long().expect("long")))
-            .collect()
-    };
+    let every_key = keys_of(&mut commands(root).flat_map(own_flags));
     let secrets: BTreeSet<String> = SECRETS.iter().map(|(var, _)| secret_key(var)).collect();
     let unknown = |key: String, hint: String| Error::UnknownKey {
         path: path.display().to_string(),
@@ -216,7 +204,7 @@ fn check_keys(root: &Command, values: &BTreeMap<String, Value>, path: Option<&Pa
             let Value::Dict(_, table) = value else {
                 return Err(unknown(key.clone(), format!(" ([{key}] must be a table)")));
             };
-            let known = own_keys_of(command);
+            let known = keys_of(&mut own_flags(command));
             if let Some(key) = table.keys().find(|k| !known.contains(*k)) {
                 return Err(unknown(
                     format!("{}.{key}", command.get_name()),
@@ -238,24 +226,16 @@ pub fn command() -> Command {
     with_variables(Cli::command())
 }
 
-/// Gives every flag the variable of the scheme.
+/// Gives every flag the variable of the scheme (`--config` has its own).
 fn with_variables(root: Command) -> Command {
-    let root = root.mut_args(|arg| match arg.get_long() {
-        Some(long) if !matches!(long, "help" | "version") => {
-            let variable = variable_of(long);
-            arg.env(variable)
+    fn with_variable(arg: Arg) -> Arg {
+        match setting_name(&arg).map(variable_of) {
+            Some(variable) => arg.env(variable),
+            None => arg,
         }
-        _ => arg,
-    });
-    root.mut_subcommands(|command| {
-        command.mut_args(|arg| match arg.get_long() {
-            Some(long) if long != "help" => {
-                let variable = variable_of(long);
-                arg.env(variable)
-            }
-            _ => arg,
-        })
-    })
+    }
+    root.mut_args(with_variable)
+        .mut_subcommands(|command| command.mut_args(with_variable))
 }
 
 /// The value of a flag's key in the file and variables for `command`
@@ -310,7 +290,7 @@ fn as_text(value: &Value) -> Option<String> {
 /// Sets each flag's default to what the file and variables give.
 fn with_defaults(root: Command, figment: &Figment) -> Command {
     let set = |arg: Arg, command: Option<&str>| -> Arg {
-        let Some(long) = arg.get_long().filter(|l| !matches!(*l, "help" | "version" | "config")) else {
+        let Some(long) = setting_name(&arg) else {
             return arg;
         };
         match layered(figment, command, &key_of(long)) {
@@ -348,15 +328,7 @@ impl Layers {
             Some(name) => root.find_subcommand(name).expect("a command of the tree"),
             None => root,
         };
-        let flags: Vec<&Arg> = match command {
-            None => flags_of(root, root).filter(|a| a.is_global_set()).collect(),
-            Some(_) => target
-                .get_arguments()
-                .filter(|a| a.get_long().is_some_and(|l| l != "help"))
-                .collect(),
-        };
-        flags
-            .into_iter()
+        own_flags(target)
             .map(|arg| {
                 let long = arg.get_long().expect("long");
                 let key = key_of(long);
@@ -391,7 +363,7 @@ impl Layers {
     pub fn command_names(&self) -> Vec<String> {
         self.command
             .get_subcommands()
-            .filter(|c| c.get_arguments().any(|a| a.get_long().is_some_and(|l| l != "help")))
+            .filter(|c| own_flags(c).next().is_some())
             .map(|c| c.get_name().to_string())
             .collect()
     }
@@ -515,15 +487,9 @@ pub fn reference(root: &Command) -> String {
             ));
         }
     };
-    table(
-        "Every command".into(),
-        flags_of(root, root).filter(|a| a.is_global_set()).collect(),
-    );
+    table("Every command".into(), own_flags(root).collect());
     for command in root.get_subcommands() {
-        let flags: Vec<&Arg> = command
-            .get_arguments()
-            .filter(|a| a.get_long().is_some_and(|l| l != "help"))
-            .collect();
+        let flags: Vec<&Arg> = own_flags(command).collect();
         if !flags.is_empty() {
             table(format!("`sluice {}`", command.get_name()), flags);
         }
@@ -564,7 +530,7 @@ mod tests {
     fn every_flag_has_the_variable_and_key_of_the_scheme() {
         let root = with_variables(Cli::command());
         for command in commands(&root) {
-            for arg in flags_of(&root, command) {
+            for arg in own_flags(command) {
                 let long = arg.get_long().expect("long");
                 assert_eq!(
                     arg.get_env().map(|e| e.to_string_lossy().into_owned()),

@@ -61,20 +61,10 @@ impl<W: World> Admin<W> {
 }
 
 pub(super) async fn serve<W: World>(listener: tokio::net::TcpListener, admin: Admin<W>) {
-    let admin = Arc::new(admin);
-    // The token guards the module and the metrics; probes call health bare.
-    let app = axum::Router::new()
-        .route("/module", get(status::<W>).post(swap::<W>))
-        .merge(crate::ops::metrics_routes())
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(admin.token.clone()),
-            crate::ops::authorized,
-        ))
-        .merge(crate::ops::health_routes())
-        .with_state(admin);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::warn!(error = %e, "admin endpoint stopped");
-    }
+    let token = admin.token.clone();
+    let module = axum::Router::new().route("/module", get(status::<W>).post(swap::<W>));
+    let app = crate::ops::admin_routes(module, token).with_state(Arc::new(admin));
+    crate::ops::serve(listener, app).await;
 }
 
 async fn status<W: World>(State(admin): State<Arc<Admin<W>>>) -> Json<Value> {

@@ -21,19 +21,29 @@ use axum::routing::get;
 
 use crate::secret::Secret;
 
-/// `/metrics`: needs the listener's token when one is set.
-pub fn metrics_routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
-    axum::Router::new().route("/metrics", get(render_metrics))
-}
-
-/// `/health/live` and `/health/ready`: open to every caller.
-pub fn health_routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
-    axum::Router::new()
+/// An admin listener's routes: `guarded` (a command's own, such as
+/// `/module`) and `/metrics` need the token when one is set; `/health/live`
+/// and `/health/ready` answer every caller, as orchestrators' probes call
+/// them bare.
+pub fn admin_routes<S: Clone + Send + Sync + 'static>(
+    guarded: axum::Router<S>,
+    token: Option<Secret>,
+) -> axum::Router<S> {
+    guarded
+        .route("/metrics", get(render_metrics))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(token), authorized))
         .route(
             "/health/live",
             get(|| async { Json(serde_json::json!({ "live": true })) }),
         )
         .route("/health/ready", get(ready))
+}
+
+/// Serves `app` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "admin endpoint stopped");
+    }
 }
 
 /// An admin listener with metrics and health only, for a command that swaps
@@ -49,24 +59,14 @@ pub async fn listen(addr: SocketAddr, token: Option<Secret>) -> Result<(), Strin
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("--admin-listen {addr}: {e}"))?;
-    let app = metrics_routes()
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(token.clone()),
-            authorized,
-        ))
-        .merge(health_routes());
     tracing::info!(%addr, token = token.is_some(), "admin endpoint listening: GET /metrics, GET /health/live, GET /health/ready");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "admin endpoint stopped");
-        }
-    });
+    tokio::spawn(serve(listener, admin_routes(axum::Router::new(), token)));
     Ok(())
 }
 
 /// Lets a request through when no token is set or it carries the token
 /// (`Authorization: Bearer <token>`); 401 otherwise.
-pub async fn authorized(State(token): State<Arc<Option<Secret>>>, request: Request, next: Next) -> Response {
+async fn authorized(State(token): State<Arc<Option<Secret>>>, request: Request, next: Next) -> Response {
     let Some(token) = token.as_ref() else {
         return next.run(request).await;
     };
