@@ -17,6 +17,7 @@ set -euo pipefail
 
 # shellcheck source=scripts/env.sh
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+export ROOT
 
 COUNT=${BENCH_COUNT:-200000}
 PEER_SCRIPT=${PEER_SCRIPT:-$ROOT/../shared/bench/peer.py}
@@ -30,31 +31,53 @@ if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import confluent_kafk
     "$VENV/bin/pip" install --quiet -r "$(dirname "$PEER_SCRIPT")/requirements.txt" duckdb
 fi
 
+BASELINES=$(dirname "$PEER_SCRIPT")
+RUNS=${BENCH_RUNS:-3}
 topic=bench-$(date +%s)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+timed() { "$VENV/bin/python" "$ROOT/scripts/bench_timed.py" "$@"; }
+# Every section's figures, printed together at the end (scripts/bench_table.py).
+export BENCH_TABLE=$out/table.jsonl
+table() { python3 "$ROOT/scripts/bench_table.py" "$@"; }
+
+# Producing COUNT records, whole processes: the bare librdkafka producer of
+# pre-encoded records (the broker's floor), sluice with its defaults, and
+# Python's encoding producer; each run into a topic of its own.
+for run in $(seq "$RUNS"); do
+    for who in bare sluice python; do
+        "$SLUICE_BIN" --topic "$topic-$who-$run" --dlq-topic "$topic-dlq" setup --partitions 6 >/dev/null
+    done
+done
+timed "produce $COUNT records" "$RUNS" \
+    "bare librdkafka producer" "$VENV/bin/python $BASELINES/bare_producer.py $topic-bare-{run} $COUNT" \
+    "sluice produce" "$SLUICE_BIN --topic $topic-sluice-{run} produce --module modules/producer.wasm --count $COUNT" \
+    "python producer (fastavro)" "$VENV/bin/python $BASELINES/py_producer.py $topic-python-{run} $COUNT"
+
+# Catching up on COUNT records, whole processes from start to exit, each in
+# a fresh group: the bare librdkafka consumer (decodes nothing: the broker's
+# floor), sluice's job with --until-caught-up, and the Python peer.
 "$SLUICE_BIN" --topic "$topic" --dlq-topic "$topic-dlq" setup --partitions 6 >/dev/null
 "$SLUICE_BIN" --topic "$topic" produce --module modules/producer.wasm --count "$COUNT" >/dev/null
 echo "bench: $COUNT records on topic $topic (6 partitions), nisshi with PostgreSQL storage and SASL/SCRAM"
+for job in backup features; do
+    timed "catch up on $COUNT records: $job" "$RUNS" \
+        "bare librdkafka consumer" "$VENV/bin/python $BASELINES/bare_consumer.py $topic $COUNT" \
+        "sluice run --job $job" "$SLUICE_BIN --topic $topic --dlq-topic $topic-dlq run --job $job \
+            --module modules/$job.wasm --group $topic-sluice-$job-{run} --until-caught-up \
+            --output-url file://$out/sluice-{run} --redis-prefix bench:$topic" \
+        "peer.py $job" "$VENV/bin/python $PEER_SCRIPT $job --count $COUNT --topic $topic \
+            --group $topic-peer-$job-{run} --user $SLUICE_ADMIN_USER --password $SLUICE_ADMIN_PASSWORD \
+            --out $out/peer-$job-{run}"
+done
 
 field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
-
-printf '%-9s %14s %14s %8s\n' job sluice_rec_s peer_rec_s ratio
-for job in backup features; do
-    sluice_json=$("$SLUICE_BIN" --topic "$topic" --dlq-topic "$topic-dlq" run --job "$job" --module "modules/$job.wasm" \
-        --group "$topic-sluice-$job" --until-caught-up --output-url "file://$out/sluice" \
-        --redis-prefix "bench:$topic" 2>/dev/null)
-    peer_json=$("$VENV/bin/python" "$PEER_SCRIPT" "$job" --count "$COUNT" --topic "$topic" --group "$topic-peer-$job" \
-        --user "$SLUICE_ADMIN_USER" --password "$SLUICE_ADMIN_PASSWORD" --out "$out/peer-$job" 2>/dev/null)
-    s=$(field records_per_s <<<"$sluice_json")
-    p=$(field records_per_s <<<"$peer_json")
-    python3 -c 'import sys; s, p = float(sys.argv[2]), float(sys.argv[3]); print(f"{sys.argv[1]:<9} {s:14.0f} {p:14.0f} {s / p:7.2f}x")' "$job" "$s" "$p"
-done
 
 # Dead letters in bulk: the backup job over the same good records with
 # 10,000 malformed ones mixed in, against the clean run above.
 BAD=${BENCH_BAD:-10000}
 GOOD=${BENCH_DLQ_GOOD:-50000}
+if ((BAD > 0)); then
 printf '\n%-22s %10s %10s %12s\n' run records seconds time_ratio
 clean_s=""
 for kind in clean dirty; do
@@ -82,7 +105,10 @@ PY
     [[ -n $clean_s ]] || clean_s=$secs
     python3 -c 'import sys; print(f"{sys.argv[1]:<22} {int(sys.argv[2]):10d} {float(sys.argv[3]):10.2f} {float(sys.argv[3]) / float(sys.argv[4]):11.2f}x")' \
         "backup $kind" "$recs" "$secs" "$clean_s"
+    table add "dead letters: $GOOD good records, $BAD malformed" "backup $kind" "$secs s busy" \
+        "$(python3 -c 'import sys; print(float(sys.argv[1]) / float(sys.argv[2]))' "$secs" "$clean_s")" "backup clean"
 done
+fi
 
 # Backfill: the features module over an archive of BENCH_BACKFILL_COUNT
 # records written by the backup job, against DuckDB computing the same
@@ -133,6 +159,9 @@ PY
     printf '\n%-9s %10s %8s %14s %14s %8s\n' run records objects sluice_rec_s duckdb_rec_s ratio
     python3 -c 'import sys; n, o, s, d = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]); print(f"{sys.argv[1]:<9} {n:10d} {o:8d} {n / s:14.0f} {n / d:14.0f} {d / s:7.2f}x")' \
         backfill "$records" "$objects" "$sluice_s" "$duck_s"
+    table add "backfill of $records archived records" "sluice backfill" "$(python3 -c 'import sys; print(f"{float(sys.argv[1]):.2f} s", end="")' "$sluice_s")" \
+        "$(python3 -c 'import sys; print(float(sys.argv[2]) / float(sys.argv[1]))' "$sluice_s" "$duck_s")" "DuckDB window count (speed-up)"
+    table add "backfill of $records archived records" "DuckDB window count" "$(python3 -c 'import sys; print(f"{float(sys.argv[1]):.2f} s", end="")' "$duck_s")"
 fi
 
 # A daily report over the archive: BENCH_PRUNE_PER_DAY (300,000) records on
@@ -256,6 +285,12 @@ print(f"\n{'state':<10} {'users':>9} {'peak_rss_mb':>12} {'whole':>6} {'whole_mb
 print(f"{'counting':<10} {int(users):9d} {int(counted_rss):12d} {c['whole']:6d} {mean(c['whole_bytes'], c['whole']) / 1e6:9.2f} "
       f"{deltas:7d} {mean(c['bytes'] - c['whole_bytes'], deltas) / 1e6:9.2f} {mean(c['seconds'], c['written']):11.3f} {'-':>10}")
 print(f"{'restarted':<10} {b['restored_users']:9d} {int(restarted_rss):12d} {'':>6} {'':>9} {'':>7} {'':>9} {'':>11} {b['restore_seconds']:10.2f}")
+import os, subprocess
+add = lambda *a: subprocess.run(["python3", os.environ["ROOT"] + "/scripts/bench_table.py", "add", *map(str, a)], check=True)
+add(f"state of {int(users):,} users", "features job counting", f"{counted_rss} MB peak RSS; {c['whole']} whole checkpoints of "
+    f"{mean(c['whole_bytes'], c['whole']) / 1e6:.2f} MB, {deltas} deltas of {mean(c['bytes'] - c['whole_bytes'], deltas) / 1e6:.2f} MB, "
+    f"{mean(c['seconds'], c['written']) * 1000:.0f} ms each")
+add(f"state of {int(users):,} users", "features job restarted", f"{restarted_rss} MB peak RSS; restored in {b['restore_seconds']:.2f} s")
 PY
     redis-cli --scan --pattern "bench:$t:*" | xargs -r -n 500 redis-cli del >/dev/null
 fi
@@ -304,13 +339,20 @@ if ((PROBES > 0)); then
         redis-cli --scan --pattern "bench:$t:*" | xargs -r -n 500 redis-cli del >/dev/null
     }
     echo
+    # The probe's summary line, into the table.
+    latency_row() {
+        python3 -c 'import re, sys; m = re.search(r"p50 ([\d.]+), p90 [\d.]+, p99 ([\d.]+), max ([\d.]+)", sys.stdin.read())
+print(f"p50 {m[1]} ms, p99 {m[2]} ms, max {m[3]} ms" if m else "no summary")' <"$out/latency-$1.txt"
+    }
     echo "features job alone on the broker:"
     start_load alone features
-    SLUICE_REDIS_URL=$SLUICE_REDIS_URL "$VENV/bin/python" "$LATENCY_SCRIPT" "$t" "bench:$t" "$PROBES"
+    SLUICE_REDIS_URL=$SLUICE_REDIS_URL "$VENV/bin/python" "$LATENCY_SCRIPT" "$t" "bench:$t" "$PROBES" | tee "$out/latency-alone.txt"
+    table add "topic to Redis at $RATE records/s" "features job alone" "$(latency_row alone)"
     stop_load
     echo "with the backup job consuming the same topic:"
     start_load both features backup
-    SLUICE_REDIS_URL=$SLUICE_REDIS_URL "$VENV/bin/python" "$LATENCY_SCRIPT" "$t" "bench:$t" "$PROBES"
+    SLUICE_REDIS_URL=$SLUICE_REDIS_URL "$VENV/bin/python" "$LATENCY_SCRIPT" "$t" "bench:$t" "$PROBES" | tee "$out/latency-both.txt"
+    table add "topic to Redis at $RATE records/s" "features job beside the backup job" "$(latency_row both)"
     sleep "$ROLL_SECONDS"
     stopped=$(date +%s.%N)
     kill "$producer" 2>/dev/null || true
@@ -332,6 +374,10 @@ for dataset in (topic, "transactions_features"):
                 rows.append(pq.ParquetFile(path).metadata.num_rows)
     if rows:
         print(f"{dataset[:22]:<22} {len(rows):8d} {len(rows) / hours:9.0f} {min(rows):9d} {statistics.median(rows):12.0f}")
+        import subprocess
+        subprocess.run(["python3", os.environ["ROOT"] + "/scripts/bench_table.py", "add", f"objects rolled at {rate} records/s",
+                        "archive" if dataset == topic else "features", f"{len(rows) / hours:.0f} objects an hour, median "
+                        f"{statistics.median(rows):.0f} rows"], check=True)
     else:
         print(f"{dataset[:22]:<22} {0:8d}   (none rolled within {hours * 3600:.0f} s)")
 PY
@@ -349,3 +395,4 @@ fi
 
 redis-cli --scan --pattern "bench:$topic:*" | xargs -r -n 500 redis-cli del >/dev/null
 redis-cli --scan --pattern "peer:user:*" | xargs -r -n 500 redis-cli del >/dev/null
+table print

@@ -99,6 +99,15 @@ impl Decoder {
         }
     }
 
+    /// The writer schemas prepared so far that the registry knows, as
+    /// (id, schema JSON).
+    pub fn writers(&self) -> Vec<(u32, &str)> {
+        self.schemas
+            .iter()
+            .filter_map(|(id, schema)| schema.as_ref().ok().map(|s| (*id, s.raw.as_str())))
+            .collect()
+    }
+
     /// Readers for every writer schema prepared so far; build once per batch
     /// (a reader resolves its schema's names when it is built).
     pub fn readers(&self) -> Readers<'_> {
@@ -119,6 +128,24 @@ impl Decoder {
                 })
                 .collect();
         Readers { readers }
+    }
+}
+
+impl Readers<'_> {
+    /// The transaction of each of `values`, in order: all at once straight
+    /// into columns (`avro_columns`), or, when one of them does not decode
+    /// there, each by itself, so that each bad value gets its own reason.
+    pub fn transactions(&self, decoder: &Decoder, values: &[Option<&[u8]>]) -> Vec<Result<Transaction, DecodeError>> {
+        if let Some(present) = values.iter().copied().collect::<Option<Vec<&[u8]>>>() {
+            match crate::avro_columns::transactions(&present, &decoder.writers()) {
+                Ok(transactions) => return transactions.into_iter().map(Ok).collect(),
+                Err(reason) => tracing::debug!(%reason, "decoding these records one by one"),
+            }
+        }
+        values
+            .iter()
+            .map(|value| self.decode(*value).and_then(|(_, v)| transaction_from_value(&v)))
+            .collect()
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod allocator;
 pub mod avro;
+pub mod avro_columns;
+pub mod blocking;
 pub mod cli;
 pub mod columnar;
 pub mod config;

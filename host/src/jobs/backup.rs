@@ -12,6 +12,7 @@ use arrow_array::RecordBatch;
 use serde::Serialize;
 
 use crate::avro::{DecodeError, Decoder, Readers, schema_id};
+use crate::avro_columns;
 use crate::columnar::{ColumnarSchema, RowsBuilder, columnar_schema};
 use crate::config::{KafkaArgs, Storage};
 use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
@@ -56,6 +57,8 @@ pub struct BackupJob {
 /// The archive layout and the registered schema id it was built from.
 struct Layout {
     schema_id: u32,
+    /// The registered schema's JSON: the reader schema of the archive rows.
+    reader: String,
     columns: Arc<ColumnarSchema>,
     dates: Option<DateFolders>,
 }
@@ -74,8 +77,6 @@ struct Run {
 
 impl BackupJob {
     pub async fn run(self) -> Result<BackupReport> {
-        let runtime = Runtime::new(self.limits)?;
-        let (swap, guest) = HotSwap::<RawFilterWorld>::start(runtime, &self.module, &self.swap).await?;
         let sinks = Sinks {
             objects: ParquetSink::new(self.storage.clone(), &self.kafka.topic),
             checkpoints: None,
@@ -90,6 +91,10 @@ impl BackupJob {
             None,
         )
         .await?;
+        // The module compiles while the group joins (seconds on a fresh
+        // group), rather than before.
+        let runtime = Runtime::new(self.limits)?;
+        let (swap, guest) = HotSwap::<RawFilterWorld>::start(runtime, &self.module, &self.swap).await?;
         let subject = crate::model::value_subject(&self.kafka.topic);
         let layout = self.latest_layout(&subject).await?;
         let mut run = Run {
@@ -121,6 +126,7 @@ impl BackupJob {
             .map_err(|e| Error::Other(format!("latest schema {} of {subject}: {e}", latest.id)))?;
         Ok(Layout {
             schema_id: latest.id,
+            reader: latest.schema.clone(),
             columns,
             dates,
         })
@@ -154,27 +160,24 @@ impl Stages for Run {
             module_sha256: self.swap.sha256().to_string(),
         };
         for packed in records {
-            let (partition, records) = (packed.partition(), packed.unpack());
+            let partition = packed.partition();
+            // Each record's bytes move into the guest's input and are
+            // decoded from there: no copy besides the guest's own.
+            let raw: Vec<RawRecord> = packed.unpack().into_iter().map(raw_record).collect();
             drop(packed);
-            self.swap.took_over(partition, records[0].offset);
-            let raw: Vec<RawRecord> = records.iter().map(raw_record).collect();
+            self.swap.took_over(partition, raw[0].offset);
             let verdicts = self.guest.process(&raw);
             crate::fault::point("after-guest");
-            drop(raw);
-            let mut rows = RowsBuilder::new(self.layout.columns.clone());
-            let mut offsets = Vec::with_capacity(records.len());
+            let mut kept = Vec::with_capacity(raw.len());
             let mut excluded = Vec::new();
             let mut dead_letters = Vec::new();
-            for (record, verdict) in records.iter().zip(verdicts) {
+            for (record, verdict) in raw.iter().zip(verdicts) {
                 self.report.run.records += 1;
                 let reason = match verdict {
-                    Ok(Verdict::Keep) => match archive_row(&readers, &uncovered, &mut rows, record) {
-                        Ok(()) => {
-                            offsets.push(record.offset);
-                            continue;
-                        }
-                        Err(reason) => reason,
-                    },
+                    Ok(Verdict::Keep) => {
+                        kept.push(record);
+                        continue;
+                    }
                     Ok(Verdict::Drop) => {
                         self.report.dropped += 1;
                         excluded.push(record.offset);
@@ -184,12 +187,22 @@ impl Stages for Run {
                     Err(failure) => failure.to_string(),
                 };
                 excluded.push(record.offset);
-                dead_letters.push((record.clone(), reason));
+                dead_letters.push((consumed(record), reason));
             }
+            let rows = ArchiveRows {
+                decoder: &self.decoder,
+                readers: &readers,
+                uncovered: &uncovered,
+                layout: &self.layout,
+            };
+            let (batch, offsets) = rows.of(&kept, &mut excluded, &mut dead_letters);
+            excluded.sort_unstable();
+            dead_letters.sort_by_key(|(record, _)| record.offset);
+            let records = raw;
             // An object is written even when no record survived: its
             // lineage says the range was consumed, so the backfill can tell
             // a dead-lettered or filtered range from a lost object.
-            self.report.archived += rows.len() as u64;
+            self.report.archived += batch.num_rows() as u64;
             let range = Range {
                 partition,
                 first: records[0].offset,
@@ -204,7 +217,7 @@ impl Stages for Run {
                 excluded: &excluded,
                 module_sha256: self.swap.sha256(),
             };
-            let objects = archived.objects(rows.finish(), self.layout.dates.as_ref())?;
+            let objects = archived.objects(batch, self.layout.dates.as_ref())?;
             outputs.partitions.push(PartitionOutputs {
                 range,
                 dead_letters,
@@ -312,26 +325,88 @@ fn uncovered_writers(decoder: &Decoder, records: &[Packed], layout: &Layout) -> 
         .collect()
 }
 
-/// Decodes a kept record into the archive rows, or says why it cannot be.
-fn archive_row(
-    readers: &Readers<'_>,
-    uncovered: &HashSet<u32>,
-    rows: &mut RowsBuilder,
-    record: &Consumed,
-) -> std::result::Result<(), String> {
-    let (id, value) = readers
-        .decode(record.value.as_deref())
-        .map_err(|e: DecodeError| e.to_string())?;
-    if uncovered.contains(&id) {
-        return Err(format!(
-            "writer schema {id} has fields the latest registered schema lacks"
-        ));
-    }
-    rows.append(&value)
+/// What makes one partition's kept records archive rows.
+struct ArchiveRows<'a> {
+    decoder: &'a Decoder,
+    readers: &'a Readers<'a>,
+    uncovered: &'a HashSet<u32>,
+    layout: &'a Layout,
 }
 
-fn raw_record(record: &Consumed) -> RawRecord {
+impl ArchiveRows<'_> {
+    /// The archive rows of `kept`, with their offsets; a record that cannot
+    /// be decoded joins `excluded` and `dead_letters` with the reason.
+    fn of(
+        &self,
+        kept: &[&RawRecord],
+        excluded: &mut Vec<i64>,
+        dead_letters: &mut Vec<(Consumed, String)>,
+    ) -> (RecordBatch, Vec<i64>) {
+        if let Some(batch) = self.straight_to_columns(kept) {
+            return (batch, kept.iter().map(|r| r.offset).collect());
+        }
+        let mut rows = RowsBuilder::new(self.layout.columns.clone());
+        let mut offsets = Vec::with_capacity(kept.len());
+        for record in kept {
+            match self.archive_row(&mut rows, record.value.as_deref()) {
+                Ok(()) => offsets.push(record.offset),
+                Err(reason) => {
+                    excluded.push(record.offset);
+                    dead_letters.push((consumed(record), reason));
+                }
+            }
+        }
+        (rows.finish(), offsets)
+    }
+
+    /// Every kept value decoded straight into the columns (`avro_columns`),
+    /// or `None` when one of them needs the record-by-record path: a
+    /// writer the layout does not cover, or a value that does not decode.
+    fn straight_to_columns(&self, kept: &[&RawRecord]) -> Option<RecordBatch> {
+        let values: Vec<&[u8]> = kept.iter().map(|r| r.value.as_deref()).collect::<Option<_>>()?;
+        if values
+            .iter()
+            .any(|v| schema_id(Some(v)).map_or(true, |id| self.uncovered.contains(&id)))
+        {
+            return None;
+        }
+        let writers = self.decoder.writers();
+        match avro_columns::decode(&values, &writers, &self.layout.reader, self.layout.columns.arrow()) {
+            Ok(batch) => Some(batch),
+            Err(reason) => {
+                tracing::debug!(%reason, "decoding these records one by one");
+                None
+            }
+        }
+    }
+
+    /// Decodes a kept record into the archive rows, or says why it cannot be.
+    fn archive_row(&self, rows: &mut RowsBuilder, value: Option<&[u8]>) -> std::result::Result<(), String> {
+        let (id, value) = self.readers.decode(value).map_err(|e: DecodeError| e.to_string())?;
+        if self.uncovered.contains(&id) {
+            return Err(format!(
+                "writer schema {id} has fields the latest registered schema lacks"
+            ));
+        }
+        rows.append(&value)
+    }
+}
+
+/// A record as the guest takes it, its bytes moved, not copied.
+fn raw_record(record: Consumed) -> RawRecord {
     RawRecord {
+        key: record.key,
+        value: record.value,
+        headers: record.headers,
+        timestamp_millis: record.timestamp_millis,
+        partition: record.partition,
+        offset: record.offset,
+    }
+}
+
+/// A record for the dead-letter topic: the one copy of a left-out record.
+fn consumed(record: &RawRecord) -> Consumed {
+    Consumed {
         key: record.key.clone(),
         value: record.value.clone(),
         headers: record.headers.clone(),

@@ -11,7 +11,7 @@ use arrow_array::{Int32Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::Serialize;
 
-use crate::avro::{Decoder, Readers, transaction_from_value};
+use crate::avro::{Decoder, Readers};
 use crate::config::{KafkaArgs, Storage};
 use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::kafka::Consumed;
@@ -144,6 +144,14 @@ struct Processed {
     mispartitioned: u64,
 }
 
+/// The writer schemas a batch needs, fetched (`Decoder::prepare`) and
+/// resolved (`Decoder::readers`).
+#[derive(Clone, Copy)]
+struct Decoding<'a> {
+    decoder: &'a Decoder,
+    readers: &'a Readers<'a>,
+}
+
 /// Decodes one partition's records, checks their placement and counts them
 /// through the guest over `state`: the same for the real-time path and for
 /// the recount of a range an earlier claim cut short.
@@ -152,7 +160,7 @@ fn process(
     partition: i32,
     state: &mut PartitionState,
     guest: &mut FeaturesGuest,
-    readers: &Readers<'_>,
+    decoding: Decoding<'_>,
     placement: &mut Placement,
     on_mispartitioned: OnMispartitioned,
 ) -> Result<Processed> {
@@ -163,10 +171,9 @@ fn process(
     };
     let mut inputs = Vec::with_capacity(records.len());
     let mut input_records = Vec::with_capacity(records.len());
-    for record in records {
-        let decoded = readers
-            .decode(record.value.as_deref())
-            .and_then(|(_, v)| transaction_from_value(&v));
+    let values: Vec<Option<&[u8]>> = records.iter().map(|r| r.value.as_deref()).collect();
+    let transactions = decoding.readers.transactions(decoding.decoder, &values);
+    for (record, decoded) in records.iter().zip(transactions) {
         let tx = match decoded {
             Ok(tx) => tx,
             Err(e) => {
@@ -357,7 +364,10 @@ impl Run {
                 partition,
                 state,
                 &mut self.guest,
-                &readers,
+                Decoding {
+                    decoder: &self.decoder,
+                    readers: &readers,
+                },
                 &mut placement,
                 self.job.on_mispartitioned,
             )?;
@@ -482,7 +492,10 @@ impl Run {
             partition,
             state,
             &mut self.guest,
-            &readers,
+            Decoding {
+                decoder: &self.decoder,
+                readers: &readers,
+            },
             &mut placement,
             self.job.on_mispartitioned,
         )?;

@@ -151,6 +151,11 @@ pub struct Consuming {
     /// record.
     quiet_since: Option<Instant>,
     quiet_rounds: u32,
+    /// Under `until_caught_up`: the group was asked whether it caught up
+    /// since this member last read every partition to its end.
+    ends_checked: bool,
+    /// ... and what was open rolled since it last read them to their end.
+    end_rolled: bool,
     /// When an object last checked that the claimed range it waits for can
     /// complete.
     claims_checked_at: Instant,
@@ -245,6 +250,8 @@ impl Consuming {
             fenced_reset: false,
             quiet_since: None,
             quiet_rounds: 0,
+            ends_checked: false,
+            end_rolled: false,
             claims_checked_at: Instant::now(),
             settled_starts: HashSet::new(),
             rolls: Some(rolls),
@@ -320,9 +327,41 @@ impl Consuming {
             if !micro.is_empty() {
                 self.quiet_since = None;
                 self.quiet_rounds = 0;
+                self.ends_checked = false;
+                self.end_rolled = false;
                 self.first_batch_at.get_or_insert_with(Instant::now);
                 self.arrived = micro;
                 return Ok(Some(Step::Arrived));
+            }
+            if self.options.until_caught_up
+                && !self.ends_checked
+                && self.stash.is_empty()
+                && self.source.read_to_the_end()
+            {
+                // Every assigned partition was read to its end: roll what is
+                // open now rather than after a quiet spell (once: a range
+                // waiting for the rest of a claim stays open), then ask once
+                // whether the whole group is done. Other members'
+                // partitions may still be on their way; quiet spells pace
+                // the asking from then on.
+                if !self.rolling.is_empty() && !self.end_rolled {
+                    tracing::debug!("every assigned partition read to its end: rolling what is open");
+                    self.end_rolled = true;
+                    self.rolling.roll_all();
+                    continue;
+                }
+                if self.rolling.is_empty() {
+                    self.wait_for_durable(0, false).await?;
+                    if !self.stash.is_empty() {
+                        continue;
+                    }
+                    self.ends_checked = true;
+                    match self.source.group_caught_up() {
+                        Ok(true) => return Ok(None),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot tell whether caught up yet"),
+                    }
+                }
             }
             let quiet_since = *self.quiet_since.get_or_insert_with(Instant::now);
             if quiet_since.elapsed() < self.options.idle {

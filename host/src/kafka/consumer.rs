@@ -115,6 +115,9 @@ struct GroupContext {
     /// Since when this member knows it lost its partitions (a refused
     /// commit); cleared by the next assignment.
     fenced_since: Mutex<Option<Instant>>,
+    /// Assigned partitions whose last fetch reached their end (librdkafka's
+    /// partition-EOF event) with no record of theirs since.
+    at_end: Mutex<BTreeSet<i32>>,
     /// Partitions paused (`Source::pause`) and not resumed yet. librdkafka
     /// keeps a partition paused across a rebalance, so one revoked while
     /// paused is resumed when it is assigned again.
@@ -147,7 +150,8 @@ impl ConsumerContext for GroupContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, list: &mut TopicPartitionList) {
         let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
         if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
-            let assignment = self.plan(consumer, list);
+            // The plan asks the broker and may wait on it: off the workers.
+            let assignment = crate::blocking::run(|| self.plan(consumer, list));
             tracing::info!(?partitions, "partitions assigned");
             if let Err(e) = consumer.assign(list) {
                 tracing::error!(error = %e, "assign failed");
@@ -164,6 +168,7 @@ impl ConsumerContext for GroupContext {
                 tracing::error!(error = %e, "resume failed");
             }
             *self.lock() = assignment;
+            guard(&self.at_end).clear();
             *guard(&self.fenced_since) = None;
             crate::ops::health::set_assigned(partitions);
         } else {
@@ -385,7 +390,9 @@ impl Source {
             // Starts are decided at assignment; an offset that falls out of
             // the retained range while reading is an error, never a jump.
             .set("auto.offset.reset", "error")
-            .set("enable.partition.eof", "false")
+            // An event when a fetch reaches a partition's end: how a
+            // catch-up run knows it read everything without an idle wait.
+            .set("enable.partition.eof", "true")
             // Eager rebalancing; see the module comment.
             .set("partition.assignment.strategy", "roundrobin")
             // How long a member that died without leaving keeps its partitions.
@@ -407,6 +414,7 @@ impl Source {
             skipped: Mutex::new(HashMap::new()),
             commits: Mutex::new(VecDeque::new()),
             fenced_since: Mutex::new(None),
+            at_end: Mutex::new(BTreeSet::new()),
             paused: Mutex::new(BTreeSet::new()),
             reachability: Reachability::default(),
         };
@@ -520,7 +528,13 @@ impl Source {
                 Err(_elapsed) => break,
                 Ok(Ok(message)) => {
                     self.context.reachability.answered();
+                    guard(&self.context.at_end).remove(&message.partition);
                     message
+                }
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.context.reachability.answered();
+                    guard(&self.context.at_end).insert(partition);
+                    continue;
                 }
                 Ok(Err(KafkaError::MessageConsumption(
                     code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange),
@@ -562,12 +576,20 @@ impl Source {
         Ok(batch)
     }
 
+    /// True when this member has partitions and its fetches reached the end
+    /// of every one of them, with no record since: a catch-up has read all
+    /// there was (as of those fetches) and need not wait for a quiet spell.
+    pub fn read_to_the_end(&self) -> bool {
+        let assigned = self.assigned();
+        let at_end = guard(&self.context.at_end);
+        !assigned.is_empty() && assigned.iter().all(|p| at_end.contains(p))
+    }
+
     /// The end (high watermark) of a partition, asked of the broker.
     pub fn partition_end(&self, partition: i32) -> Result<i64> {
-        let (_, high) = self
-            .consumer
-            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
-            .map_err(kafka("watermarks"))?;
+        let (_, high) =
+            crate::blocking::run(|| self.consumer.fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT))
+                .map_err(kafka("watermarks"))?;
         Ok(high)
     }
 
@@ -658,6 +680,11 @@ impl Source {
     /// session has not expired yet keeps this false until that member
     /// commits or its partitions move.
     pub fn group_caught_up(&self) -> Result<bool> {
+        // Three requests to the broker: off the workers.
+        crate::blocking::run(|| self.group_caught_up_here())
+    }
+
+    fn group_caught_up_here(&self) -> Result<bool> {
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)

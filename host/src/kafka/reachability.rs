@@ -57,6 +57,11 @@ impl Reachability {
     /// An error event of the client.
     pub fn error(&self, error: &KafkaError, reason: &str) {
         use rdkafka::types::RDKafkaErrorCode as Code;
+        if error.rdkafka_error_code() == Some(Code::PartitionEOF) {
+            // Not an error: a fetch reached a partition's end, which the
+            // consumer also hands to `recv` (`Source::read_to_the_end`).
+            return;
+        }
         let refusal = match error.rdkafka_error_code() {
             Some(Code::Authentication) => Some(Refusal::Login(reason.to_string())),
             // Other TLS failures (a broker restarting mid-handshake) heal.

@@ -100,23 +100,11 @@ impl GuestStore {
     }
 }
 
-/// Runs guest code (a call, an instantiation) where wasmtime-wasi's sync
-/// host functions can block: they drive futures on the ambient tokio runtime
-/// with `block_on`, which a runtime worker thread must leave first (as
-/// `block_in_place` does) or it panics. Blocking threads and threads outside
-/// a runtime run the code as is.
-fn blocking<R>(code: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(code),
-        _ => code(),
-    }
-}
-
-/// A guest call, run as `blocking` does, timed for the metrics.
+/// A guest call, run where it may block (`crate::blocking`: wasmtime-wasi's
+/// sync host functions block on the ambient runtime), timed for the metrics.
 fn timed_call<R>(code: impl FnOnce() -> R) -> R {
     let started = std::time::Instant::now();
-    let result = blocking(code);
+    let result = crate::blocking::run(code);
     metrics::histogram!(crate::ops::metrics::GUEST_CALL_SECONDS).record(started.elapsed().as_secs_f64());
     result
 }
@@ -200,7 +188,8 @@ impl<W: World> Guest<W> {
         if self.instance.is_none() {
             let module = &self.module;
             let mut store = GuestStore::new(&module.runtime, &module.file)?;
-            let bindings = blocking(|| W::instantiate(&module.pre, &mut store.store)).map_err(|e| store.trap(e))?;
+            let bindings =
+                crate::blocking::run(|| W::instantiate(&module.pre, &mut store.store)).map_err(|e| store.trap(e))?;
             self.instance = Some((store, bindings));
         }
         Ok(self.instance.as_mut().expect("instantiated above"))
