@@ -131,6 +131,11 @@ impl Decoder {
     }
 }
 
+/// Decoders of the writer schemas of one batch.
+pub struct Readers<'a> {
+    readers: HashMap<u32, Result<GenericDatumReader<'a>, DecodeError>>,
+}
+
 impl Readers<'_> {
     /// The transaction of each of `values`, in order: all at once straight
     /// into columns (`avro_columns`), or, when one of them does not decode
@@ -147,14 +152,7 @@ impl Readers<'_> {
             .map(|value| self.decode(*value).and_then(|(_, v)| transaction_from_value(&v)))
             .collect()
     }
-}
 
-/// Decoders of the writer schemas of one batch.
-pub struct Readers<'a> {
-    readers: HashMap<u32, Result<GenericDatumReader<'a>, DecodeError>>,
-}
-
-impl Readers<'_> {
     /// Decodes one value with its writer schema; `Decoder::prepare` must have
     /// seen it.
     pub fn decode(&self, value: Option<&[u8]>) -> Result<(u32, Value), DecodeError> {

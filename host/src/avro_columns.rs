@@ -53,6 +53,9 @@ pub fn decode(
         .map_err(failed("resolving the writer schemas"))?;
     let mut batches = Vec::new();
     for value in values {
+        if value.is_empty() {
+            return Err(Fallback("an empty value".into()));
+        }
         let mut at = 0;
         while at < value.len() {
             let consumed = decoder
@@ -68,9 +71,6 @@ pub fn decode(
                 return Err(Fallback("a value ended inside its body".into()));
             }
             batches.extend(decoder.flush().map_err(|e| Fallback(format!("decoding: {e}")))?);
-        }
-        if value.is_empty() {
-            return Err(Fallback("an empty value".into()));
         }
     }
     batches.extend(decoder.flush().map_err(|e| Fallback(format!("decoding: {e}")))?);

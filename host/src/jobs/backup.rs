@@ -198,15 +198,14 @@ impl Stages for Run {
             let (batch, offsets) = rows.of(&kept, &mut excluded, &mut dead_letters);
             excluded.sort_unstable();
             dead_letters.sort_by_key(|(record, _)| record.offset);
-            let records = raw;
             // An object is written even when no record survived: its
             // lineage says the range was consumed, so the backfill can tell
             // a dead-lettered or filtered range from a lost object.
             self.report.archived += batch.num_rows() as u64;
             let range = Range {
                 partition,
-                first: records[0].offset,
-                end: records[records.len() - 1].offset + 1,
+                first: raw[0].offset,
+                end: raw[raw.len() - 1].offset + 1,
             };
             let archived = Archived {
                 topic,
