@@ -11,7 +11,8 @@
 # BENCH_PRUNE_PER_DAY (the daily report row; 0 skips it), BENCH_PROBES, BENCH_RATE
 # and BENCH_ROLL_SECONDS (the latency and object-size rows, below), BENCH_SWAPS (hot swaps
 # under load, 20; 0 skips them), BENCH_RESTARTS (restarts they are compared
-# with, 3), PEER_SCRIPT (path to peer.py),
+# with, 3), BENCH_ENGINE_COUNT (records of the engine rows, 1000000; 0 skips
+# them), PEER_SCRIPT (path to peer.py),
 # SLUICE_BIN (default $CARGO_TARGET_DIR/release/sluice or target/release/sluice).
 set -euo pipefail
 
@@ -61,15 +62,75 @@ timed "produce $COUNT records" "$RUNS" \
 "$SLUICE_BIN" --topic "$topic" produce --module modules/producer.wasm --count "$COUNT" >/dev/null
 echo "bench: $COUNT records on topic $topic (6 partitions), nisshi with PostgreSQL storage and SASL/SCRAM"
 for job in backup features; do
-    timed "catch up on $COUNT records: $job" "$RUNS" \
-        "bare librdkafka consumer" "$VENV/bin/python $BASELINES/bare_consumer.py $topic $COUNT" \
+    contenders=(
+        "bare librdkafka consumer" "$VENV/bin/python $BASELINES/bare_consumer.py $topic $COUNT"
         "sluice run --job $job" "$SLUICE_BIN --topic $topic --dlq-topic $topic-dlq run --job $job \
             --module modules/$job.wasm --group $topic-sluice-$job-{run} --until-caught-up \
-            --output-url file://$out/sluice-{run} --redis-prefix bench:$topic" \
+            --output-url file://$out/sluice-{run} --redis-prefix bench:$topic"
+    )
+    # The same run writing its objects to Garage over the S3 API, when it is up.
+    if [[ -n ${SLUICE_S3_ENDPOINT:-} ]] && curl -s -o /dev/null "$SLUICE_S3_ENDPOINT"; then
+        contenders+=(
+            "sluice run --job $job, s3:// on Garage" "$SLUICE_BIN --topic $topic --dlq-topic $topic-dlq run \
+                --job $job --module modules/$job.wasm --group $topic-sluice-s3-$job-{run} --until-caught-up \
+                --output-url s3://$SLUICE_S3_BUCKET/$topic-{run} --redis-prefix bench:$topic"
+        )
+    fi
+    contenders+=(
         "peer.py $job" "$VENV/bin/python $PEER_SCRIPT $job --count $COUNT --topic $topic \
             --group $topic-peer-$job-{run} --user $SLUICE_ADMIN_USER --password $SLUICE_ADMIN_PASSWORD \
             --out $out/peer-$job-{run}"
+    )
+    timed "catch up on $COUNT records: $job" "$RUNS" "${contenders[@]}"
 done
+
+# The engine, no broker: each job's decode, logic and sinks over one file of
+# BENCH_ENGINE_COUNT pre-encoded records (the values of a topic, each a
+# 4-byte big-endian length then the value, what peer.py --input reads), as
+# whole processes: the guest source compiled natively into the engine
+# binary (host/benches/engine.rs), the wasm guest through the same host
+# code, and peer.py --input. records/cpu_s is records per CPU second: per core.
+ENGINE=${BENCH_ENGINE_COUNT:-1000000}
+if ((ENGINE > 0)); then
+    t=bench-engine-$(date +%s)
+    "$SLUICE_BIN" --topic "$t" --dlq-topic "$t-dlq" setup --partitions 6 >/dev/null
+    "$SLUICE_BIN" --topic "$t" produce --module modules/producer.wasm --count "$ENGINE" --batch 10000 >/dev/null
+    "$VENV/bin/python" - "$t" "$ENGINE" "$out/engine.records" <<'PY'
+import os, struct, sys, time
+import confluent_kafka as ck
+topic, count, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+c = ck.Consumer({"bootstrap.servers": os.environ["SLUICE_BROKERS"], "security.protocol": "SASL_PLAINTEXT",
+    "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": os.environ["SLUICE_ADMIN_USER"],
+    "sasl.password": os.environ["SLUICE_ADMIN_PASSWORD"], "group.id": f"dump-{time.time_ns()}",
+    "auto.offset.reset": "earliest", "enable.auto.commit": False})
+c.subscribe([topic]); n = 0
+deadline = time.monotonic() + 300
+with open(path, "wb") as f:
+    while n < count:
+        if time.monotonic() > deadline:
+            sys.exit(f"bench: read {n} of {count} records of {topic} in 5 minutes")
+        for m in c.consume(10000, 1.0):
+            if not m.error():
+                f.write(struct.pack(">I", len(m.value())) + m.value()); n += 1
+c.close()
+PY
+    cargo build --release -p sluice --bench engine --message-format=json >"$out/engine-build.json" \
+        || { echo "bench: the engine benchmark did not build" >&2; exit 1; }
+    engine_bin=$(python3 -c 'import json,sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "engine" and m.get("executable"):
+        print(m["executable"])' "$out/engine-build.json")
+    for job in backup features; do
+        BENCH_RECORDS=$ENGINE timed "engine, no broker: $job over $ENGINE records" "$RUNS" \
+            "$job guest compiled natively" "$engine_bin $job native --input $out/engine.records --topic $t \
+                --output-url file://$out/engine-native-$job-{run} --redis-prefix bench-engine:native" \
+            "$job guest in wasm" "$engine_bin $job wasm --module modules/$job.wasm --input $out/engine.records \
+                --topic $t --output-url file://$out/engine-wasm-$job-{run} --redis-prefix bench-engine:wasm" \
+            "peer.py $job --input" "$VENV/bin/python $PEER_SCRIPT $job --count $ENGINE --input $out/engine.records \
+                --out $out/engine-peer-$job-{run}"
+    done
+fi
 
 field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
 

@@ -26,6 +26,9 @@ def rows():
             r = json.loads(line)
             if "figure" not in r:  # a whole-process row of bench_timed.py
                 r["figure"] = f"{r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s CPU, {r['rss_mb']:.0f} MB peak RSS"
+                if "records_per_cpu_s" in r:
+                    r["figure"] += (f"; {r['records_per_cpu_s']:,.0f} records per CPU second "
+                                    f"({r['per_core_ratio']:.2f}x per core)")
             yield r
 
 

@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod avro;
 pub mod avro_columns;
+pub mod avro_encode;
 pub mod blocking;
 pub mod cli;
 pub mod columnar;
@@ -25,3 +26,4 @@ pub mod secret;
 pub mod settings;
 pub mod sinks;
 pub mod state;
+pub mod varint;

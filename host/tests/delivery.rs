@@ -409,18 +409,24 @@ async fn file_outputs_and_their_directories_are_fsynced() {
     let topic = unique("fsync");
     setup_topic(&topic);
     produce(&topic, 500, 0);
-    let (lake, url) = local_lake();
-    let trace = lake.path().join("strace.txt");
+    let (_lake, url) = local_lake();
+    let traces = tempfile::tempdir().expect("tempdir");
     let args = job_run_args("features", &topic, &url, &[]);
+    // One trace file per thread (-ff): partitions' objects are written
+    // side by side, and one file of all threads splits a call that another
+    // thread interrupts into an unfinished and a resumed line.
     let output = std::process::Command::new("strace")
-        .args(["-f", "-y", "-e", "trace=fsync,fdatasync", "-o"])
-        .arg(&trace)
+        .args(["-ff", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(traces.path().join("trace"))
         .arg(env!("CARGO_BIN_EXE_sluice"))
         .args(&args)
         .output()
         .expect("strace (the machine's strace package) runs sluice");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let calls = std::fs::read_to_string(&trace).expect("trace");
+    let calls: String = std::fs::read_dir(traces.path())
+        .expect("traces")
+        .map(|file| std::fs::read_to_string(file.expect("trace").path()).expect("trace"))
+        .collect();
     // Lines read `fsync(7</path/of/the/file>) = 0`; a staged file's name
     // may carry a suffix until it is renamed into place.
     let synced_paths: Vec<&str> = calls

@@ -142,6 +142,64 @@ async fn pipeline_end_to_end_on_s3_garage() {
     pipeline_round_trip(&format!("s3://{bucket}/{topic}"), &topic).await;
 }
 
+/// `--rate` paces record by record: at 1,500 records/s no 100 ms of the
+/// producer's clock holds more than twice its share, where a guest call's
+/// 1,000 records sent at once would put them all in one.
+#[test]
+fn the_producer_paces_its_rate_record_by_record() {
+    let topic = unique("paced");
+    setup_topic_with(&topic, 2);
+    produce_with(&topic, 3_000, 0, &["--rate", "1500"]);
+    let mut sent: Vec<i64> = read_topic(&topic)
+        .iter()
+        .map(|r| r.timestamp_millis.expect("a producer timestamp"))
+        .collect();
+    assert_eq!(sent.len(), 3_000);
+    sent.sort_unstable();
+    let busiest = (0..sent.len())
+        .map(|i| sent[i..].partition_point(|t| *t < sent[i] + 100))
+        .max()
+        .unwrap_or(0);
+    assert!(busiest <= 300, "{busiest} records in 100 ms at 1,500/s");
+    let span = sent[sent.len() - 1] - sent[0];
+    assert!(span >= 1_800, "3,000 records at 1,500/s went out in {span} ms");
+}
+
+/// An object from `MULTIPART_FROM` on goes up to Garage in parts and reads
+/// back byte for byte, with no staged upload left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_object_goes_up_to_garage_in_parts() {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    use sluice::sinks::parquet::{MULTIPART_FROM, put};
+
+    let prefix = unique("multipart");
+    let storage = storage_args(&format!("s3://{}/{prefix}", env("SLUICE_S3_BUCKET")))
+        .open()
+        .expect("storage");
+    let path = storage.path("one.parquet");
+    let len = 2 * MULTIPART_FROM + 999;
+    let bytes: Vec<u8> = (0..len).map(|i| (i / 7 % 251) as u8).collect();
+    put(storage.store.as_ref(), &path, bytes.clone()).await.expect("put");
+    let back = storage
+        .store
+        .get(&path)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(back.len(), len);
+    assert!(back == bytes, "the object came back different");
+    let listed: Vec<_> = storage
+        .store
+        .list(Some(&storage.root))
+        .try_collect()
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+}
+
 /// Garage ignores `If-None-Match: *` and overwrites, so claims cannot live
 /// there: `--claims-in storage` is refused at start with the reason, and
 /// `auto` keeps them in Redis (docs/delivery.md, "Delivery guarantees").

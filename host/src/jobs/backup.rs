@@ -19,7 +19,7 @@ use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::kafka::Consumed;
 use crate::lineage::{ArchiveLineage, module_metadata};
 use crate::registry::Registry;
-use crate::runtime::{Limits, RawFilterGuest, RawFilterWorld, RawRecord, Runtime, Verdict};
+use crate::runtime::{Limits, RawFilter, RawFilterGuest, RawFilterWorld, RawRecord, Runtime, Verdict};
 use crate::sinks::parquet::ParquetSink;
 
 use super::claims::Range;
@@ -55,7 +55,7 @@ pub struct BackupJob {
 }
 
 /// The archive layout and the registered schema id it was built from.
-struct Layout {
+pub(super) struct Layout {
     schema_id: u32,
     /// The registered schema's JSON: the reader schema of the archive rows.
     reader: String,
@@ -114,23 +114,26 @@ impl BackupJob {
     }
 
     async fn latest_layout(&self, subject: &str) -> Result<Layout> {
-        let latest = self.registry.latest(subject).await?;
-        let schema = apache_avro::Schema::parse_str(&latest.schema)
-            .map_err(|e| Error::Other(format!("latest schema of {subject} does not parse: {e}")))?;
-        let columns = columnar_schema(&schema).map_err(|e| Error::Other(format!("{subject}: {e}")))?;
-        let dates = self
-            .date_folders_by
-            .as_deref()
-            .map(|field| DateFolders::new(field, &schema))
-            .transpose()
-            .map_err(|e| Error::Other(format!("latest schema {} of {subject}: {e}", latest.id)))?;
-        Ok(Layout {
-            schema_id: latest.id,
-            reader: latest.schema.clone(),
-            columns,
-            dates,
-        })
+        latest_layout(&self.registry, subject, self.date_folders_by.as_deref()).await
     }
+}
+
+/// The archive layout of the latest schema registered under `subject`.
+pub(super) async fn latest_layout(registry: &Registry, subject: &str, date_folders_by: Option<&str>) -> Result<Layout> {
+    let latest = registry.latest(subject).await?;
+    let schema = apache_avro::Schema::parse_str(&latest.schema)
+        .map_err(|e| Error::Other(format!("latest schema of {subject} does not parse: {e}")))?;
+    let columns = columnar_schema(&schema).map_err(|e| Error::Other(format!("{subject}: {e}")))?;
+    let dates = date_folders_by
+        .map(|field| DateFolders::new(field, &schema))
+        .transpose()
+        .map_err(|e| Error::Other(format!("latest schema {} of {subject}: {e}", latest.id)))?;
+    Ok(Layout {
+        schema_id: latest.id,
+        reader: latest.schema.clone(),
+        columns,
+        dates,
+    })
 }
 
 impl Stages for Run {
@@ -140,7 +143,7 @@ impl Stages for Run {
         // A roll boundary: a staged module takes over here.
         self.swap.swap_staged(&mut self.guest);
         self.decoder.prepare(records.iter().flat_map(Packed::values)).await?;
-        let mut uncovered = uncovered_writers(&self.decoder, &records, &self.layout);
+        let mut uncovered = uncovered_writers(&self.decoder, records.iter().flat_map(Packed::values), &self.layout);
         if !uncovered.is_empty() {
             // A newer version was registered: the archive follows the latest.
             self.layout = self.job.latest_layout(&self.subject).await?;
@@ -148,7 +151,7 @@ impl Stages for Run {
                 schema_id = self.layout.schema_id,
                 "archive layout follows the latest schema"
             );
-            uncovered = uncovered_writers(&self.decoder, &records, &self.layout);
+            uncovered = uncovered_writers(&self.decoder, records.iter().flat_map(Packed::values), &self.layout);
         }
         let readers = self.decoder.readers();
         let topic = &self.job.kafka.topic;
@@ -166,65 +169,24 @@ impl Stages for Run {
             let raw: Vec<RawRecord> = packed.unpack().into_iter().map(raw_record).collect();
             drop(packed);
             self.swap.took_over(partition, raw[0].offset);
-            let verdicts = self.guest.process(&raw);
-            crate::fault::point("after-guest");
-            let mut kept = Vec::with_capacity(raw.len());
-            let mut excluded = Vec::new();
-            let mut dead_letters = Vec::new();
-            for (record, verdict) in raw.iter().zip(verdicts) {
-                self.report.run.records += 1;
-                let reason = match verdict {
-                    Ok(Verdict::Keep) => {
-                        kept.push(record);
-                        continue;
-                    }
-                    Ok(Verdict::Drop) => {
-                        self.report.dropped += 1;
-                        excluded.push(record.offset);
-                        continue;
-                    }
-                    Ok(Verdict::Reject(reason)) => format!("rejected by guest: {reason}"),
-                    Err(failure) => failure.to_string(),
-                };
-                excluded.push(record.offset);
-                dead_letters.push((consumed(record), reason));
-            }
             let rows = ArchiveRows {
                 decoder: &self.decoder,
                 readers: &readers,
                 uncovered: &uncovered,
                 layout: &self.layout,
             };
-            let (batch, offsets) = rows.of(&kept, &mut excluded, &mut dead_letters);
-            excluded.sort_unstable();
-            dead_letters.sort_by_key(|(record, _)| record.offset);
-            // An object is written even when no record survived: its
-            // lineage says the range was consumed, so the backfill can tell
-            // a dead-lettered or filtered range from a lost object.
-            self.report.archived += batch.num_rows() as u64;
-            let range = Range {
-                partition,
-                first: raw[0].offset,
-                end: raw[raw.len() - 1].offset + 1,
-            };
-            let archived = Archived {
+            let source = Source {
                 topic,
-                partition,
                 partitions,
-                range: range.first..range.end,
-                offsets: &offsets,
-                excluded: &excluded,
                 module_sha256: self.swap.sha256(),
             };
-            let objects = archived.objects(batch, self.layout.dates.as_ref())?;
-            outputs.partitions.push(PartitionOutputs {
-                range,
-                dead_letters,
-                objects,
-                checkpoint_at_first: None,
-                checkpoints: Vec::new(),
-                retire_handoff: false,
-            });
+            outputs.partitions.push(archive_partition(
+                &mut self.guest,
+                &rows,
+                &source,
+                raw,
+                &mut self.report,
+            )?);
         }
         Ok(outputs)
     }
@@ -236,6 +198,81 @@ impl Stages for Run {
     fn module(&self) -> (String, Vec<SwapRecord>) {
         (self.swap.sha256().to_string(), self.swap.swaps())
     }
+}
+
+/// Where a partition's records came from, for its objects' lineage.
+pub(super) struct Source<'a> {
+    pub topic: &'a str,
+    /// The topic's partition count.
+    pub partitions: i32,
+    pub module_sha256: &'a str,
+}
+
+/// One partition's records of a roll (in offset order, at least one) as the
+/// durable path writes them: the filter's verdicts, the archive rows of
+/// what it keeps and its objects with their lineage. The job and the engine
+/// benchmark share it.
+pub(super) fn archive_partition(
+    filter: &mut impl RawFilter,
+    rows: &ArchiveRows<'_>,
+    source: &Source<'_>,
+    raw: Vec<RawRecord>,
+    report: &mut BackupReport,
+) -> Result<PartitionOutputs> {
+    let partition = raw[0].partition;
+    let verdicts = filter.process(&raw);
+    crate::fault::point("after-guest");
+    let mut kept = Vec::with_capacity(raw.len());
+    let mut excluded = Vec::new();
+    let mut dead_letters = Vec::new();
+    for (record, verdict) in raw.iter().zip(verdicts) {
+        report.run.records += 1;
+        let reason = match verdict {
+            Ok(Verdict::Keep) => {
+                kept.push(record);
+                continue;
+            }
+            Ok(Verdict::Drop) => {
+                report.dropped += 1;
+                excluded.push(record.offset);
+                continue;
+            }
+            Ok(Verdict::Reject(reason)) => format!("rejected by guest: {reason}"),
+            Err(failure) => failure.to_string(),
+        };
+        excluded.push(record.offset);
+        dead_letters.push((consumed(record), reason));
+    }
+    let (batch, offsets) = rows.of(&kept, &mut excluded, &mut dead_letters);
+    excluded.sort_unstable();
+    dead_letters.sort_by_key(|(record, _)| record.offset);
+    // An object is written even when no record survived: its lineage says
+    // the range was consumed, so the backfill can tell a dead-lettered or
+    // filtered range from a lost object.
+    report.archived += batch.num_rows() as u64;
+    let range = Range {
+        partition,
+        first: raw[0].offset,
+        end: raw[raw.len() - 1].offset + 1,
+    };
+    let archived = Archived {
+        topic: source.topic,
+        partition,
+        partitions: source.partitions,
+        range: range.first..range.end,
+        offsets: &offsets,
+        excluded: &excluded,
+        module_sha256: source.module_sha256,
+    };
+    let objects = archived.objects(batch, rows.layout.dates.as_ref())?;
+    Ok(PartitionOutputs {
+        range,
+        dead_letters,
+        objects,
+        checkpoint_at_first: None,
+        checkpoints: Vec::new(),
+        retire_handoff: false,
+    })
 }
 
 /// One partition's rows of a roll, with what its objects' lineage needs.
@@ -308,12 +345,12 @@ impl Archived<'_> {
 /// Writer schemas of this batch whose fields the layout lacks. Coverage is a
 /// property of (writer, layout), so it is decided once per batch, not per
 /// record.
-fn uncovered_writers(decoder: &Decoder, records: &[Packed], layout: &Layout) -> HashSet<u32> {
-    let ids: HashSet<u32> = records
-        .iter()
-        .flat_map(Packed::values)
-        .filter_map(|value| schema_id(value).ok())
-        .collect();
+pub(super) fn uncovered_writers<'a>(
+    decoder: &Decoder,
+    values: impl IntoIterator<Item = Option<&'a [u8]>>,
+    layout: &Layout,
+) -> HashSet<u32> {
+    let ids: HashSet<u32> = values.into_iter().filter_map(|value| schema_id(value).ok()).collect();
     ids.into_iter()
         .filter(|id| *id != layout.schema_id)
         .filter(|id| {
@@ -325,11 +362,11 @@ fn uncovered_writers(decoder: &Decoder, records: &[Packed], layout: &Layout) -> 
 }
 
 /// What makes one partition's kept records archive rows.
-struct ArchiveRows<'a> {
-    decoder: &'a Decoder,
-    readers: &'a Readers<'a>,
-    uncovered: &'a HashSet<u32>,
-    layout: &'a Layout,
+pub(super) struct ArchiveRows<'a> {
+    pub decoder: &'a Decoder,
+    pub readers: &'a Readers<'a>,
+    pub uncovered: &'a HashSet<u32>,
+    pub layout: &'a Layout,
 }
 
 impl ArchiveRows<'_> {
@@ -392,7 +429,7 @@ impl ArchiveRows<'_> {
 }
 
 /// A record as the guest takes it, its bytes moved, not copied.
-fn raw_record(record: Consumed) -> RawRecord {
+pub(super) fn raw_record(record: Consumed) -> RawRecord {
     RawRecord {
         key: record.key,
         value: record.value,

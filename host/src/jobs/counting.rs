@@ -7,7 +7,7 @@ use clap::ValueEnum;
 
 use crate::kafka::partitioner::partition_of;
 use crate::model::{FeatureEvent, write_transaction_key};
-use crate::runtime::{FeatureOutcome, FeaturesGuest, WitTransaction};
+use crate::runtime::{FeatureLogic, FeatureOutcome, WitTransaction};
 use crate::state::{Latest, PartitionState};
 
 /// What to do with a record that is not on its user's partition (a producer
@@ -78,7 +78,7 @@ pub struct Counted {
 /// failure policy: a record the guest fails on alone is rejected with the
 /// reason and leaves the state as if it had not been there.
 pub fn count(
-    guest: &mut FeaturesGuest,
+    guest: &mut impl FeatureLogic,
     state: &mut PartitionState,
     partition: i32,
     offsets: &[i64],

@@ -3,9 +3,9 @@
 //! real-time path goes on writing Redis.
 //!
 //! Per roll: the checkpoints its fence needs, the fence (a commit of its
-//! first offsets), then per partition the dead letters, the Parquet object
-//! and the checkpoint of the state as of the range's end, then the commit of
-//! the ranges' ends. Commits are sent by the consumer's own task
+//! first offsets), the dead letters, then per partition, the partitions side
+//! by side, the Parquet objects and the checkpoint of the state as of the
+//! range's end, then the commit of the ranges' ends. Commits are sent by the consumer's own task
 //! (`Consuming::serve_commits`), between two polls, and only when no
 //! rebalance happened since the roll's records were fetched: a roll of an
 //! assignment that is gone is dropped (`Commit::Stale`), and so is every
@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
+use futures::StreamExt;
 use parquet::file::metadata::KeyValue;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -110,6 +111,14 @@ impl CheckpointsReport {
             self.whole_bytes += bytes as u64;
         }
         self.seconds += started.elapsed().as_secs_f64();
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.written += other.written;
+        self.whole += other.whole;
+        self.bytes += other.bytes;
+        self.whole_bytes += other.whole_bytes;
+        self.seconds += other.seconds;
     }
 }
 
@@ -215,8 +224,30 @@ impl DurablePath {
                 offset: p.range.end,
             })
             .collect();
-        for partition in outputs.partitions {
-            self.write_partition(partition).await?;
+        // Dead letters first (one producer, in partition order), then each
+        // partition's objects and checkpoints, the partitions side by side:
+        // nothing orders one partition's writes after another's, only all
+        // of them before the commit of the ends.
+        for partition in &outputs.partitions {
+            for (record, reason) in &partition.dead_letters {
+                self.dead_letters.send(record, reason).await?;
+            }
+            self.report.dead_lettered += partition.dead_letters.len() as u64;
+        }
+        // As many at once as there are cores: each encodes its objects on
+        // the blocking pool and holds them until they are stored. Every
+        // write runs to its end before an error is returned, so none is
+        // cut off mid-upload.
+        let sinks = &self.sinks;
+        let written: Vec<Result<PartitionWritten>> = futures::stream::iter(outputs.partitions)
+            .map(|partition| write_partition(sinks, partition))
+            .buffer_unordered(side_by_side())
+            .collect()
+            .await;
+        for partition in written {
+            let partition = partition?;
+            self.report.files += partition.files;
+            self.report.checkpoints.merge(&partition.checkpoints);
         }
         self.dead_letters.flush().await?;
         crate::fault::point("before-commit");
@@ -231,47 +262,6 @@ impl DurablePath {
             // Written but not committed: whoever owns the partitions now
             // writes the same outputs again under the same claims.
             Commit::Stale => {}
-        }
-        Ok(())
-    }
-
-    /// One partition's outputs, past the fence.
-    async fn write_partition(&mut self, outputs: PartitionOutputs) -> Result<()> {
-        let Range { partition, first, .. } = outputs.range;
-        if let Some(checkpoints) = &self.sinks.checkpoints {
-            if outputs.retire_handoff {
-                checkpoints.retire_handoff(partition).await?;
-            }
-            // The fence committed the first offset: older checkpoints are stale.
-            checkpoints.forget_below(partition, first).await?;
-        }
-        for (record, reason) in &outputs.dead_letters {
-            self.dead_letters.send(record, reason).await?;
-        }
-        self.report.dead_lettered += outputs.dead_letters.len() as u64;
-        for object in outputs.objects {
-            let path = self
-                .sinks
-                .objects
-                .write(
-                    object.folder.as_deref(),
-                    partition,
-                    object.first,
-                    &object.batch,
-                    object.metadata,
-                )
-                .await?;
-            crate::fault::point("after-upload");
-            self.report.files += 1;
-            tracing::debug!(%path, rows = object.batch.num_rows(), "object written");
-        }
-        if let Some(checkpoints) = &self.sinks.checkpoints {
-            for snapshot in outputs.checkpoints {
-                let (started, whole) = (Instant::now(), snapshot.base.is_none());
-                let bytes = checkpoints.write(partition, snapshot).await?;
-                self.report.checkpoints.add(whole, bytes, started);
-            }
-            crate::fault::point("mid-checkpoint");
         }
         Ok(())
     }
@@ -307,4 +297,54 @@ impl DurablePath {
             }
         }
     }
+}
+
+/// Partitions whose objects are written at once: the cores.
+fn side_by_side() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+/// What `write_partition` wrote.
+#[derive(Default)]
+struct PartitionWritten {
+    files: u64,
+    checkpoints: CheckpointsReport,
+}
+
+/// One partition's objects and checkpoints, past the fence; its dead
+/// letters are sent before.
+async fn write_partition(sinks: &Sinks, outputs: PartitionOutputs) -> Result<PartitionWritten> {
+    let Range { partition, first, .. } = outputs.range;
+    let mut written = PartitionWritten::default();
+    if let Some(checkpoints) = &sinks.checkpoints {
+        if outputs.retire_handoff {
+            checkpoints.retire_handoff(partition).await?;
+        }
+        // The fence committed the first offset: older checkpoints are stale.
+        checkpoints.forget_below(partition, first).await?;
+    }
+    for object in outputs.objects {
+        let path = sinks
+            .objects
+            .write(
+                object.folder.as_deref(),
+                partition,
+                object.first,
+                &object.batch,
+                object.metadata,
+            )
+            .await?;
+        crate::fault::point("after-upload");
+        written.files += 1;
+        tracing::debug!(%path, rows = object.batch.num_rows(), "object written");
+    }
+    if let Some(checkpoints) = &sinks.checkpoints {
+        for snapshot in outputs.checkpoints {
+            let (started, whole) = (Instant::now(), snapshot.base.is_none());
+            let bytes = checkpoints.write(partition, snapshot).await?;
+            written.checkpoints.add(whole, bytes, started);
+        }
+        crate::fault::point("mid-checkpoint");
+    }
+    Ok(written)
 }

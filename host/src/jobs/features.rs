@@ -18,7 +18,7 @@ use crate::kafka::Consumed;
 use crate::lineage::module_metadata;
 use crate::model::FeatureEvent;
 use crate::registry::Registry;
-use crate::runtime::{FeaturesGuest, FeaturesWorld, Limits, Runtime, WitTransaction};
+use crate::runtime::{FeatureLogic, FeaturesGuest, FeaturesWorld, Limits, Runtime, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
 use crate::state::{Checkpoints, PartitionState, Snapshot};
@@ -138,28 +138,28 @@ fn take_front<T>(items: &mut Vec<T>, n: usize) -> Vec<T> {
 }
 
 /// What the feature logic made of one partition's records.
-struct Processed {
-    events: Vec<FeatureEvent>,
-    left_out: Vec<(Consumed, String)>,
-    mispartitioned: u64,
+pub(super) struct Processed {
+    pub events: Vec<FeatureEvent>,
+    pub left_out: Vec<(Consumed, String)>,
+    pub mispartitioned: u64,
 }
 
 /// The writer schemas a batch needs, fetched (`Decoder::prepare`) and
 /// resolved (`Decoder::readers`).
 #[derive(Clone, Copy)]
-struct Decoding<'a> {
-    decoder: &'a Decoder,
-    readers: &'a Readers<'a>,
+pub(super) struct Decoding<'a> {
+    pub decoder: &'a Decoder,
+    pub readers: &'a Readers<'a>,
 }
 
 /// Decodes one partition's records, checks their placement and counts them
 /// through the guest over `state`: the same for the real-time path and for
 /// the recount of a range an earlier claim cut short.
-fn process(
+pub(super) fn process(
     records: &[&Consumed],
     partition: i32,
     state: &mut PartitionState,
-    guest: &mut FeaturesGuest,
+    guest: &mut impl FeatureLogic,
     decoding: Decoding<'_>,
     placement: &mut Placement,
     on_mispartitioned: OnMispartitioned,

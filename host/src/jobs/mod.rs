@@ -7,6 +7,7 @@ pub mod claims;
 pub mod counting;
 pub mod date_folders;
 pub mod durable;
+pub mod engine;
 pub mod features;
 mod open_events;
 pub mod pipeline;
@@ -17,7 +18,6 @@ pub mod rolling;
 pub mod serving;
 pub mod setup;
 pub mod status;
-mod varint;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 
 use crate::model::FeatureEvent;
 
-use super::varint;
+use crate::varint;
 
 /// What the buffer grows by.
 const GROW_STEP: usize = 256 << 10;

@@ -4,16 +4,16 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::producer::FutureRecord;
-use schema_registry_converter::async_impl::avro::AvroEncoder;
-use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::util::Timeout;
 use serde::Serialize;
 
 use crate::config::KafkaArgs;
 use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
-use crate::kafka::producer;
-use crate::model::{TRANSACTION_SCHEMA, Transaction, transaction_key};
-use crate::registry::{Registry, describe};
+use crate::kafka::producer::{self, Deliveries};
+use crate::model::{TRANSACTION_SCHEMA, Transaction, value_subject, write_transaction_key};
+use crate::registry::Registry;
 use crate::runtime::{GeneratorWorld, Limits, Runtime};
 
 use super::{Error, Result, stop_signal};
@@ -55,15 +55,11 @@ impl Produce {
         let runtime = Runtime::new(self.limits)?;
         let (mut swap, mut guest) = HotSwap::<GeneratorWorld>::start(runtime, &self.module, &self.swap).await?;
         let credentials = self.kafka.admin_credentials()?;
-        let producer = producer::create(self.kafka.client_config(credentials.as_ref())?)?;
-        let encoder = AvroEncoder::new(self.registry.settings().clone());
+        let producer = producer::create_counting(self.kafka.client_config(credentials.as_ref())?)?;
         // Writes with the schema this binary was built with (registered under
         // the topic's subject, or found there), not whatever is latest.
-        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
-            self.kafka.topic.clone(),
-            false,
-            SuppliedSchema::new(None, SchemaType::Avro, TRANSACTION_SCHEMA.to_string()),
-        );
+        let subject = value_subject(&self.kafka.topic);
+        let schema_id = self.registry.register(&subject, TRANSACTION_SCHEMA).await?.id;
         let start_millis = self.start_millis.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -74,6 +70,9 @@ impl Produce {
         let started = Instant::now();
         let mut produced = 0u64;
         let mut skipped = 0u64;
+        // Records handed to librdkafka: what the broker must acknowledge.
+        let mut enqueued = 0u64;
+        let (mut key, mut value) = (String::new(), Vec::new());
         while produced < self.count && !*stop.borrow() {
             let n = (self.count - produced).min(u64::from(self.batch)) as u32;
             let first_index = self.first_index + produced;
@@ -81,8 +80,10 @@ impl Produce {
             swap.swap_staged(&mut guest);
             swap.took_over(0, first_index as i64);
             let generated = guest.generate(self.seed, first_index, n, start_millis);
-            let mut deliveries = Vec::with_capacity(generated.len());
             for (sent, (index, g)) in (first_index..).zip(generated).enumerate() {
+                if *stop.borrow() {
+                    break;
+                }
                 if let Some(rate) = self.rate {
                     pace(rate, produced + sent as u64, started).await;
                 }
@@ -101,37 +102,64 @@ impl Produce {
                     currency: g.currency,
                     counterpart_id: g.counterpart_id,
                 };
-                let value = encoder
-                    .encode_struct(&tx, &strategy)
-                    .await
-                    .map_err(|e| Error::Other(format!("encoding a transaction: {}", describe(&e))))?;
-                let key = transaction_key(tx.user_id);
-                let record = FutureRecord::to(&self.kafka.topic).key(&key).payload(&value);
-                // Enqueue without waiting; the batch's deliveries are awaited together.
-                let delivery = producer.send_result(record).map_err(|(e, _)| Error::Producer(e))?;
-                deliveries.push(delivery);
-            }
-            for delivery in futures::future::join_all(deliveries).await {
-                match delivery {
-                    Ok(Ok(_)) => {
-                        metrics::counter!(crate::ops::metrics::RECORDS_OUT, "sink" => "kafka").increment(1);
-                        crate::ops::progress::add(1);
-                    }
-                    Ok(Err((e, _))) => return Err(Error::Producer(e)),
-                    Err(_canceled) => return Err(Error::Other("producer closed before delivery".into())),
+                value.clear();
+                crate::avro_encode::transaction(schema_id, &tx, &mut value);
+                write_transaction_key(tx.user_id, &mut key);
+                let record = BaseRecord::to(&self.kafka.topic).key(&key).payload(&value);
+                if !enqueue(&producer, record, &stop).await? {
+                    break;
                 }
+                enqueued += 1;
+            }
+            if let Some(e) = producer.context().failure() {
+                return Err(Error::Producer(e));
             }
             produced += u64::from(n);
         }
+        // Everything enqueued is delivered or has failed once the queue is
+        // empty; librdkafka gives up on a record after message.timeout.ms.
+        crate::blocking::run(|| producer.flush(Timeout::Never)).map_err(Error::Producer)?;
+        if let Some(e) = producer.context().failure() {
+            return Err(Error::Producer(e));
+        }
+        let delivered = producer.context().delivered();
+        if delivered != enqueued {
+            return Err(Error::Other(format!(
+                "the broker acknowledged {delivered} of {enqueued} records"
+            )));
+        }
         let seconds = started.elapsed().as_secs_f64();
         Ok(ProduceReport {
-            produced: produced - skipped,
+            produced: delivered,
             seconds,
-            records_per_s: (produced - skipped) as f64 / seconds.max(1e-9),
+            records_per_s: delivered as f64 / seconds.max(1e-9),
             skipped,
             module_sha256: swap.sha256().to_string(),
             swaps: swap.swaps(),
         })
+    }
+}
+
+/// Hands one record to librdkafka, waiting while its queue is full (the
+/// broker is slower than the generator): back pressure, not an error.
+/// `false` when a stop came while it waited, the record not sent.
+async fn enqueue(
+    producer: &ThreadedProducer<Deliveries>,
+    mut record: BaseRecord<'_, String, Vec<u8>>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<bool> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(true),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                if *stop.borrow() {
+                    return Ok(false);
+                }
+                record = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(Error::Producer(e)),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::kafka::Consumed;
 
 use super::claims::Range;
-use super::varint;
+use crate::varint;
 
 /// When a partition's open object rolls.
 #[derive(Debug, Clone, Copy)]

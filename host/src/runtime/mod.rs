@@ -6,6 +6,7 @@ mod bindings;
 mod guests;
 mod isolate;
 mod limits;
+mod logic;
 mod sandbox;
 mod store_data;
 
@@ -26,6 +27,7 @@ pub use guests::{
     RawFilterWorld, World,
 };
 pub use limits::Limits;
+pub use logic::{FeatureLogic, RawFilter};
 use store_data::StoreData;
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -7,8 +7,9 @@
 //! event date, `date_folders`).
 
 use arrow_array::RecordBatch;
+use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
@@ -63,7 +64,10 @@ impl ParquetSink {
 
     /// Encodes `batch` with `metadata` in the file's key-value metadata and
     /// puts it at its deterministic name (below `folder`, if any); returns
-    /// the object path. The put is atomic: readers see the whole file or none.
+    /// the object path. The put is atomic: readers see the whole file or none
+    /// (a multipart upload is only visible once it is completed). Encoding
+    /// runs on the blocking pool, so the objects of several partitions encode
+    /// on several cores.
     pub async fn write(
         &self,
         folder: Option<&str>,
@@ -73,14 +77,19 @@ impl ParquetSink {
         metadata: Vec<KeyValue>,
     ) -> Result<ObjectPath> {
         let path = self.object_path(folder, partition, first_offset);
-        let bytes = encode(batch, metadata).map_err(|source| Error::Encode {
+        let encoding = batch.clone();
+        let encoded = tokio::task::spawn_blocking(move || encode(&encoding, metadata))
+            .await
+            .map_err(|e| Error::Encode {
+                path: path.to_string(),
+                source: parquet::errors::ParquetError::General(format!("the encoding task ended: {e}")),
+            })?;
+        let bytes = encoded.map_err(|source| Error::Encode {
             path: path.to_string(),
             source,
         })?;
         let size = bytes.len();
-        self.storage
-            .store
-            .put(&path, PutPayload::from(bytes))
+        put(self.storage.store.as_ref(), &path, bytes)
             .await
             .map_err(|source| Error::Put {
                 path: path.to_string(),
@@ -92,6 +101,36 @@ impl ParquetSink {
         metrics::counter!(crate::ops::metrics::RECORDS_OUT, "sink" => "parquet").increment(batch.num_rows() as u64);
         Ok(path)
     }
+}
+
+/// Objects from this size on go up in parts: S3 takes parts of one object
+/// in parallel, where a single PUT is one stream.
+pub const MULTIPART_FROM: usize = 16 * 1024 * 1024;
+/// The size of each part (S3 wants at least 5 MiB but for the last).
+const PART_BYTES: usize = 8 * 1024 * 1024;
+/// Parts of one object in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Puts `bytes` at `path`: in one request, or from `MULTIPART_FROM` on as a
+/// multipart upload that is aborted (its parts deleted) if a part fails.
+pub async fn put(store: &dyn ObjectStore, path: &ObjectPath, bytes: Vec<u8>) -> object_store::Result<()> {
+    if bytes.len() < MULTIPART_FROM {
+        store.put(path, PutPayload::from(bytes)).await?;
+        return Ok(());
+    }
+    let mut upload = WriteMultipart::new_with_chunk_size(store.put_multipart(path).await?, PART_BYTES);
+    let bytes = Bytes::from(bytes);
+    for start in (0..bytes.len()).step_by(PART_BYTES) {
+        if let Err(e) = upload.wait_for_capacity(PARTS_IN_FLIGHT).await {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(%path, error = %abort, "aborting a failed multipart upload failed; its parts stay until the bucket's lifecycle rules remove them");
+            }
+            return Err(e);
+        }
+        upload.put(bytes.slice(start..(start + PART_BYTES).min(bytes.len())));
+    }
+    upload.finish().await?;
+    Ok(())
 }
 
 /// Rows per row group. Objects hold minutes of records (100,000 to a few
@@ -152,4 +191,36 @@ pub async fn read_footer(
         get(start..size - TAIL).await?
     };
     ParquetMetaDataReader::decode_metadata(&metadata).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+    use object_store::local::LocalFileSystem;
+
+    use super::*;
+
+    /// Bytes that differ in every part, so a part out of place shows.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i / 7 % 251) as u8).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_object_from_the_multipart_size_on_arrives_whole_and_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalFileSystem::new_with_prefix(dir.path())
+            .expect("store")
+            .with_fsync(true);
+        for len in [MULTIPART_FROM - 1, MULTIPART_FROM, 3 * PART_BYTES + 12_345] {
+            let path = ObjectPath::from(format!("d/partition=0/{len}.parquet"));
+            let bytes = pattern(len);
+            put(&store, &path, bytes.clone()).await.expect("put");
+            let back = store.get(&path).await.expect("get").bytes().await.expect("bytes");
+            assert_eq!(back.len(), len);
+            assert!(back == bytes, "the object of {len} bytes came back different");
+        }
+        // Nothing else is left behind: no staged parts.
+        let listed: Vec<_> = store.list(None).try_collect().await.expect("list");
+        assert_eq!(listed.len(), 3, "{listed:?}");
+    }
 }

@@ -120,6 +120,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
+    /// The record's timestamp (the producer's clock when it sent it).
+    pub timestamp_millis: Option<i64>,
 }
 
 /// Every record of a topic, read as the admin user from each partition's
@@ -179,6 +181,7 @@ pub fn read_topic(topic: &str) -> Vec<Record> {
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
             headers,
+            timestamp_millis: message.timestamp().to_millis(),
         });
         if ends
             .get(&message.partition())

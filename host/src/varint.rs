@@ -1,6 +1,6 @@
 //! LEB128 varints and zigzag, for the packed streams of open objects
-//! (`rolling::Packed`, `open_events::OpenEvents`). Twenty lines do not
-//! justify a dependency.
+//! (`rolling::Packed`, `open_events::OpenEvents`) and Avro's ints and longs
+//! (`avro_encode`). Twenty lines do not justify a dependency.
 
 /// The longest a varint of a `u64` takes.
 pub const MAX_LEN: usize = 10;

@@ -1,0 +1,252 @@
+//! The engine benchmark: one job's decode, logic and sinks over a file of
+//! pre-encoded records, no broker (`sluice::jobs::engine`). The logic is the
+//! job's wasm guest, or the same guest source compiled natively into this
+//! binary behind the same interfaces (`RawFilter`, `FeatureLogic`): the
+//! decode, the host's state and the sinks are the same code for both. The
+//! wasm side also pays what running a guest costs: copying each batch into
+//! and out of the component, the undo log and key limit of its keyed state,
+//! and the failure policy's bookkeeping. `make bench` times this binary as a
+//! whole process beside `../shared/bench/peer.py --input` on the same file.
+//!
+//!   engine backup|features wasm|native --input FILE [--module M.wasm]
+//!
+//! Settings come from the environment as sluice's do: SLUICE_REGISTRY_URL
+//! (the records' writer schemas), SLUICE_REDIS_URL (features), and
+//! `--output-url` for the Parquet objects. Prints one line of JSON.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use sluice::config::StorageArgs;
+use sluice::jobs::engine::{Engine, read_input};
+use sluice::redis_conn::RedisConn;
+use sluice::registry::Registry;
+use sluice::runtime::{
+    Compiled, FeatureLogic, FeatureOutcome, FeaturesWorld, Limits, RawFilter, RawFilterWorld, RawRecord, Runtime,
+    Verdict, WitTransaction,
+};
+use sluice::sinks::redis::RedisSink;
+use sluice_guest_backup as backup_guest;
+use sluice_guest_features as features_guest;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Job {
+    Backup,
+    Features,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Logic {
+    /// The wasm component (`--module`), as the jobs run it.
+    Wasm,
+    /// The same guest source, compiled into this binary.
+    Native,
+}
+
+#[derive(Parser)]
+struct Args {
+    job: Job,
+    logic: Logic,
+    /// Records, each a 4-byte big-endian length and a Confluent-framed value.
+    #[arg(long)]
+    input: PathBuf,
+    /// The component, for `wasm`.
+    #[arg(long)]
+    module: Option<PathBuf>,
+    /// The topic whose value schema the archive follows (backup).
+    #[arg(long, default_value = "transactions")]
+    topic: String,
+    #[arg(long, env = "SLUICE_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    registry_url: String,
+    #[arg(long, env = "SLUICE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Keys go under this prefix (features).
+    #[arg(long, default_value = "bench-engine")]
+    redis_prefix: String,
+    #[arg(long, default_value = "file://./data/bench-engine")]
+    output_url: String,
+    /// Records per micro-batch (features), as peer.py's --batch.
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// Records per Parquet object, as peer.py's --file-rows.
+    #[arg(long, default_value_t = 100_000)]
+    roll: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // As sluice's own main does: the same allocator settings.
+    sluice::allocator::tune();
+    let args = Args::parse();
+    let storage = StorageArgs {
+        output_url: args.output_url.clone(),
+        s3_endpoint: std::env::var("SLUICE_S3_ENDPOINT").ok(),
+        s3_path_style: true,
+        s3_region: None,
+        s3_ca_file: None,
+    }
+    .open()?;
+    let values = read_input(&args.input)?;
+    let module = match args.logic {
+        Logic::Wasm => args
+            .module
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("wasm needs --module"))?,
+        Logic::Native => PathBuf::from("native"),
+    };
+    let engine = Engine {
+        registry: Registry::new(&args.registry_url, None)?,
+        storage,
+        topic: args.topic.clone(),
+        batch: args.batch,
+        roll: args.roll,
+        module: module.display().to_string(),
+    };
+    // The clock starts once the logic is ready: compiling a component is a
+    // cost of the process (the whole-process rows of `make bench` count it),
+    // not of the records; it is printed apart.
+    let report = match (args.job, args.logic) {
+        (Job::Backup, Logic::Wasm) => {
+            let (mut guest, compiled) = timed(|| Ok(Compiled::<RawFilterWorld>::guest(&compile(&module)?)?))?;
+            let started = Instant::now();
+            (engine.backup(values, &mut guest).await?, compiled, started.elapsed())
+        }
+        (Job::Backup, Logic::Native) => {
+            let started = Instant::now();
+            (
+                engine.backup(values, &mut NativeBackup).await?,
+                Duration::ZERO,
+                started.elapsed(),
+            )
+        }
+        (Job::Features, logic) => {
+            let connection = RedisConn::connect(&args.redis_url, None, Duration::from_secs(10)).await?;
+            let redis = RedisSink::new(connection, &args.redis_prefix);
+            match logic {
+                Logic::Wasm => {
+                    let (mut guest, compiled) = timed(|| Ok(Compiled::<FeaturesWorld>::guest(&compile(&module)?)?))?;
+                    let started = Instant::now();
+                    (
+                        engine.features(values, &mut guest, &redis).await?,
+                        compiled,
+                        started.elapsed(),
+                    )
+                }
+                Logic::Native => {
+                    let started = Instant::now();
+                    (
+                        engine.features(values, &mut NativeFeatures, &redis).await?,
+                        Duration::ZERO,
+                        started.elapsed(),
+                    )
+                }
+            }
+        }
+    };
+    let (report, compiled, processing) = report;
+    let mut line = serde_json::to_value(&report)?;
+    line["compile_seconds"] = serde_json::json!(compiled.as_secs_f64());
+    line["seconds"] = serde_json::json!(processing.as_secs_f64());
+    line["records_per_s"] = serde_json::json!(report.records as f64 / processing.as_secs_f64().max(1e-9));
+    println!("{line}");
+    Ok(())
+}
+
+/// `make` with how long it took.
+fn timed<T>(make: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duration)> {
+    let started = Instant::now();
+    let made = make()?;
+    Ok((made, started.elapsed()))
+}
+
+fn compile<W: sluice::runtime::World>(module: &std::path::Path) -> anyhow::Result<std::sync::Arc<Compiled<W>>> {
+    let runtime = Runtime::new(Limits::default())?;
+    Ok(Compiled::<W>::compile(&runtime, module)?)
+}
+
+/// The backup guest's source, compiled natively. Its records cross as they
+/// cross into the component: copied into the guest's own types.
+struct NativeBackup;
+
+impl RawFilter for NativeBackup {
+    fn process(&mut self, batch: &[RawRecord]) -> Vec<sluice::runtime::Result<Verdict>> {
+        let input: Vec<backup_guest::RawRecord> = batch
+            .iter()
+            .map(|r| backup_guest::RawRecord {
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: r.headers.clone(),
+                timestamp_millis: r.timestamp_millis,
+                partition: r.partition,
+                offset: r.offset,
+            })
+            .collect();
+        backup_guest::process(&input)
+            .into_iter()
+            .map(|verdict| {
+                Ok(match verdict {
+                    backup_guest::Verdict::Keep => Verdict::Keep,
+                    backup_guest::Verdict::Drop => Verdict::Drop,
+                    backup_guest::Verdict::Reject(reason) => Verdict::Reject(reason),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The features guest's source, compiled natively, over the partition's
+/// keyed state as the host's `keyed-state` gives it to the component.
+struct NativeFeatures;
+
+struct MapState<'a> {
+    values: &'a mut HashMap<i64, i64>,
+    changed: &'a mut HashSet<i64>,
+}
+
+impl features_guest::KeyedState for MapState<'_> {
+    fn get(&mut self, key: i64) -> Option<i64> {
+        self.values.get(&key).copied()
+    }
+
+    fn set(&mut self, key: i64, value: i64) {
+        self.values.insert(key, value);
+        self.changed.insert(key);
+    }
+}
+
+impl FeatureLogic for NativeFeatures {
+    fn process(
+        &mut self,
+        state: &mut HashMap<i64, i64>,
+        changed: &mut HashSet<i64>,
+        batch: &[WitTransaction],
+    ) -> Vec<sluice::runtime::Result<FeatureOutcome>> {
+        let input: Vec<features_guest::Transaction> = batch
+            .iter()
+            .map(|t| features_guest::Transaction {
+                user_id: t.user_id,
+                transaction_timestamp_millis: t.transaction_timestamp_millis,
+                amount: t.amount,
+                currency: t.currency.clone(),
+                counterpart_id: t.counterpart_id,
+            })
+            .collect();
+        let mut state = MapState { values: state, changed };
+        features_guest::process(input, &mut state)
+            .into_iter()
+            .map(|outcome| {
+                Ok(match outcome {
+                    features_guest::FeatureOutcome::Emit(f) => FeatureOutcome::Emit(sluice::runtime::Feature {
+                        user_id: f.user_id,
+                        total_transactions_count: f.total_transactions_count,
+                        as_of_timestamp_millis: f.as_of_timestamp_millis,
+                    }),
+                    features_guest::FeatureOutcome::Skip => FeatureOutcome::Skip,
+                    features_guest::FeatureOutcome::Reject(reason) => FeatureOutcome::Reject(reason),
+                })
+            })
+            .collect()
+    }
+}
