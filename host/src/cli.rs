@@ -397,6 +397,9 @@ pub async fn run(cli: Cli, layers: &crate::settings::Layers) -> anyhow::Result<(
             swap,
             progress,
         } => {
+            // A member is not ready until it holds partitions: from the
+            // moment the admin endpoint answers, not once it joins.
+            crate::ops::health::expect_assignment();
             let default_group = match job {
                 Job::Backup => jobs::backup::JOB,
                 Job::Features => jobs::features::JOB,

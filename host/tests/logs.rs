@@ -115,6 +115,5 @@ fn produce_and_run_log_progress_lines() {
         .find(|l| l.contains("progress") && l.contains("lag_records=0"))
         .expect("the line");
     assert!(caught_up.contains("records=3000"), "{caught_up}");
-    let (exit, _) = job.terminate();
-    assert!(exit.success());
+    job.stop();
 }

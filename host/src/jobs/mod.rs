@@ -231,7 +231,6 @@ impl Consuming {
         let (finished_tx, finished) = watch::channel(0);
         let durable = DurablePath::new(sinks, claims.clone(), dead_letters, commit_requests, finished_tx);
         let durable = tokio::spawn(durable.run(queue));
-        crate::ops::health::expect_assignment();
         // Lag feeds the metrics and the progress line alike.
         crate::ops::lag::spawn(config.clone(), &options.group, &kafka.topic);
         crate::ops::progress::spawn("run", options.progress_every);
@@ -698,21 +697,23 @@ impl Consuming {
 }
 
 /// A receiver that turns true on SIGINT or SIGTERM: jobs finish the batch in
-/// hand, commit, and return.
+/// hand, commit, and return. The handlers are in place when this returns,
+/// not once a task first runs: a signal from then on is a clean stop.
 pub fn stop_signal() -> watch::Receiver<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(false);
+    let (terminate, interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot handle SIGTERM/SIGINT: they end the process at once");
+            return rx;
+        }
+    };
     tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
+        let (mut terminate, mut interrupt) = (terminate, interrupt);
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = terminate => {}
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
         tracing::info!("stop requested: finishing the current batch");
         let _ = tx.send(true);

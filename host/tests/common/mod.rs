@@ -483,6 +483,20 @@ impl Running {
         (output.status, String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// SIGTERM, and the exit must be clean: its stdout, or a panic naming
+    /// the exit status and everything the process logged.
+    pub fn stop(mut self) -> String {
+        signal(self.child.id(), "TERM");
+        let output = self.child.wait_with_output().expect("wait");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            // The reader thread ends with the process; take every line it read.
+            self.stderr.extend(self.lines.iter());
+            panic!("{} after SIGTERM\n{}\n{stdout}", output.status, self.stderr.join("\n"));
+        }
+        stdout
+    }
+
     /// Waits for the process to end by itself: its exit status and stdout.
     pub fn finish(self) -> (std::process::ExitStatus, String) {
         let output = self.child.wait_with_output().expect("wait");
