@@ -680,7 +680,7 @@ impl Source {
     /// session has not expired yet keeps this false until that member
     /// commits or its partitions move.
     pub fn group_caught_up(&self) -> Result<bool> {
-        // Three requests to the broker: off the workers.
+        // Requests to the broker: off the workers.
         crate::blocking::run(|| self.group_caught_up_here())
     }
 
@@ -702,12 +702,26 @@ impl Source {
             .consumer
             .committed_offsets(list.clone(), METADATA_TIMEOUT)
             .map_err(kafka("committed offsets"))?;
-        for element in list.elements() {
-            let partition = element.partition();
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
-                .map_err(kafka("watermarks"))?;
+        // One request per partition, each a round trip: all at once.
+        let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+        let watermarks: Vec<Result<(i64, i64)>> = std::thread::scope(|scope| {
+            let asked: Vec<_> = partitions
+                .iter()
+                .map(|&partition| {
+                    scope.spawn(move || {
+                        self.consumer
+                            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+                            .map_err(kafka("watermarks"))
+                    })
+                })
+                .collect();
+            asked
+                .into_iter()
+                .map(|a| a.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        for (partition, watermarks) in partitions.into_iter().zip(watermarks) {
+            let (low, high) = watermarks?;
             let next = committed
                 .find_partition(&self.topic, partition)
                 .and_then(|e| match e.offset() {
