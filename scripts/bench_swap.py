@@ -80,7 +80,9 @@ def main():
     for i in range(swaps):
         path, sha = modules[i % 2]
         started = time.monotonic()
-        code, answer = post(addr, path)
+        # The admin endpoint reads a relative path inside its modules
+        # directory: name the file absolutely.
+        code, answer = post(addr, os.path.abspath(path))
         assert code == 202, answer
         wait_until(lambda: (lambda s: s["active"]["sha256"] == sha and s["active_took_over"])(status(addr)),
                    f"swap {i}")
