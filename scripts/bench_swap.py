@@ -51,6 +51,17 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+# Every process started, killed on the way out if still running: a failed
+# run must not leave a producer and a job loading the broker.
+spawned = []
+
+
+def spawn(args, **kwargs):
+    process = subprocess.Popen(args, **kwargs)
+    spawned.append(process)
+    return process
+
+
 def percentile(values, p):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -62,12 +73,12 @@ def main():
     base = [sluice, "--topic", topic, "--dlq-topic", f"{topic}-dlq"]
     subprocess.run(base + ["setup", "--partitions", "6"], check=True, stdout=subprocess.DEVNULL)
     # Enough load to outlast every swap and restart.
-    producer = subprocess.Popen(base + ["produce", "--module", "modules/producer.wasm", "--count", str(rate * 600),
+    producer = spawn(base + ["produce", "--module", "modules/producer.wasm", "--count", str(rate * 600),
                                         "--rate", str(rate)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start_job(module):
         addr = free_addr()
-        job = subprocess.Popen(base + ["run", "--job", "features", "--module", module, "--group", f"{topic}-features",
+        job = spawn(base + ["run", "--job", "features", "--module", module, "--group", f"{topic}-features",
                                        "--output-url", f"file://{lake}", "--redis-prefix", f"bench:{topic}",
                                        "--max-wait-ms", "200", "--admin-listen", addr],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -122,4 +133,10 @@ def main():
         subprocess.run(table + [row, "restart", f"new logic after {percentile(restart_take_over, 50):.2f} s (p50)"], check=True)
 
 
-main()
+try:
+    main()
+finally:
+    for process in spawned:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
