@@ -37,7 +37,7 @@ RUNS=${BENCH_RUNS:-3}
 topic=bench-$(date +%s)
 out=$(mktemp -d)
 # A failed run leaves no producer or job of its own loading the broker.
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$out"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$out"' EXIT
 timed() { "$VENV/bin/python" "$ROOT/scripts/bench_timed.py" "$@"; }
 # Every section's figures, printed together at the end (scripts/bench_table.py).
 export BENCH_TABLE=$out/table.jsonl
