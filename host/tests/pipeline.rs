@@ -142,11 +142,11 @@ async fn pipeline_end_to_end_on_s3_garage() {
     pipeline_round_trip(&format!("s3://{bucket}/{topic}"), &topic).await;
 }
 
-/// `--rate` paces record by record: at 1,500 records/s no 100 ms of the
+/// `--rate` paces in small groups: at 1,500 records/s no 100 ms of the
 /// producer's clock holds more than twice its share, where a guest call's
 /// 1,000 records sent at once would put them all in one.
 #[test]
-fn the_producer_paces_its_rate_record_by_record() {
+fn the_producer_paces_its_rate_in_small_groups() {
     let topic = unique("paced");
     setup_topic_with(&topic, 2);
     produce_with(&topic, 3_000, 0, &["--rate", "1500"]);

@@ -163,14 +163,20 @@ async fn enqueue(
     }
 }
 
+/// How early a record of a `--rate` run may go: records go out in groups of
+/// this long's worth. Sent record by record, two producers at 900 records/s
+/// beside the zombie tests' consumers each kept librdkafka's broker thread
+/// polling on a core (one record always lingering while the broker was
+/// slow), starving the broker; in groups they used about a third of that.
+const PACE_TICK: Duration = Duration::from_millis(50);
+
 /// Waits until record `n` of a run at `rate` records/s is due, so that
 /// `--rate` loads the topic steadily rather than a guest call's records at
-/// once. A record less than a millisecond early goes at once (the timer's
-/// resolution), so records go out in groups of about a millisecond's worth.
+/// once. A record less than `PACE_TICK` early goes at once.
 async fn pace(rate: f64, n: u64, started: Instant) {
     let due = Duration::from_secs_f64(n as f64 / rate);
     if let Some(wait) = due.checked_sub(started.elapsed())
-        && wait >= Duration::from_millis(1)
+        && wait >= PACE_TICK
     {
         tokio::time::sleep(wait).await;
     }
