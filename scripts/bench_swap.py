@@ -74,14 +74,14 @@ def main():
     subprocess.run(base + ["setup", "--partitions", "6"], check=True, stdout=subprocess.DEVNULL)
     # Enough load to outlast every swap and restart.
     producer = spawn(base + ["produce", "--module", "modules/producer.wasm", "--count", str(rate * 600),
-                                        "--rate", str(rate)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--rate", str(rate)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start_job(module):
         addr = free_addr()
         job = spawn(base + ["run", "--job", "features", "--module", module, "--group", f"{topic}-features",
-                                       "--output-url", f"file://{lake}", "--redis-prefix", f"bench:{topic}",
-                                       "--max-wait-ms", "200", "--admin-listen", addr],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            "--output-url", f"file://{lake}", "--redis-prefix", f"bench:{topic}",
+                            "--max-wait-ms", "200", "--admin-listen", addr],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         wait_until(lambda: status(addr)["active_took_over"], "the job's first batch")
         return job, addr
 

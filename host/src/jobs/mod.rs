@@ -702,7 +702,7 @@ impl Consuming {
 pub fn stop_signal() -> watch::Receiver<bool> {
     use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(false);
-    let (terminate, interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut terminate, mut interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "cannot handle SIGTERM/SIGINT: they end the process at once");
@@ -710,7 +710,6 @@ pub fn stop_signal() -> watch::Receiver<bool> {
         }
     };
     tokio::spawn(async move {
-        let (mut terminate, mut interrupt) = (terminate, interrupt);
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}

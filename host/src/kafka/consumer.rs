@@ -368,6 +368,11 @@ pub struct Source {
 /// broker, longer than three short sessions.
 const MIN_REJOIN_WAIT: Duration = Duration::from_secs(60);
 
+/// Watermark requests the caught-up check has in flight at once, each on a
+/// thread of its own: a topic's partitions in a few round trips, not one
+/// round trip (or one thread) per partition.
+const WATERMARK_REQUESTS_AT_ONCE: usize = 16;
+
 /// librdkafka's prefetch budget (`queued.max.messages.kbytes`).
 const PREFETCH_KIB: u32 = 16 * 1024;
 
@@ -702,24 +707,29 @@ impl Source {
             .consumer
             .committed_offsets(list.clone(), METADATA_TIMEOUT)
             .map_err(kafka("committed offsets"))?;
-        // One request per partition, each a round trip: all at once.
+        // One request per partition, each a round trip: up to
+        // `WATERMARK_REQUESTS_AT_ONCE` at a time.
         let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
-        let watermarks: Vec<Result<(i64, i64)>> = std::thread::scope(|scope| {
-            let asked: Vec<_> = partitions
-                .iter()
-                .map(|&partition| {
-                    scope.spawn(move || {
-                        self.consumer
-                            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
-                            .map_err(kafka("watermarks"))
+        let mut watermarks: Vec<Result<(i64, i64)>> = Vec::with_capacity(partitions.len());
+        for group in partitions.chunks(WATERMARK_REQUESTS_AT_ONCE) {
+            std::thread::scope(|scope| {
+                let asked: Vec<_> = group
+                    .iter()
+                    .map(|&partition| {
+                        scope.spawn(move || {
+                            self.consumer
+                                .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+                                .map_err(kafka("watermarks"))
+                        })
                     })
-                })
-                .collect();
-            asked
-                .into_iter()
-                .map(|a| a.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
-        });
+                    .collect();
+                watermarks.extend(
+                    asked
+                        .into_iter()
+                        .map(|a| a.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
+                );
+            });
+        }
         for (partition, watermarks) in partitions.into_iter().zip(watermarks) {
             let (low, high) = watermarks?;
             let next = committed
