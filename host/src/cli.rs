@@ -400,6 +400,8 @@ pub async fn run(cli: Cli, layers: &crate::settings::Layers) -> anyhow::Result<(
             // A member is not ready until it holds partitions: from the
             // moment the admin endpoint answers, not once it joins.
             crate::ops::health::expect_assignment();
+            // SIGTERM from here on, start-up included, is a clean stop.
+            jobs::stop_signal();
             let default_group = match job {
                 Job::Backup => jobs::backup::JOB,
                 Job::Features => jobs::features::JOB,

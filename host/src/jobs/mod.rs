@@ -697,27 +697,33 @@ impl Consuming {
 }
 
 /// A receiver that turns true on SIGINT or SIGTERM: jobs finish the batch in
-/// hand, commit, and return. The handlers are in place when this returns,
-/// not once a task first runs: a signal from then on is a clean stop.
+/// hand, commit, and return. The process's handlers are installed by the
+/// first call and shared by every later one: a command that calls this as
+/// it starts turns a signal during its start-up into a clean stop at its
+/// first step, rather than the signal's default end of the process.
 pub fn stop_signal() -> watch::Receiver<bool> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (tx, rx) = watch::channel(false);
-    let (mut terminate, mut interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "cannot handle SIGTERM/SIGINT: they end the process at once");
-            return rx;
-        }
-    };
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        tracing::info!("stop requested: finishing the current batch");
-        let _ = tx.send(true);
-    });
-    rx
+    static STOP: std::sync::OnceLock<watch::Receiver<bool>> = std::sync::OnceLock::new();
+    STOP.get_or_init(|| {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (tx, rx) = watch::channel(false);
+        let (mut terminate, mut interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot handle SIGTERM/SIGINT: they end the process at once");
+                return rx;
+            }
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::info!("stop requested: finishing the current batch");
+            let _ = tx.send(true);
+        });
+        rx
+    })
+    .clone()
 }
 
 /// Splits a batch by partition, keeping offset order inside each.
