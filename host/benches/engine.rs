@@ -25,7 +25,7 @@ use sluice::redis_conn::RedisConn;
 use sluice::registry::Registry;
 use sluice::runtime::{
     Compiled, FeatureLogic, FeatureOutcome, FeaturesWorld, Limits, RawFilter, RawFilterWorld, RawRecord, Runtime,
-    Verdict, WitTransaction,
+    Settings, Verdict, WitTransaction,
 };
 use sluice::sinks::redis::RedisSink;
 use sluice_guest_backup as backup_guest;
@@ -161,8 +161,12 @@ fn timed<T>(make: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Dura
     Ok((made, started.elapsed()))
 }
 
+/// Compiles as sluice's commands do by default: through the module cache.
 fn compile<W: sluice::runtime::World>(module: &std::path::Path) -> anyhow::Result<std::sync::Arc<Compiled<W>>> {
-    let runtime = Runtime::new(Limits::default())?;
+    let runtime = Runtime::new(&Settings {
+        limits: Limits::default(),
+        module_cache: sluice::runtime::default_module_cache_dir(),
+    })?;
     Ok(Compiled::<W>::compile(&runtime, module)?)
 }
 
@@ -206,13 +210,15 @@ struct MapState<'a> {
 }
 
 impl features_guest::KeyedState for MapState<'_> {
-    fn get(&mut self, key: i64) -> Option<i64> {
-        self.values.get(&key).copied()
+    fn get_many(&mut self, keys: &[i64]) -> Vec<Option<i64>> {
+        keys.iter().map(|key| self.values.get(key).copied()).collect()
     }
 
-    fn set(&mut self, key: i64, value: i64) {
-        self.values.insert(key, value);
-        self.changed.insert(key);
+    fn set_many(&mut self, entries: &[(i64, i64)]) {
+        for (key, value) in entries {
+            self.values.insert(*key, *value);
+            self.changed.insert(*key);
+        }
     }
 }
 

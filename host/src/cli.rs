@@ -367,7 +367,7 @@ pub async fn run(cli: Cli, layers: &crate::settings::Layers) -> anyhow::Result<(
                 first_index,
                 start_millis,
                 batch: batch.max(1),
-                limits: guest.limits(),
+                runtime: guest.runtime(),
                 swap: swap.options()?,
                 progress_every: progress.every(),
             };
@@ -441,7 +441,7 @@ pub async fn run(cli: Cli, layers: &crate::settings::Layers) -> anyhow::Result<(
                         storage,
                         module,
                         options,
-                        limits: guest.limits(),
+                        runtime: guest.runtime(),
                         swap: swap.options()?,
                         date_folders_by: Some(date_folders_by).filter(|f| f != "none"),
                     };
@@ -455,7 +455,7 @@ pub async fn run(cli: Cli, layers: &crate::settings::Layers) -> anyhow::Result<(
                         module,
                         options,
                         on_mispartitioned,
-                        limits: guest.limits(),
+                        runtime: guest.runtime(),
                         swap: swap.options()?,
                     };
                     serde_json::to_string(&job.run().await?)?
@@ -503,7 +503,7 @@ pub async fn run(cli: Cli, layers: &crate::settings::Layers) -> anyhow::Result<(
                 on_mispartitioned,
                 allow_gaps,
                 restart,
-                limits: guest.limits(),
+                runtime: guest.runtime(),
                 progress_every: progress.every(),
             };
             println!("{}", serde_json::to_string(&backfill.run().await?)?);

@@ -445,9 +445,31 @@ pub struct GuestArgs {
     /// dead-letter topic whole.
     #[arg(long, env = "SLUICE_GUEST_ISOLATION_BUDGET_MS", default_value_t = 120_000)]
     pub guest_isolation_budget_ms: u64,
+    /// Where compiled modules are kept, so that a module compiled once
+    /// starts without compiling again (a folder of this user's alone)
+    /// [default: $XDG_CACHE_HOME/sluice/modules, else ~/.cache/sluice/modules].
+    #[arg(long, env = "SLUICE_MODULE_CACHE_DIR")]
+    pub module_cache_dir: Option<std::path::PathBuf>,
+    /// Compile every module anew and keep nothing compiled on disk.
+    #[arg(long, env = "SLUICE_NO_MODULE_CACHE")]
+    pub no_module_cache: bool,
 }
 
 impl GuestArgs {
+    /// The runtime's settings: the limits, and the module cache.
+    pub fn runtime(&self) -> crate::runtime::Settings {
+        crate::runtime::Settings {
+            limits: self.limits(),
+            module_cache: if self.no_module_cache {
+                None
+            } else {
+                self.module_cache_dir
+                    .clone()
+                    .or_else(crate::runtime::default_module_cache_dir)
+            },
+        }
+    }
+
     pub fn limits(&self) -> crate::runtime::Limits {
         crate::runtime::Limits {
             call_timeout: std::time::Duration::from_millis(self.guest_timeout_ms.max(1)),

@@ -23,7 +23,7 @@ enum Failing {
 
 /// How a hostile guest's run must end.
 struct Expect<'a> {
-    /// A test guest file under modules/test.
+    /// A module file under modules/test (`../` names one of the jobs' own).
     guest: &'a str,
     /// Text every dead letter's reason and the log must hold.
     reason: &'a str,
@@ -43,7 +43,8 @@ fn transactions() -> Vec<sluice::model::Transaction> {
 }
 
 async fn run_hostile(expect: Expect<'_>) {
-    let topic = unique(&format!("hostile-{}", expect.guest.replace(['.', '_'], "-")));
+    let name = std::path::Path::new(expect.guest).file_stem().expect("a file name");
+    let topic = unique(&format!("hostile-{}", name.to_string_lossy().replace('_', "-")));
     setup_topic(&topic);
     produce_transactions(&topic, &transactions()).await;
     let (_dir, url) = local_lake();
@@ -258,6 +259,19 @@ async fn a_guest_that_creates_too_many_keys_in_one_call_is_split_until_it_fits()
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_set_a_batch_at_a_time_are_held_to_the_same_limit() {
+    // guests/features reads and writes its keys through get-many and
+    // set-many, once per call: the cap on new keys holds for those too.
+    run_hostile(Expect {
+        guest: "../features.wasm",
+        reason: "keyed-state limit",
+        failing: Failing::None,
+        extra: &["--guest-new-keys-per-call", "2"],
+    })
+    .await;
+}
+
 /// Peak resident memory of a process so far (VmHWM), in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -320,4 +334,55 @@ async fn a_guest_that_creates_a_million_keys_per_call_stays_within_the_state_bud
     assert_eq!(report(&stdout)["dead_lettered"], letters.len() as u64, "{stdout}");
     println!("peak resident memory {} MiB", peak >> 20);
     assert!(peak < 300 << 20, "peak resident memory {} MiB", peak >> 20);
+}
+
+/// A runtime of a job's settings, keeping compiled modules in `cache`.
+fn runtime_with_cache(cache: &std::path::Path) -> std::sync::Arc<sluice::runtime::Runtime> {
+    sluice::runtime::Runtime::new(&sluice::runtime::Settings {
+        limits: sluice::runtime::Limits::default(),
+        module_cache: Some(cache.to_path_buf()),
+    })
+    .expect("runtime")
+}
+
+#[test]
+fn a_module_compiled_once_is_taken_from_the_cache_by_the_next_process() {
+    use sluice::runtime::{Compiled, FeaturesWorld};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("modules");
+    let module = std::path::PathBuf::from(module("features"));
+
+    let first = runtime_with_cache(&cache);
+    Compiled::<FeaturesWorld>::probe(&Compiled::compile(&first, &module).expect("compile")).expect("probe");
+    assert_eq!(first.module_cache_hits(), 0, "a new cache holds nothing");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cache).expect("made").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the cache is the user's alone");
+
+    // A runtime of its own, as another process has: the module comes
+    // compiled from the folder, and works.
+    let second = runtime_with_cache(&cache);
+    Compiled::<FeaturesWorld>::probe(&Compiled::compile(&second, &module).expect("compile")).expect("probe");
+    assert_eq!(second.module_cache_hits(), 1);
+}
+
+#[test]
+fn a_cache_others_may_write_to_is_not_used() {
+    use sluice::runtime::{Compiled, FeaturesWorld};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("shared");
+    let module = std::path::PathBuf::from(module("features"));
+    Compiled::<FeaturesWorld>::compile(&runtime_with_cache(&cache), &module).expect("compile");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+
+    // Compiled anew, and still works: the cache is a speed-up, never a
+    // reason a job does not start.
+    let runtime = runtime_with_cache(&cache);
+    Compiled::<FeaturesWorld>::probe(&Compiled::compile(&runtime, &module).expect("compile")).expect("probe");
+    assert_eq!(
+        runtime.module_cache_hits(),
+        0,
+        "machine code from a shared folder was run"
+    );
 }

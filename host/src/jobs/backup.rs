@@ -19,7 +19,7 @@ use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::kafka::Consumed;
 use crate::lineage::{ArchiveLineage, module_metadata};
 use crate::registry::Registry;
-use crate::runtime::{Limits, RawFilter, RawFilterGuest, RawFilterWorld, RawRecord, Runtime, Verdict};
+use crate::runtime::{RawFilter, RawFilterGuest, RawFilterWorld, RawRecord, Runtime, Verdict};
 use crate::sinks::parquet::ParquetSink;
 
 use super::claims::Range;
@@ -46,7 +46,7 @@ pub struct BackupJob {
     pub storage: Storage,
     pub module: PathBuf,
     pub options: RunOptions,
-    pub limits: Limits,
+    pub runtime: crate::runtime::Settings,
     pub swap: SwapOptions,
     /// The timestamp field whose UTC date names each object's
     /// `event_date=` folder; `None` leaves the partition folders straight
@@ -93,7 +93,7 @@ impl BackupJob {
         .await?;
         // The module compiles while the group joins (seconds on a fresh
         // group), rather than before.
-        let runtime = Runtime::new(self.limits)?;
+        let runtime = Runtime::new(&self.runtime)?;
         let (swap, guest) = HotSwap::<RawFilterWorld>::start(runtime, &self.module, &self.swap).await?;
         let subject = crate::model::value_subject(&self.kafka.topic);
         let layout = self.latest_layout(&subject).await?;

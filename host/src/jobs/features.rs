@@ -18,7 +18,7 @@ use crate::kafka::Consumed;
 use crate::lineage::module_metadata;
 use crate::model::FeatureEvent;
 use crate::registry::Registry;
-use crate::runtime::{FeatureLogic, FeaturesGuest, FeaturesWorld, Limits, Runtime, WitTransaction};
+use crate::runtime::{FeatureLogic, FeaturesGuest, FeaturesWorld, Runtime, WitTransaction};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
 use crate::state::{Checkpoints, PartitionState, Snapshot};
@@ -63,7 +63,7 @@ pub struct FeaturesJob {
     pub module: PathBuf,
     pub options: RunOptions,
     pub on_mispartitioned: OnMispartitioned,
-    pub limits: Limits,
+    pub runtime: crate::runtime::Settings,
     pub swap: SwapOptions,
 }
 
@@ -231,7 +231,7 @@ struct Run {
 
 impl FeaturesJob {
     pub async fn run(self) -> Result<FeaturesReport> {
-        let runtime = Runtime::new(self.limits)?;
+        let runtime = Runtime::new(&self.runtime)?;
         let (swap, guest) = HotSwap::<FeaturesWorld>::start(runtime, &self.module, &self.swap).await?;
         let name = checkpoint_name(&self.options.group, &self.kafka.topic);
         let checkpoints = Checkpoints::new(self.storage.clone(), &name).with_module(swap.sha256());

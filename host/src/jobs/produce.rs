@@ -14,7 +14,7 @@ use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::kafka::producer::{self, Deliveries};
 use crate::model::{TRANSACTION_SCHEMA, Transaction, value_subject, write_transaction_key};
 use crate::registry::Registry;
-use crate::runtime::{GeneratorWorld, Limits, Runtime};
+use crate::runtime::{GeneratorWorld, Runtime};
 
 use super::{Error, Result, stop_signal};
 
@@ -31,7 +31,7 @@ pub struct Produce {
     pub start_millis: Option<i64>,
     /// Records generated per guest call.
     pub batch: u32,
-    pub limits: Limits,
+    pub runtime: crate::runtime::Settings,
     pub swap: SwapOptions,
     /// How often the progress line is logged.
     pub progress_every: std::time::Duration,
@@ -52,7 +52,7 @@ pub struct ProduceReport {
 
 impl Produce {
     pub async fn run(self) -> Result<ProduceReport> {
-        let runtime = Runtime::new(self.limits)?;
+        let runtime = Runtime::new(&self.runtime)?;
         let (mut swap, mut guest) = HotSwap::<GeneratorWorld>::start(runtime, &self.module, &self.swap).await?;
         let credentials = self.kafka.admin_credentials()?;
         let producer = producer::create_counting(self.kafka.client_config(credentials.as_ref())?)?;

@@ -9,14 +9,16 @@ pub mod raw_filter {
 }
 
 pub mod features {
-    // Keyed state traps outside a call, and `set` when a call creates more
-    // keys than the store allows.
+    // Keyed state traps outside a call, and `set` and `set-many` when a
+    // call creates more keys than the store allows.
     wasmtime::component::bindgen!({
         world: "features",
         path: "../wit",
         imports: {
             "sluice:pipeline/keyed-state.get": trappable,
             "sluice:pipeline/keyed-state.set": trappable,
+            "sluice:pipeline/keyed-state.get-many": trappable,
+            "sluice:pipeline/keyed-state.set-many": trappable,
         },
     });
 }

@@ -7,6 +7,7 @@ mod guests;
 mod isolate;
 mod limits;
 mod logic;
+mod module_cache;
 mod sandbox;
 mod store_data;
 
@@ -28,6 +29,7 @@ pub use guests::{
 };
 pub use limits::Limits;
 pub use logic::{FeatureLogic, RawFilter};
+pub use module_cache::default_dir as default_module_cache_dir;
 use store_data::StoreData;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -110,18 +112,36 @@ const MAX_MODULE_BYTES: u64 = 256 << 20;
 /// Interval of the epoch ticker; call deadlines are counted in these.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// How the process's runtime is set up: the guests' limits, and where
+/// compiled modules are kept (`None`: compile every module anew).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub limits: Limits,
+    pub module_cache: Option<PathBuf>,
+}
+
 /// The engine shared by every guest of the process, with its epoch ticker.
 pub struct Runtime {
     engine: Engine,
     limits: Limits,
+    module_cache: Option<wasmtime::Cache>,
     ticker_stop: Arc<AtomicBool>,
 }
 
 impl Runtime {
-    pub fn new(limits: Limits) -> Result<Arc<Self>> {
+    pub fn new(settings: &Settings) -> Result<Arc<Self>> {
+        let limits = settings.limits;
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.consume_fuel(limits.fuel.is_some());
+        let module_cache = settings.module_cache.as_deref().and_then(|dir| {
+            module_cache::open(dir)
+                .inspect_err(|reason| {
+                    tracing::warn!(%reason, "not keeping compiled modules (--module-cache-dir): every module compiles anew")
+                })
+                .ok()
+        });
+        config.cache(module_cache.clone());
         let engine = Engine::new(&config).map_err(|e| Error::Engine(e.to_string()))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticking, stop) = (engine.clone(), ticker_stop.clone());
@@ -137,6 +157,7 @@ impl Runtime {
         Ok(Arc::new(Self {
             engine,
             limits,
+            module_cache,
             ticker_stop,
         }))
     }
@@ -158,11 +179,25 @@ impl Runtime {
                 reason: "it is a core WebAssembly module".into(),
             });
         }
+        let started = std::time::Instant::now();
+        let hits = self.module_cache_hits();
         let component = Component::new(&self.engine, &bytes).map_err(|e| Error::DoesNotCompile {
-            path: shown,
+            path: shown.clone(),
             reason: format!("{e:#}"),
         })?;
+        tracing::debug!(
+            module = %shown,
+            from_cache = self.module_cache_hits() > hits,
+            seconds = started.elapsed().as_secs_f64(),
+            "module compiled"
+        );
         Ok((component, file))
+    }
+
+    /// Modules this runtime took compiled from the cache, rather than
+    /// compiling them.
+    pub fn module_cache_hits(&self) -> usize {
+        self.module_cache.as_ref().map_or(0, wasmtime::Cache::cache_hits)
     }
 
     /// A linker with the sandbox's WASI, for guests built against std.

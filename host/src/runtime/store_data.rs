@@ -104,6 +104,26 @@ impl keyed_state::Host for StoreData {
 
     fn set(&mut self, key: i64, value: i64) -> wasmtime::Result<()> {
         self.outside_a_call()?;
+        self.set_one(key, value)
+    }
+
+    fn get_many(&mut self, keys: Vec<i64>) -> wasmtime::Result<Vec<Option<i64>>> {
+        self.outside_a_call()?;
+        Ok(keys.iter().map(|key| self.state.get(key).copied()).collect())
+    }
+
+    fn set_many(&mut self, entries: Vec<(i64, i64)>) -> wasmtime::Result<()> {
+        self.outside_a_call()?;
+        entries
+            .into_iter()
+            .try_for_each(|(key, value)| self.set_one(key, value))
+    }
+}
+
+impl StoreData {
+    /// One key set during a call: remembered for the undo, and held to the
+    /// limits on keys.
+    fn set_one(&mut self, key: i64, value: i64) -> wasmtime::Result<()> {
         let previous = self.state.insert(key, value);
         self.undo.push((key, previous));
         if previous.is_none() {

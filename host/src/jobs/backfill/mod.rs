@@ -33,7 +33,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::config::Storage;
-use crate::runtime::{FeaturesModule, Limits, Runtime};
+use crate::runtime::{FeaturesModule, Runtime};
 use crate::sinks::parquet::ParquetSink;
 use crate::state::Checkpoints;
 
@@ -100,8 +100,8 @@ pub struct Backfill {
     pub allow_gaps: bool,
     /// Forget earlier progress and replay from the archive's start.
     pub restart: bool,
-    /// Limits of the guest sandbox.
-    pub limits: Limits,
+    /// The guest sandbox's limits and the module cache.
+    pub runtime: crate::runtime::Settings,
     /// How often the progress line is logged without a terminal.
     pub progress_every: std::time::Duration,
 }
@@ -152,7 +152,7 @@ impl Backfill {
     pub async fn run(self) -> Result<BackfillReport> {
         let started = Instant::now();
         self.refuse_inexact_handoff()?;
-        let runtime = Runtime::new(self.limits)?;
+        let runtime = Runtime::new(&self.runtime)?;
         let module = FeaturesModule::compile(&runtime, &self.module)?;
         let module_sha256 = module.file().sha256.clone();
         let settings = Settings {
