@@ -77,8 +77,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // As sluice's own main does: the same allocator settings.
-    sluice::allocator::tune();
+    // As sluice's own main does for the jobs: the same allocator settings.
+    sluice::allocator::tune(sluice::allocator::Workload::LongRunning);
     let args = Args::parse();
     let storage = StorageArgs {
         output_url: args.output_url.clone(),

@@ -308,6 +308,16 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Where the command trades memory for CPU (`allocator`).
+    pub fn workload(&self) -> crate::allocator::Workload {
+        match self {
+            Command::Backfill { .. } => crate::allocator::Workload::Batch,
+            _ => crate::allocator::Workload::LongRunning,
+        }
+    }
+}
+
 /// An event time: milliseconds since the epoch, or RFC 3339
 /// (`2026-11-01T00:00:00Z`).
 fn parse_event_time(raw: &str) -> Result<i64, String> {

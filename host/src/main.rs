@@ -1,6 +1,5 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    sluice::allocator::tune();
     let (cli, layers) = match sluice::settings::parse() {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -8,6 +7,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    sluice::allocator::tune(cli.command.workload());
     sluice::logging::init(cli.log_format);
     match sluice::cli::run(cli, &layers).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
