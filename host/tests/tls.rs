@@ -134,7 +134,7 @@ async fn a_certificate_another_authority_signed_is_refused() {
     );
     assert!(
         started.elapsed() < Duration::from_secs(60),
-        "took {:?}",
+        "took {:?}:\n{stderr}",
         started.elapsed()
     );
 

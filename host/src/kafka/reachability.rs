@@ -64,8 +64,11 @@ impl Reachability {
         }
         let refusal = match error.rdkafka_error_code() {
             Some(Code::Authentication) => Some(Refusal::Login(reason.to_string())),
+            // librdkafka reports a failed verification as an SSL error or,
+            // when it reports the same failure again (and to whichever
+            // client saw it first), as a transport failure: either says it.
             // Other TLS failures (a broker restarting mid-handshake) heal.
-            Some(Code::SSL) if reason.contains("certificate verify failed") => {
+            Some(Code::SSL | Code::BrokerTransportFailure) if reason.contains("certificate verify failed") => {
                 Some(Refusal::Certificate(reason.to_string()))
             }
             _ => None,
