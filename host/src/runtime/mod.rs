@@ -114,7 +114,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// How the process's runtime is set up: the guests' limits, and where
 /// compiled modules are kept (`None`: compile every module anew).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub limits: Limits,
     pub module_cache: Option<PathBuf>,
