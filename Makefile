@@ -16,7 +16,8 @@ GUESTS := producer backup features
 # Test-only guests (host/tests/guests, cargo examples) for the integration
 # tests, copied into modules/test/ with the WAT component grow_table.wat.
 TEST_GUESTS := loop_forever grow_memory trap_on_user wrong_count read_clock sleep read_random \
-	open_file open_socket read_env features_rebuilt features_v2 always_fails generator_xts generator_users hoard_keys
+	open_file open_socket read_env features_rebuilt features_v2 always_fails generator_xts generator_users hoard_keys \
+	filter_batch filter_records
 TEST_GUEST_CRATE := host/tests/guests
 
 # Tools installed with `cargo install` live here.

@@ -24,7 +24,7 @@ use sluice::jobs::engine::{Engine, read_input};
 use sluice::redis_conn::RedisConn;
 use sluice::registry::Registry;
 use sluice::runtime::{
-    Compiled, FeatureLogic, FeatureOutcome, FeaturesWorld, Limits, RawFilter, RawFilterWorld, RawRecord, Runtime,
+    Compiled, FeatureLogic, FeatureOutcome, FeaturesWorld, Limits, RawBatch, RawFilter, RawFilterWorld, Runtime,
     Settings, Verdict, WitTransaction,
 };
 use sluice::sinks::redis::RedisSink;
@@ -77,9 +77,12 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // As sluice's own main does for the jobs: the same allocator settings.
-    sluice::allocator::tune(sluice::allocator::Workload::LongRunning);
     let args = Args::parse();
+    // As sluice's own main does for the job.
+    sluice::allocator::tune(match args.job {
+        Job::Backup => sluice::allocator::Workload::Batches,
+        Job::Features => sluice::allocator::Workload::KeyedState,
+    });
     let storage = StorageArgs {
         output_url: args.output_url.clone(),
         s3_endpoint: std::env::var("SLUICE_S3_ENDPOINT").ok(),
@@ -111,12 +114,12 @@ async fn main() -> anyhow::Result<()> {
         (Job::Backup, Logic::Wasm) => {
             let (mut guest, compiled) = timed(|| Ok(Compiled::<RawFilterWorld>::guest(&compile(&module)?)?))?;
             let started = Instant::now();
-            (engine.backup(values, &mut guest).await?, compiled, started.elapsed())
+            (engine.backup(&values, &mut guest).await?, compiled, started.elapsed())
         }
         (Job::Backup, Logic::Native) => {
             let started = Instant::now();
             (
-                engine.backup(values, &mut NativeBackup).await?,
+                engine.backup(&values, &mut NativeBackup).await?,
                 Duration::ZERO,
                 started.elapsed(),
             )
@@ -129,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
                     let (mut guest, compiled) = timed(|| Ok(Compiled::<FeaturesWorld>::guest(&compile(&module)?)?))?;
                     let started = Instant::now();
                     (
-                        engine.features(values, &mut guest, &redis).await?,
+                        engine.features(&values, &mut guest, &redis).await?,
                         compiled,
                         started.elapsed(),
                     )
@@ -137,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
                 Logic::Native => {
                     let started = Instant::now();
                     (
-                        engine.features(values, &mut NativeFeatures, &redis).await?,
+                        engine.features(&values, &mut NativeFeatures, &redis).await?,
                         Duration::ZERO,
                         started.elapsed(),
                     )
@@ -170,23 +173,40 @@ fn compile<W: sluice::runtime::World>(module: &std::path::Path) -> anyhow::Resul
     Ok(Compiled::<W>::compile(&runtime, module)?)
 }
 
-/// The backup guest's source, compiled natively. Its records cross as they
-/// cross into the component: copied into the guest's own types.
+/// The backup guest's source, compiled natively. The batch crosses as it
+/// crosses into the component: its buffers copied into the guest's own types.
 struct NativeBackup;
 
 impl RawFilter for NativeBackup {
-    fn process(&mut self, batch: &[RawRecord]) -> Vec<sluice::runtime::Result<Verdict>> {
-        let input: Vec<backup_guest::RawRecord> = batch
-            .iter()
-            .map(|r| backup_guest::RawRecord {
-                key: r.key.clone(),
-                value: r.value.clone(),
-                headers: r.headers.clone(),
-                timestamp_millis: r.timestamp_millis,
-                partition: r.partition,
-                offset: r.offset,
-            })
-            .collect();
+    fn process(&mut self, batch: &RawBatch) -> Vec<sluice::runtime::Outcome<Verdict>> {
+        let part = batch.part(batch.entries());
+        let span = |s: sluice::runtime::Span| backup_guest::Span {
+            start: s.start,
+            len: s.len,
+        };
+        let input = backup_guest::RawBatch {
+            partition: part.partition,
+            bytes: part.bytes.to_vec(),
+            entries: part
+                .entries
+                .iter()
+                .map(|e| backup_guest::RawEntry {
+                    key: e.key.map(span),
+                    value: e.value.map(span),
+                    timestamp_millis: e.timestamp_millis,
+                    offset: e.offset,
+                })
+                .collect(),
+            headers: part
+                .headers
+                .iter()
+                .map(|h| backup_guest::RawHeader {
+                    offset: h.offset,
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+        };
         backup_guest::process(&input)
             .into_iter()
             .map(|verdict| {
@@ -228,7 +248,7 @@ impl FeatureLogic for NativeFeatures {
         state: &mut HashMap<i64, i64>,
         changed: &mut HashSet<i64>,
         batch: &[WitTransaction],
-    ) -> Vec<sluice::runtime::Result<FeatureOutcome>> {
+    ) -> Vec<sluice::runtime::Outcome<FeatureOutcome>> {
         let input: Vec<features_guest::Transaction> = batch
             .iter()
             .map(|t| features_guest::Transaction {

@@ -72,9 +72,11 @@ impl Decoder {
         &mut self,
         values: impl IntoIterator<Item = Option<&'a [u8]>>,
     ) -> Result<(), RegistryUnavailable> {
+        // Values of one writer come in runs: a run's id is looked up once.
+        let mut last = None;
         for value in values {
             let Ok(id) = schema_id(value) else { continue };
-            if self.schemas.contains_key(&id) {
+            if last.replace(id) == Some(id) || self.schemas.contains_key(&id) {
                 continue;
             }
             match self.client.get_schema(id).await {

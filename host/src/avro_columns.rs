@@ -74,11 +74,15 @@ pub fn decode(
         }
     }
     batches.extend(decoder.flush().map_err(|e| Fallback(format!("decoding: {e}")))?);
-    let conformed = batches
+    let mut conformed = batches
         .iter()
         .map(|batch| conform(batch, layout))
         .collect::<Result<Vec<_>, _>>()?;
-    let batch = arrow_select::concat::concat_batches(layout, &conformed).map_err(failed("joining batches"))?;
+    // One writer's values (the usual case) are one batch, taken as it is.
+    let batch = match conformed.len() {
+        1 => conformed.pop().expect("one batch"),
+        _ => arrow_select::concat::concat_batches(layout, &conformed).map_err(failed("joining batches"))?,
+    };
     // One row a value, or the rows would not line up with their records.
     if batch.num_rows() != values.len() {
         return Err(Fallback(format!(

@@ -309,11 +309,11 @@ pub enum Command {
 }
 
 impl Command {
-    /// Where the command trades memory for CPU (`allocator`).
+    /// What the command's memory follows (`allocator`).
     pub fn workload(&self) -> crate::allocator::Workload {
         match self {
-            Command::Backfill { .. } => crate::allocator::Workload::Batch,
-            _ => crate::allocator::Workload::LongRunning,
+            Command::Run { job: Job::Features, .. } => crate::allocator::Workload::KeyedState,
+            _ => crate::allocator::Workload::Batches,
         }
     }
 }

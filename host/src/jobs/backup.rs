@@ -19,7 +19,7 @@ use crate::hot_swap::{HotSwap, SwapOptions, SwapRecord};
 use crate::kafka::Consumed;
 use crate::lineage::{ArchiveLineage, module_metadata};
 use crate::registry::Registry;
-use crate::runtime::{RawFilter, RawFilterGuest, RawFilterWorld, RawRecord, Runtime, Verdict};
+use crate::runtime::{RawBatch, RawEntry, RawFilter, RawFilterGuest, RawFilterWorld, Runtime, Verdict};
 use crate::sinks::parquet::ParquetSink;
 
 use super::claims::Range;
@@ -164,11 +164,12 @@ impl Stages for Run {
         };
         for packed in records {
             let partition = packed.partition();
-            // Each record's bytes move into the guest's input and are
-            // decoded from there: no copy besides the guest's own.
-            let raw: Vec<RawRecord> = packed.unpack().into_iter().map(raw_record).collect();
-            drop(packed);
-            self.swap.took_over(partition, raw[0].offset);
+            // The roll's buffer becomes the guest's input, and the values
+            // are decoded from there: no copy besides the guest's own.
+            let batch = packed
+                .into_raw_batch()
+                .map_err(|e| Error::Other(format!("partition {partition}: {e}")))?;
+            self.swap.took_over(partition, batch.entries()[0].offset);
             let rows = ArchiveRows {
                 decoder: &self.decoder,
                 readers: &readers,
@@ -184,7 +185,7 @@ impl Stages for Run {
                 &mut self.guest,
                 &rows,
                 &source,
-                raw,
+                batch,
                 &mut self.report,
             )?);
         }
@@ -216,16 +217,17 @@ pub(super) fn archive_partition(
     filter: &mut impl RawFilter,
     rows: &ArchiveRows<'_>,
     source: &Source<'_>,
-    raw: Vec<RawRecord>,
+    batch: RawBatch,
     report: &mut BackupReport,
 ) -> Result<PartitionOutputs> {
-    let partition = raw[0].partition;
-    let verdicts = filter.process(&raw);
+    let partition = batch.partition();
+    let verdicts = filter.process(&batch);
     crate::fault::point("after-guest");
-    let mut kept = Vec::with_capacity(raw.len());
+    let entries = batch.entries();
+    let mut kept = Vec::with_capacity(entries.len());
     let mut excluded = Vec::new();
     let mut dead_letters = Vec::new();
-    for (record, verdict) in raw.iter().zip(verdicts) {
+    for (record, verdict) in entries.iter().zip(verdicts) {
         report.run.records += 1;
         let reason = match verdict {
             Ok(Verdict::Keep) => {
@@ -241,19 +243,19 @@ pub(super) fn archive_partition(
             Err(failure) => failure.to_string(),
         };
         excluded.push(record.offset);
-        dead_letters.push((consumed(record), reason));
+        dead_letters.push((consumed(&batch, record), reason));
     }
-    let (batch, offsets) = rows.of(&kept, &mut excluded, &mut dead_letters);
+    let (columns, offsets) = rows.of(&batch, &kept, &mut excluded, &mut dead_letters);
     excluded.sort_unstable();
     dead_letters.sort_by_key(|(record, _)| record.offset);
     // An object is written even when no record survived: its lineage says
     // the range was consumed, so the backfill can tell a dead-lettered or
     // filtered range from a lost object.
-    report.archived += batch.num_rows() as u64;
+    report.archived += columns.num_rows() as u64;
     let range = Range {
         partition,
-        first: raw[0].offset,
-        end: raw[raw.len() - 1].offset + 1,
+        first: entries[0].offset,
+        end: entries[entries.len() - 1].offset + 1,
     };
     let archived = Archived {
         topic: source.topic,
@@ -264,7 +266,7 @@ pub(super) fn archive_partition(
         excluded: &excluded,
         module_sha256: source.module_sha256,
     };
-    let objects = archived.objects(batch, rows.layout.dates.as_ref())?;
+    let objects = archived.objects(columns, rows.layout.dates.as_ref())?;
     Ok(PartitionOutputs {
         range,
         dead_letters,
@@ -350,7 +352,14 @@ pub(super) fn uncovered_writers<'a>(
     values: impl IntoIterator<Item = Option<&'a [u8]>>,
     layout: &Layout,
 ) -> HashSet<u32> {
-    let ids: HashSet<u32> = values.into_iter().filter_map(|value| schema_id(value).ok()).collect();
+    // Values of one writer come in runs: a run's id is hashed once.
+    let mut ids = HashSet::new();
+    let mut last = None;
+    for id in values.into_iter().filter_map(|value| schema_id(value).ok()) {
+        if last.replace(id) != Some(id) {
+            ids.insert(id);
+        }
+    }
     ids.into_iter()
         .filter(|id| *id != layout.schema_id)
         .filter(|id| {
@@ -374,21 +383,22 @@ impl ArchiveRows<'_> {
     /// be decoded joins `excluded` and `dead_letters` with the reason.
     fn of(
         &self,
-        kept: &[&RawRecord],
+        batch: &RawBatch,
+        kept: &[&RawEntry],
         excluded: &mut Vec<i64>,
         dead_letters: &mut Vec<(Consumed, String)>,
     ) -> (RecordBatch, Vec<i64>) {
-        if let Some(batch) = self.straight_to_columns(kept) {
-            return (batch, kept.iter().map(|r| r.offset).collect());
+        if let Some(rows) = self.straight_to_columns(batch, kept) {
+            return (rows, kept.iter().map(|r| r.offset).collect());
         }
         let mut rows = RowsBuilder::new(self.layout.columns.clone());
         let mut offsets = Vec::with_capacity(kept.len());
         for record in kept {
-            match self.archive_row(&mut rows, record.value.as_deref()) {
+            match self.archive_row(&mut rows, batch.value(record)) {
                 Ok(()) => offsets.push(record.offset),
                 Err(reason) => {
                     excluded.push(record.offset);
-                    dead_letters.push((consumed(record), reason));
+                    dead_letters.push((consumed(batch, record), reason));
                 }
             }
         }
@@ -398,8 +408,8 @@ impl ArchiveRows<'_> {
     /// Every kept value decoded straight into the columns (`avro_columns`),
     /// or `None` when one of them needs the record-by-record path: a
     /// writer the layout does not cover, or a value that does not decode.
-    fn straight_to_columns(&self, kept: &[&RawRecord]) -> Option<RecordBatch> {
-        let values: Vec<&[u8]> = kept.iter().map(|r| r.value.as_deref()).collect::<Option<_>>()?;
+    fn straight_to_columns(&self, batch: &RawBatch, kept: &[&RawEntry]) -> Option<RecordBatch> {
+        let values: Vec<&[u8]> = kept.iter().map(|r| batch.value(r)).collect::<Option<_>>()?;
         if values
             .iter()
             .any(|v| schema_id(Some(v)).map_or(true, |id| self.uncovered.contains(&id)))
@@ -428,26 +438,14 @@ impl ArchiveRows<'_> {
     }
 }
 
-/// A record as the guest takes it, its bytes moved, not copied.
-pub(super) fn raw_record(record: Consumed) -> RawRecord {
-    RawRecord {
-        key: record.key,
-        value: record.value,
-        headers: record.headers,
-        timestamp_millis: record.timestamp_millis,
-        partition: record.partition,
-        offset: record.offset,
-    }
-}
-
 /// A record for the dead-letter topic: the one copy of a left-out record.
-fn consumed(record: &RawRecord) -> Consumed {
+fn consumed(batch: &RawBatch, record: &RawEntry) -> Consumed {
     Consumed {
-        key: record.key.clone(),
-        value: record.value.clone(),
-        headers: record.headers.clone(),
+        key: batch.key(record).map(<[u8]>::to_vec),
+        value: batch.value(record).map(<[u8]>::to_vec),
+        headers: batch.header_pairs(record.offset),
         timestamp_millis: record.timestamp_millis,
-        partition: record.partition,
+        partition: batch.partition(),
         offset: record.offset,
     }
 }

@@ -16,7 +16,7 @@ use crate::kafka::Consumed;
 use crate::lineage::module_metadata;
 use crate::model::value_subject;
 use crate::registry::Registry;
-use crate::runtime::{FeatureLogic, RawFilter, RawRecord};
+use crate::runtime::{FeatureLogic, RawBatch, RawFilter};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
 use crate::state::PartitionState;
@@ -26,24 +26,61 @@ use super::counting::{OnMispartitioned, Placement};
 use super::features::{self, Decoding};
 use super::{Error, Result};
 
-/// The values of a record file: each record a 4-byte big-endian length and
-/// then the Kafka value (Confluent-framed Avro), the format
-/// `../shared/bench/peer.py --input` reads.
-pub fn read_input(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Other(format!("reading {}: {e}", path.display())))?;
-    let mut values = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let truncated = || Error::Other(format!("{}: a record at byte {at} is cut short", path.display()));
-        let length: [u8; 4] = bytes
-            .get(at..at + 4)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(truncated)?;
-        let end = at + 4 + u32::from_be_bytes(length) as usize;
-        values.push(bytes.get(at + 4..end).ok_or_else(truncated)?.to_vec());
-        at = end;
+/// The values of a record file, read whole: each record a 4-byte
+/// big-endian length and then the Kafka value (Confluent-framed Avro), the
+/// format `../shared/bench/peer.py --input` reads.
+pub struct Values {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl Values {
+    pub fn len(&self) -> usize {
+        self.count
     }
-    Ok(values)
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let (value, end) = next_value(&self.bytes, at).ok()??;
+            at = end;
+            Some(value)
+        })
+    }
+}
+
+/// The value at byte `at` and where the next record starts, `None` at the
+/// end, or where a record is cut short.
+fn next_value(bytes: &[u8], at: usize) -> std::result::Result<Option<(&[u8], usize)>, usize> {
+    if at == bytes.len() {
+        return Ok(None);
+    }
+    let length: [u8; 4] = bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).ok_or(at)?;
+    let end = at + 4 + u32::from_be_bytes(length) as usize;
+    let value = bytes.get(at + 4..end).ok_or(at)?;
+    Ok(Some((value, end)))
+}
+
+/// The values of the record file at `path`.
+pub fn read_input(path: &Path) -> Result<Values> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Other(format!("reading {}: {e}", path.display())))?;
+    let (mut at, mut count) = (0, 0);
+    loop {
+        match next_value(&bytes, at) {
+            Ok(Some((_, end))) => (at, count) = (end, count + 1),
+            Ok(None) => return Ok(Values { bytes, count }),
+            Err(at) => {
+                return Err(Error::Other(format!(
+                    "{}: a record at byte {at} is cut short",
+                    path.display()
+                )));
+            }
+        }
+    }
 }
 
 /// Where the engine writes, and how it cuts the records.
@@ -73,11 +110,11 @@ pub struct EngineReport {
 impl Engine {
     /// The backup job's roll over `values`, `roll` records at a time: the
     /// filter, the archive rows of what it keeps, their objects.
-    pub async fn backup(&self, values: Vec<Vec<u8>>, filter: &mut impl RawFilter) -> Result<EngineReport> {
+    pub async fn backup(&self, values: &Values, filter: &mut impl RawFilter) -> Result<EngineReport> {
         let layout = backup::latest_layout(&self.registry, &value_subject(&self.topic), None).await?;
         let mut decoder = Decoder::new(&self.registry);
-        decoder.prepare(values.iter().map(|v| Some(v.as_slice()))).await?;
-        let uncovered = backup::uncovered_writers(&decoder, values.iter().map(|v| Some(v.as_slice())), &layout);
+        decoder.prepare(values.iter().map(Some)).await?;
+        let uncovered = backup::uncovered_writers(&decoder, values.iter().map(Some), &layout);
         let readers = decoder.readers();
         let rows = ArchiveRows {
             decoder: &decoder,
@@ -93,17 +130,22 @@ impl Engine {
         let sink = ParquetSink::new(self.storage.clone(), &self.topic);
         let mut report = BackupReport::default();
         let mut engine = EngineReport::default();
-        let mut values = values.into_iter();
+        // Each roll's values are copied into one buffer, as the job packs
+        // the records it consumes.
         let mut offset = 0i64;
+        let mut values = values.iter().peekable();
         loop {
-            let raw: Vec<RawRecord> = next_records(&mut values, self.roll, &mut offset)
-                .into_iter()
-                .map(backup::raw_record)
-                .collect();
-            if raw.is_empty() {
+            let mut batch = RawBatch::with_capacity(0, self.roll, self.roll * values.peek().map_or(0, |v| v.len()));
+            for value in values.by_ref().take(self.roll) {
+                batch
+                    .push(offset, None, None, Some(value), [])
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                offset += 1;
+            }
+            if batch.is_empty() {
                 break;
             }
-            let outputs = backup::archive_partition(filter, &rows, &source, raw, &mut report)?;
+            let outputs = backup::archive_partition(filter, &rows, &source, batch, &mut report)?;
             for object in outputs.objects {
                 sink.write(
                     object.folder.as_deref(),
@@ -126,7 +168,7 @@ impl Engine {
     /// Redis), and its objects of feature events, one per `roll` records.
     pub async fn features(
         &self,
-        values: Vec<Vec<u8>>,
+        values: &Values,
         logic: &mut impl FeatureLogic,
         redis: &RedisSink,
     ) -> Result<EngineReport> {
@@ -136,7 +178,7 @@ impl Engine {
         let sink = ParquetSink::new(self.storage.clone(), features::DATASET);
         let mut engine = EngineReport::default();
         let (mut open, mut open_first) = (Vec::new(), 0i64);
-        let mut values = values.into_iter();
+        let mut values = values.iter();
         let mut offset = 0i64;
         loop {
             let micro = next_records(&mut values, self.batch, &mut offset);
@@ -186,14 +228,14 @@ impl Engine {
 }
 
 /// The next `n` values as records of partition 0, from `*offset` on.
-fn next_records(values: &mut impl Iterator<Item = Vec<u8>>, n: usize, offset: &mut i64) -> Vec<Consumed> {
+fn next_records<'a>(values: &mut impl Iterator<Item = &'a [u8]>, n: usize, offset: &mut i64) -> Vec<Consumed> {
     values
         .take(n)
         .map(|value| {
             *offset += 1;
             Consumed {
                 key: None,
-                value: Some(value),
+                value: Some(value.to_vec()),
                 headers: Vec::new(),
                 timestamp_millis: None,
                 partition: 0,

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::kafka::Consumed;
+use crate::runtime::{RawBatch, RawEntry, RawHeader, TooLarge, span_at};
 
 use super::claims::Range;
 use crate::varint;
@@ -68,6 +69,8 @@ struct Unpacked<'a> {
     timestamp_millis: Option<i64>,
     key: Option<&'a [u8]>,
     value: Option<&'a [u8]>,
+    /// Where the key's bytes start in the buffer; the value's follow them.
+    key_at: usize,
 }
 
 /// Reads a `Packed` buffer front to back.
@@ -98,12 +101,14 @@ impl<'a> Iterator for Reader<'a> {
         let value_len = varint::get(self.bytes, &mut self.at) as usize;
         let key = &self.bytes[self.at..self.at + key_len];
         let value = &self.bytes[self.at + key_len..self.at + key_len + value_len];
+        let key_at = self.at;
         self.at += key_len + value_len;
         Some(Unpacked {
             offset: self.offset,
             timestamp_millis,
             key: (flags & HAS_KEY != 0).then_some(key),
             value: (flags & HAS_VALUE != 0).then_some(value),
+            key_at,
         })
     }
 }
@@ -197,6 +202,31 @@ impl Packed {
     /// Each record's value, in offset order.
     pub fn values(&self) -> impl Iterator<Item = Option<&[u8]>> {
         self.reader().map(|r| r.value)
+    }
+
+    /// The records as a batch for the backup job's guest, over this
+    /// buffer: each key and value stays where it is, and the entries say
+    /// where (the stream's other bytes lie between them).
+    pub fn into_raw_batch(mut self) -> Result<RawBatch, TooLarge> {
+        let mut entries = Vec::with_capacity(self.records);
+        for r in self.reader() {
+            let key_len = r.key.map_or(0, <[u8]>::len);
+            entries.push(RawEntry {
+                key: r.key.map(|k| span_at(r.key_at, k.len())).transpose()?,
+                value: r.value.map(|v| span_at(r.key_at + key_len, v.len())).transpose()?,
+                timestamp_millis: r.timestamp_millis,
+                offset: r.offset,
+            });
+        }
+        let headers = std::mem::take(&mut self.headers)
+            .into_iter()
+            .flat_map(|(offset, headers)| {
+                headers
+                    .into_iter()
+                    .map(move |(name, value)| RawHeader { offset, name, value })
+            })
+            .collect();
+        Ok(RawBatch::from_parts(self.partition, self.bytes, entries, headers))
     }
 
     /// The records, unpacked, in offset order.
@@ -463,6 +493,40 @@ mod tests {
         assert_eq!(format!("{:?}", below.unpack()), format!("{:?}", &records[..3]));
         assert_eq!(format!("{:?}", packed.unpack()), format!("{:?}", &records[3..]));
         assert_eq!((packed.first_offset(), packed.size()), (Some(1_000_001), 301));
+    }
+
+    #[test]
+    fn a_packed_buffer_becomes_a_raw_batch_without_moving_its_bytes() {
+        let with_headers = |offset: i64| Consumed {
+            key: Some(format!("key {offset}").into_bytes()),
+            value: (offset != 3).then(|| vec![offset as u8; offset as usize]),
+            headers: vec![("h".into(), vec![offset as u8]), ("i".into(), Vec::new())],
+            timestamp_millis: (offset % 2 == 0).then_some(offset * 10),
+            partition: 2,
+            offset,
+        };
+        let records: Vec<Consumed> = (0..6)
+            .map(|o| if o % 3 == 0 { with_headers(o) } else { record(2, o) })
+            .collect();
+        let mut packed = Packed::new(2);
+        records.iter().cloned().for_each(|r| packed.push(r));
+        let buffer = packed.bytes.as_ptr();
+        let batch = packed.into_raw_batch().expect("fits");
+        assert_eq!(batch.part(batch.entries()).bytes.as_ptr(), buffer);
+        assert_eq!(batch.partition(), 2);
+        let seen: Vec<Consumed> = batch
+            .entries()
+            .iter()
+            .map(|e| Consumed {
+                key: batch.key(e).map(<[u8]>::to_vec),
+                value: batch.value(e).map(<[u8]>::to_vec),
+                headers: batch.header_pairs(e.offset),
+                timestamp_millis: e.timestamp_millis,
+                partition: batch.partition(),
+                offset: e.offset,
+            })
+            .collect();
+        assert_eq!(format!("{seen:?}"), format!("{records:?}"));
     }
 
     #[test]

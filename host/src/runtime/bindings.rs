@@ -8,6 +8,17 @@ pub mod raw_filter {
     wasmtime::component::bindgen!({ world: "raw-filter", path: "../wit" });
 }
 
+/// Used to check that a component implements the world; the host calls its
+/// `process` through `runtime::raw_batch`, which lends the batch's buffers
+/// instead of owning copies of them.
+pub mod raw_batch_filter {
+    wasmtime::component::bindgen!({
+        world: "raw-batch-filter",
+        path: "../wit",
+        with: { "sluice:pipeline/types": super::raw_filter::sluice::pipeline::types },
+    });
+}
+
 pub mod features {
     // Keyed state traps outside a call, and `set` and `set-many` when a
     // call creates more keys than the store allows.

@@ -11,12 +11,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use wasmtime::Store;
-use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::component::{ComponentExportIndex, Func, HasSelf, InstancePre, Linker, TypedFunc};
 
-use super::bindings::{features, generator, raw_filter};
-use super::isolate::isolate;
+use super::bindings::{features, generator, raw_batch_filter, raw_filter};
+use super::isolate::{Outcome, isolate};
+use super::raw_batch::{RawBatch, RawBatchPart, RawEntry};
 use super::store_data::StoreData;
 use super::{Error, ModuleFile, Result, Runtime};
+use super::{RawRecord, Verdict};
 
 /// A store under the runtime's limits, armed with a fresh deadline (and
 /// fuel) before each call.
@@ -250,7 +252,7 @@ impl Guest<GeneratorWorld> {
         first_index: u64,
         count: u32,
         start_millis: i64,
-    ) -> Vec<Result<generator::sluice::pipeline::types::Transaction>> {
+    ) -> Vec<Outcome<generator::sluice::pipeline::types::Transaction>> {
         let indexes: Vec<u64> = (first_index..first_index + u64::from(count)).collect();
         isolate(
             &indexes,
@@ -264,60 +266,120 @@ impl Guest<GeneratorWorld> {
     }
 }
 
-/// The backup job's world.
+/// The backup job's world: `raw-batch-filter`, or, for modules built
+/// before it, `raw-filter`.
 pub struct RawFilterWorld;
 pub type RawFilterGuest = Guest<RawFilterWorld>;
 
+/// A module linked for whichever of the backup job's worlds it implements.
+pub enum RawFilterPre {
+    Batch {
+        pre: InstancePre<StoreData>,
+        process: ComponentExportIndex,
+    },
+    Records(raw_filter::RawFilterPre<StoreData>),
+}
+
+/// An instance of a backup module: its `process` export.
+pub enum RawFilterBindings {
+    /// Called through `RawBatchPart`, which lends the batch's buffers.
+    Batch(Func),
+    Records(raw_filter::RawFilter),
+}
+
+/// What a `raw-batch-filter` guest's `process` takes and returns.
+type BatchProcess<'a> = TypedFunc<(RawBatchPart<'a>,), (std::result::Result<Vec<Verdict>, String>,)>;
+
 impl World for RawFilterWorld {
-    const NAME: &'static str = "raw-filter";
-    type Pre = raw_filter::RawFilterPre<StoreData>;
-    type Bindings = raw_filter::RawFilter;
+    const NAME: &'static str = "raw-batch-filter";
+    type Pre = RawFilterPre;
+    type Bindings = RawFilterBindings;
 
     fn typed(pre: InstancePre<StoreData>) -> wasmtime::Result<Self::Pre> {
+        let batch_error = match raw_batch_filter::RawBatchFilterPre::new(pre.clone()) {
+            Ok(_) => {
+                let process = pre
+                    .component()
+                    .get_export_index(None, "process")
+                    .ok_or_else(|| wasmtime::format_err!("no export `process`"))?;
+                return Ok(RawFilterPre::Batch { pre, process });
+            }
+            Err(e) => e,
+        };
         raw_filter::RawFilterPre::new(pre)
+            .map(RawFilterPre::Records)
+            .map_err(|records_error| {
+                wasmtime::format_err!("{batch_error:#}; nor world `raw-filter`: {records_error:#}")
+            })
     }
 
     fn instantiate(pre: &Self::Pre, store: &mut Store<StoreData>) -> wasmtime::Result<Self::Bindings> {
-        pre.instantiate(store)
+        match pre {
+            RawFilterPre::Batch { pre, process } => {
+                let instance = pre.instantiate(&mut *store)?;
+                let process = instance
+                    .get_func(&mut *store, process)
+                    .ok_or_else(|| wasmtime::format_err!("no export `process`"))?;
+                // The same check as `typed`, now against this instance.
+                process.typed::<(RawBatchPart<'static>,), (std::result::Result<Vec<Verdict>, String>,)>(&*store)?;
+                Ok(RawFilterBindings::Batch(process))
+            }
+            RawFilterPre::Records(pre) => pre.instantiate(store).map(RawFilterBindings::Records),
+        }
     }
 
     fn probe(guest: &mut RawFilterGuest) -> Result<()> {
-        let record = raw_filter::sluice::pipeline::types::RawRecord {
-            key: Some(b"1".to_vec()),
-            value: Some(Vec::new()),
-            headers: Vec::new(),
-            timestamp_millis: Some(0),
-            partition: 0,
-            offset: 0,
-        };
-        guest.call(&[record]).map(drop)
+        let mut batch = RawBatch::new(0);
+        batch
+            .push(0, Some(0), Some(b"1"), Some(b""), [])
+            .expect("a one-byte batch fits");
+        guest.call(&batch, batch.entries()).map(drop)
     }
 }
 
 impl Guest<RawFilterWorld> {
-    fn call(
-        &mut self,
-        batch: &[raw_filter::sluice::pipeline::types::RawRecord],
-    ) -> Result<Vec<raw_filter::sluice::pipeline::types::Verdict>> {
+    fn call(&mut self, batch: &RawBatch, entries: &[RawEntry]) -> Result<Vec<Verdict>> {
         let (store, bindings) = self.instance()?;
         let armed = store.arm()?;
-        let returned = timed_call(|| bindings.call_process(armed, batch));
-        let result = store.outcomes(returned, batch.len());
+        let returned = match bindings {
+            RawFilterBindings::Batch(process) => timed_call(|| {
+                let process: BatchProcess<'_> = process.typed(&*armed)?;
+                process.call(&mut *armed, (batch.part(entries),)).map(|(r,)| r)
+            }),
+            RawFilterBindings::Records(bindings) => {
+                let records = records_of(batch, entries);
+                timed_call(|| bindings.call_process(armed, &records))
+            }
+        };
+        let result = store.outcomes(returned, entries.len());
         self.settle(result)
     }
 
     /// One verdict per record, in order, under the failure policy.
-    pub fn process(
-        &mut self,
-        batch: &[raw_filter::sluice::pipeline::types::RawRecord],
-    ) -> Vec<Result<raw_filter::sluice::pipeline::types::Verdict>> {
+    pub fn process(&mut self, batch: &RawBatch) -> Vec<Outcome<Verdict>> {
         isolate(
-            batch,
+            batch.entries(),
             "raw-filter",
             self.module.runtime.limits.isolation_budget,
-            |part| self.call(part),
+            |part| self.call(batch, part),
         )
     }
+}
+
+/// `entries` of `batch` as a `raw-filter` module takes them: each key,
+/// value and header copied into lists of its own.
+fn records_of(batch: &RawBatch, entries: &[RawEntry]) -> Vec<RawRecord> {
+    entries
+        .iter()
+        .map(|entry| RawRecord {
+            key: batch.key(entry).map(<[u8]>::to_vec),
+            value: batch.value(entry).map(<[u8]>::to_vec),
+            headers: batch.header_pairs(entry.offset),
+            timestamp_millis: entry.timestamp_millis,
+            partition: batch.partition(),
+            offset: entry.offset,
+        })
+        .collect()
 }
 
 /// The features job's world, which reads and writes the host's keyed state.
@@ -388,7 +450,7 @@ impl Guest<FeaturesWorld> {
         state: &mut HashMap<i64, i64>,
         changed: &mut HashSet<i64>,
         batch: &[features::sluice::pipeline::types::Transaction],
-    ) -> Vec<Result<features::sluice::pipeline::types::FeatureOutcome>> {
+    ) -> Vec<Outcome<features::sluice::pipeline::types::FeatureOutcome>> {
         isolate(batch, "features", self.module.runtime.limits.isolation_budget, |part| {
             self.call(state, changed, part)
         })

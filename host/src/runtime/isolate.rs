@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 
 use super::Error;
 
+/// One item's outcome, or why the guest fails on it alone. The failure is
+/// boxed: a batch's outcomes are then no larger than its outputs, and the
+/// outputs of a call that succeeded become outcomes in place, without a
+/// second vector as large as the batch.
+pub type Outcome<O> = Result<O, Box<Error>>;
+
 /// Each item's outcome, in order, or why the guest fails on it alone.
 /// `call` must leave no trace when it fails (state rolled back, instance
 /// dropped) and use a fresh instance after a failure.
@@ -23,7 +29,7 @@ pub fn isolate<I, O>(
     what: &str,
     budget: Duration,
     mut call: impl FnMut(&[I]) -> Result<Vec<O>, Error>,
-) -> Vec<Result<O, Error>> {
+) -> Vec<Outcome<O>> {
     let first = match call(items) {
         Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
         Err(e) => e,
@@ -39,7 +45,7 @@ pub fn isolate<I, O>(
     };
     match items.len() {
         0 => Vec::new(),
-        1 => vec![Err(second)],
+        1 => vec![Err(Box::new(second))],
         n => {
             tracing::warn!(what, records = n, error = %second, "guest failed again; bisecting the batch to isolate the records it fails on");
             let mut outcomes = Vec::with_capacity(n);
@@ -62,7 +68,7 @@ struct Isolating<'a, F, O> {
     call: F,
     deadline: Instant,
     budget: Duration,
-    outcomes: &'a mut Vec<Result<O, Error>>,
+    outcomes: &'a mut Vec<Outcome<O>>,
 }
 
 impl<F, O> Isolating<'_, F, O> {
@@ -81,12 +87,13 @@ impl<F, O> Isolating<'_, F, O> {
                 seconds: self.budget.as_secs_f64(),
             };
             tracing::warn!(records = items.len(), %reason, "giving up isolating");
-            self.outcomes.extend(items.iter().map(|_| Err(reason.clone())));
+            self.outcomes
+                .extend(items.iter().map(|_| Err(Box::new(reason.clone()))));
             return;
         }
         match (self.call)(items) {
             Ok(done) => self.outcomes.extend(done.into_iter().map(Ok)),
-            Err(e) if items.len() == 1 => self.outcomes.push(Err(e)),
+            Err(e) if items.len() == 1 => self.outcomes.push(Err(Box::new(e))),
             Err(_) => {
                 let (left, right) = items.split_at(items.len() / 2);
                 self.settle(left);
@@ -99,6 +106,19 @@ impl<F, O> Isolating<'_, F, O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcomes_are_no_larger_than_the_outputs_they_hold() {
+        use std::mem::size_of;
+        assert_eq!(
+            size_of::<Outcome<crate::runtime::Verdict>>(),
+            size_of::<crate::runtime::Verdict>()
+        );
+        assert_eq!(
+            size_of::<Outcome<crate::runtime::FeatureOutcome>>(),
+            size_of::<crate::runtime::FeatureOutcome>()
+        );
+    }
 
     fn failure() -> Error {
         Error::Guest {

@@ -6,11 +6,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{FeatureOutcome, FeaturesGuest, RawFilterGuest, RawRecord, Result, Verdict, WitTransaction};
+use super::{FeatureOutcome, FeaturesGuest, Outcome, RawBatch, RawFilterGuest, Verdict, WitTransaction};
 
 /// The backup job's filter: one verdict per record, in order.
 pub trait RawFilter {
-    fn process(&mut self, batch: &[RawRecord]) -> Vec<Result<Verdict>>;
+    fn process(&mut self, batch: &RawBatch) -> Vec<Outcome<Verdict>>;
 }
 
 /// The features job's logic: one outcome per transaction, in order,
@@ -22,11 +22,11 @@ pub trait FeatureLogic {
         state: &mut HashMap<i64, i64>,
         changed: &mut HashSet<i64>,
         batch: &[WitTransaction],
-    ) -> Vec<Result<FeatureOutcome>>;
+    ) -> Vec<Outcome<FeatureOutcome>>;
 }
 
 impl RawFilter for RawFilterGuest {
-    fn process(&mut self, batch: &[RawRecord]) -> Vec<Result<Verdict>> {
+    fn process(&mut self, batch: &RawBatch) -> Vec<Outcome<Verdict>> {
         RawFilterGuest::process(self, batch)
     }
 }
@@ -37,7 +37,7 @@ impl FeatureLogic for FeaturesGuest {
         state: &mut HashMap<i64, i64>,
         changed: &mut HashSet<i64>,
         batch: &[WitTransaction],
-    ) -> Vec<Result<FeatureOutcome>> {
+    ) -> Vec<Outcome<FeatureOutcome>> {
         FeaturesGuest::process(self, state, changed, batch)
     }
 }

@@ -8,6 +8,7 @@ mod isolate;
 mod limits;
 mod logic;
 mod module_cache;
+mod raw_batch;
 mod sandbox;
 mod store_data;
 
@@ -27,9 +28,11 @@ pub use guests::{
     Compiled, FeaturesGuest, FeaturesModule, FeaturesWorld, GeneratorGuest, GeneratorWorld, Guest, RawFilterGuest,
     RawFilterWorld, World,
 };
+pub use isolate::Outcome;
 pub use limits::Limits;
 pub use logic::{FeatureLogic, RawFilter};
 pub use module_cache::default_dir as default_module_cache_dir;
+pub use raw_batch::{RawBatch, RawBatchPart, RawEntry, RawHeader, Span, TooLarge, span_at};
 use store_data::StoreData;
 
 #[derive(Debug, Clone, thiserror::Error)]
