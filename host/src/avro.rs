@@ -58,6 +58,17 @@ pub fn schema_id(value: Option<&[u8]>) -> Result<u32, DecodeError> {
     }
 }
 
+/// The schema ids of framed `values`, each run of equal ids once: values of
+/// one writer come in runs, so a batch's ids are looked up or hashed per
+/// run, not per record. Values that are not framed are skipped.
+pub fn writer_ids<'a>(values: impl IntoIterator<Item = Option<&'a [u8]>>) -> impl Iterator<Item = u32> {
+    let mut last = None;
+    values
+        .into_iter()
+        .filter_map(|value| schema_id(value).ok())
+        .filter(move |id| last.replace(*id) != Some(*id))
+}
+
 impl Decoder {
     pub fn new(registry: &Registry) -> Self {
         Self {
@@ -72,11 +83,8 @@ impl Decoder {
         &mut self,
         values: impl IntoIterator<Item = Option<&'a [u8]>>,
     ) -> Result<(), RegistryUnavailable> {
-        // Values of one writer come in runs: a run's id is looked up once.
-        let mut last = None;
-        for value in values {
-            let Ok(id) = schema_id(value) else { continue };
-            if last.replace(id) == Some(id) || self.schemas.contains_key(&id) {
+        for id in writer_ids(values) {
+            if self.schemas.contains_key(&id) {
                 continue;
             }
             match self.client.get_schema(id).await {
@@ -258,6 +266,21 @@ mod tests {
         assert!(matches!(schema_id(Some(&[0, 0])), Err(DecodeError::NotFramed(_))));
         assert_eq!(schema_id(None), Err(DecodeError::Missing));
         assert_eq!(schema_id(Some(&[0, 0, 0, 1, 2, 9])), Ok(258));
+    }
+
+    #[test]
+    fn writer_ids_are_each_run_of_equal_ids_once() {
+        let (one, two): (&[u8], &[u8]) = (&[0, 0, 0, 0, 1, 7], &[0, 0, 0, 0, 2, 7]);
+        let values = [
+            Some(one),
+            Some(one),
+            None,
+            Some(b"x".as_slice()),
+            Some(one),
+            Some(two),
+            Some(one),
+        ];
+        assert_eq!(writer_ids(values).collect::<Vec<_>>(), vec![1, 2, 1]);
     }
 
     #[test]

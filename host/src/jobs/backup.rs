@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use serde::Serialize;
 
-use crate::avro::{DecodeError, Decoder, Readers, schema_id};
+use crate::avro::{DecodeError, Decoder, Readers, schema_id, writer_ids};
 use crate::avro_columns;
 use crate::columnar::{ColumnarSchema, RowsBuilder, columnar_schema};
 use crate::config::{KafkaArgs, Storage};
@@ -352,14 +352,7 @@ pub(super) fn uncovered_writers<'a>(
     values: impl IntoIterator<Item = Option<&'a [u8]>>,
     layout: &Layout,
 ) -> HashSet<u32> {
-    // Values of one writer come in runs: a run's id is hashed once.
-    let mut ids = HashSet::new();
-    let mut last = None;
-    for id in values.into_iter().filter_map(|value| schema_id(value).ok()) {
-        if last.replace(id) != Some(id) {
-            ids.insert(id);
-        }
-    }
+    let ids: HashSet<u32> = writer_ids(values).collect();
     ids.into_iter()
         .filter(|id| *id != layout.schema_id)
         .filter(|id| {

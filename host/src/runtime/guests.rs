@@ -321,7 +321,7 @@ impl World for RawFilterWorld {
                     .get_func(&mut *store, process)
                     .ok_or_else(|| wasmtime::format_err!("no export `process`"))?;
                 // The same check as `typed`, now against this instance.
-                process.typed::<(RawBatchPart<'static>,), (std::result::Result<Vec<Verdict>, String>,)>(&*store)?;
+                let _: BatchProcess<'static> = process.typed(&*store)?;
                 Ok(RawFilterBindings::Batch(process))
             }
             RawFilterPre::Records(pre) => pre.instantiate(store).map(RawFilterBindings::Records),
