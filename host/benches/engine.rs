@@ -24,8 +24,8 @@ use sluice::jobs::engine::{Engine, read_input};
 use sluice::redis_conn::RedisConn;
 use sluice::registry::Registry;
 use sluice::runtime::{
-    Compiled, FeatureLogic, FeatureOutcome, FeaturesWorld, Limits, RawBatch, RawFilter, RawFilterWorld, Runtime,
-    Settings, Verdict, WitTransaction,
+    Compiled, FeatureColumns, FeatureLogic, FeatureOutcome, FeaturesWorld, Limits, OutcomeKind, RawBatch, RawFilter,
+    RawFilterWorld, Runtime, Settings, TransactionColumns, Verdict, outcomes_of,
 };
 use sluice::sinks::redis::RedisSink;
 use sluice_guest_backup as backup_guest;
@@ -247,32 +247,45 @@ impl FeatureLogic for NativeFeatures {
         &mut self,
         state: &mut HashMap<i64, i64>,
         changed: &mut HashSet<i64>,
-        batch: &[WitTransaction],
+        batch: &TransactionColumns,
     ) -> Vec<sluice::runtime::Outcome<FeatureOutcome>> {
-        let input: Vec<features_guest::Transaction> = batch
-            .iter()
-            .map(|t| features_guest::Transaction {
-                user_id: t.user_id,
-                transaction_timestamp_millis: t.transaction_timestamp_millis,
-                amount: t.amount,
-                currency: t.currency.clone(),
-                counterpart_id: t.counterpart_id,
-            })
-            .collect();
-        let mut state = MapState { values: state, changed };
-        features_guest::process(input, &mut state)
-            .into_iter()
-            .map(|outcome| {
-                Ok(match outcome {
-                    features_guest::FeatureOutcome::Emit(f) => FeatureOutcome::Emit(sluice::runtime::Feature {
-                        user_id: f.user_id,
-                        total_transactions_count: f.total_transactions_count,
-                        as_of_timestamp_millis: f.as_of_timestamp_millis,
-                    }),
-                    features_guest::FeatureOutcome::Skip => FeatureOutcome::Skip,
-                    features_guest::FeatureOutcome::Reject(reason) => FeatureOutcome::Reject(reason),
+        // The copies a call makes of the columns into the guest's memory,
+        // and of its outcomes out of it.
+        let part = batch.part(0..batch.len());
+        let input = features_guest::TransactionColumns {
+            user_ids: part.user_ids.to_vec(),
+            transaction_timestamps_millis: part.timestamps_millis.to_vec(),
+            amounts: part.amounts.to_vec(),
+            currencies: part.currencies.to_string(),
+            currency_spans: part
+                .currency_spans
+                .iter()
+                .map(|s| features_guest::Span {
+                    start: s.start,
+                    len: s.len,
                 })
-            })
-            .collect()
+                .collect(),
+            counterpart_ids: part.counterpart_ids.to_vec(),
+        };
+        let mut state = MapState { values: state, changed };
+        let output = features_guest::process(&input, &mut state);
+        let columns = FeatureColumns {
+            kinds: output
+                .kinds
+                .iter()
+                .map(|kind| match kind {
+                    features_guest::OutcomeKind::Emit => OutcomeKind::Emit,
+                    features_guest::OutcomeKind::Skip => OutcomeKind::Skip,
+                    features_guest::OutcomeKind::Reject => OutcomeKind::Reject,
+                })
+                .collect(),
+            totals: output.totals,
+            as_of_timestamps_millis: output.as_of_timestamps_millis,
+            reasons: output.reasons,
+        };
+        match outcomes_of(columns, part.user_ids) {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(reason) => panic!("the native features logic disagrees with itself: {reason}"),
+        }
     }
 }

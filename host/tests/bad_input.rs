@@ -108,7 +108,7 @@ fn bad_modules_are_refused_with_a_clear_error() {
         (missing.display().to_string(), "file not found"),
         (not_wasm.display().to_string(), "does not compile"),
         (core_module.display().to_string(), "is not a WebAssembly component"),
-        (producer, "does not implement world `features`"),
+        (producer, "does not implement world `features-columns`"),
         (always_fails, "refuses every batch"),
     ];
     let url = format!("file://{}", dir.path().display());

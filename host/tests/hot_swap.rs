@@ -248,7 +248,10 @@ async fn modules_that_cannot_run_are_refused_and_the_running_one_stays() {
     let candidates = [
         (not_wasm.display().to_string(), "not a binary WebAssembly component"),
         (core_module.display().to_string(), "is not a WebAssembly component"),
-        (backup.display().to_string(), "does not implement world `features`"),
+        (
+            backup.display().to_string(),
+            "does not implement world `features-columns`",
+        ),
         (always_fails.display().to_string(), "refuses every batch"),
         ("missing.wasm".to_string(), "no such module"),
     ];

@@ -2,17 +2,21 @@
 //! user. The count lives in the host's keyed state (key = user id), so this
 //! module holds nothing between batches and can be swapped at any boundary.
 //!
-//! The logic is generic over where that state lives (`KeyedState`): in the
-//! component it is the host's, through the `keyed-state` import; the engine
-//! benchmark compiles the same logic natively over a map of its own.
+//! It implements `features-columns`: a batch arrives a column per field, and
+//! the outcomes go back the same way. The logic is generic over where the
+//! state lives (`KeyedState`): in the component it is the host's, through the
+//! `keyed-state` import; the engine benchmark compiles the same logic
+//! natively over a map of its own.
 
 // wit-bindgen's generated glue (exports, canonical ABI) is unsafe FFI by nature.
 #![allow(unsafe_code)]
+// Its export takes the batch's six columns flattened to core arguments.
+#![allow(clippy::too_many_arguments)]
 
-wit_bindgen::generate!({ world: "features", path: "../../wit" });
+wit_bindgen::generate!({ world: "features-columns", path: "../../wit" });
 
 use rustc_hash::FxHashMap;
-use sluice::pipeline::types::Feature;
+pub use sluice::pipeline::types::{OutcomeKind, Span};
 
 /// One 64-bit value per key, as the `keyed-state` interface gives it, read
 /// and written a batch at a time.
@@ -40,38 +44,53 @@ impl KeyedState for HostState {
 struct Features;
 
 impl Guest for Features {
-    fn process(batch: Vec<Transaction>) -> Result<Vec<FeatureOutcome>, String> {
-        Ok(process(batch, &mut HostState))
+    fn process(batch: TransactionColumns) -> Result<FeatureColumns, String> {
+        Ok(process(&batch, &mut HostState))
     }
 }
 
 /// One outcome per transaction, in order, counting into `state`: the
-/// batch's keys are read in one call, counted here, and the totals that
+/// batch's users are read in one call, counted here, and the totals that
 /// changed written back in one call.
-pub fn process(batch: Vec<Transaction>, state: &mut impl KeyedState) -> Vec<FeatureOutcome> {
-    let keys: Vec<i64> = batch
-        .iter()
-        .filter(|tx| tx.user_id >= 0)
-        .map(|tx| i64::from(tx.user_id))
-        .collect();
+pub fn process(batch: &TransactionColumns, state: &mut impl KeyedState) -> FeatureColumns {
+    let records = batch.user_ids.len();
     let mut totals = Totals {
-        known: FxHashMap::with_capacity_and_hasher(keys.len(), Default::default()),
+        known: FxHashMap::with_capacity_and_hasher(records, Default::default()),
         changed: Vec::new(),
     };
-    for (key, stored) in keys.iter().zip(state.get_many(&keys)) {
-        totals.known.entry(*key).or_insert(Total {
-            value: stored.unwrap_or(0),
-            changed: false,
+    // Each user once, in the order of first appearance.
+    let mut users = Vec::new();
+    for user_id in batch.user_ids.iter().filter(|u| **u >= 0) {
+        let key = i64::from(*user_id);
+        totals.known.entry(key).or_insert_with(|| {
+            users.push(key);
+            Total {
+                value: 0,
+                changed: false,
+            }
         });
     }
-    let outcomes = batch.into_iter().map(|tx| count(tx, &mut totals)).collect();
+    for (key, stored) in users.iter().zip(state.get_many(&users)) {
+        if let (Some(total), Some(stored)) = (totals.known.get_mut(key), stored) {
+            total.value = stored;
+        }
+    }
+    let mut out = FeatureColumns {
+        kinds: Vec::with_capacity(records),
+        totals: Vec::with_capacity(records),
+        as_of_timestamps_millis: Vec::with_capacity(records),
+        reasons: Vec::new(),
+    };
+    for (user_id, time) in batch.user_ids.iter().zip(&batch.transaction_timestamps_millis) {
+        count(*user_id, *time, &mut totals, &mut out);
+    }
     let changed: Vec<(i64, i64)> = totals
         .changed
         .iter()
         .map(|key| (*key, totals.known[key].value))
         .collect();
     state.set_many(&changed);
-    outcomes
+    out
 }
 
 /// The batch's totals by key, and the keys whose total changed, in the
@@ -86,11 +105,17 @@ struct Total {
     changed: bool,
 }
 
-fn count(tx: Transaction, totals: &mut Totals) -> FeatureOutcome {
-    if tx.user_id < 0 {
-        return FeatureOutcome::Reject(format!("negative user_id {}", tx.user_id));
+/// Counts one transaction of `user_id` at `time` into `totals`, and its
+/// outcome into `out`.
+fn count(user_id: i32, time: i64, totals: &mut Totals, out: &mut FeatureColumns) {
+    let reject = |out: &mut FeatureColumns, reason: String| {
+        out.kinds.push(OutcomeKind::Reject);
+        out.reasons.push(reason);
+    };
+    if user_id < 0 {
+        return reject(out, format!("negative user_id {user_id}"));
     }
-    let key = i64::from(tx.user_id);
+    let key = i64::from(user_id);
     // Every non-negative key was read above.
     let known = totals.known.entry(key).or_insert(Total {
         value: 0,
@@ -98,18 +123,16 @@ fn count(tx: Transaction, totals: &mut Totals) -> FeatureOutcome {
     });
     let total = known.value + 1;
     let Ok(total_transactions_count) = i32::try_from(total) else {
-        return FeatureOutcome::Reject(format!("count for user {} overflows int", tx.user_id));
+        return reject(out, format!("count for user {user_id} overflows int"));
     };
     known.value = total;
     if !known.changed {
         known.changed = true;
         totals.changed.push(key);
     }
-    FeatureOutcome::Emit(Feature {
-        user_id: tx.user_id,
-        total_transactions_count,
-        as_of_timestamp_millis: tx.transaction_timestamp_millis,
-    })
+    out.kinds.push(OutcomeKind::Emit);
+    out.totals.push(total_transactions_count);
+    out.as_of_timestamps_millis.push(time);
 }
 
 // The component's exports; a native build (the engine benchmark) calls

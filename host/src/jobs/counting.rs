@@ -7,7 +7,7 @@ use clap::ValueEnum;
 
 use crate::kafka::partitioner::partition_of;
 use crate::model::{FeatureEvent, write_transaction_key};
-use crate::runtime::{FeatureLogic, FeatureOutcome, WitTransaction};
+use crate::runtime::{FeatureLogic, FeatureOutcome, TransactionColumns};
 use crate::state::{Latest, PartitionState};
 
 /// What to do with a record that is not on its user's partition (a producer
@@ -32,6 +32,20 @@ pub struct Placement {
     partitions: i32,
     /// Reused for each record's key: no allocation per record.
     key: String,
+    /// Users' home partitions, each in the slot its id picks (a user's
+    /// records come in runs, and formatting and hashing its key cost more
+    /// than the rest of the check).
+    homes: Vec<Home>,
+}
+
+/// Slots of `Placement::homes`.
+const HOME_SLOTS: usize = 4096;
+
+#[derive(Clone, Copy)]
+struct Home {
+    user_id: i32,
+    /// Negative for an empty slot.
+    partition: i32,
 }
 
 impl Placement {
@@ -39,13 +53,19 @@ impl Placement {
         Self {
             partitions,
             key: String::new(),
+            homes: vec![
+                Home {
+                    user_id: 0,
+                    partition: -1,
+                };
+                HOME_SLOTS
+            ],
         }
     }
 
     /// `None` when `user_id`'s records belong on `partition`, else why not.
     pub fn misplaced(&mut self, user_id: i32, partition: i32, offset: i64) -> Option<String> {
-        write_transaction_key(user_id, &mut self.key);
-        let home = partition_of(self.key.as_bytes(), self.partitions);
+        let home = self.home_of(user_id);
         (home != partition).then(|| {
             format!(
                 "user {user_id} is on partition {partition} (offset {offset}) but murmur2 of its key puts it on \
@@ -53,6 +73,20 @@ impl Placement {
                  use murmur2_random, Java's default)"
             )
         })
+    }
+
+    fn home_of(&mut self, user_id: i32) -> i32 {
+        let slot = &mut self.homes[user_id as u32 as usize % HOME_SLOTS];
+        if slot.partition >= 0 && slot.user_id == user_id {
+            return slot.partition;
+        }
+        write_transaction_key(user_id, &mut self.key);
+        let home = partition_of(self.key.as_bytes(), self.partitions);
+        *slot = Home {
+            user_id,
+            partition: home,
+        };
+        home
     }
 }
 
@@ -82,7 +116,7 @@ pub fn count(
     state: &mut PartitionState,
     partition: i32,
     offsets: &[i64],
-    inputs: &[WitTransaction],
+    inputs: &TransactionColumns,
 ) -> Counted {
     let outcomes = guest.process(&mut state.values, &mut state.changes.keys, inputs);
     let mut counted = Counted {
@@ -93,11 +127,12 @@ pub fn count(
         match outcome {
             // The serving view holds one entry per user of the partition's
             // own records: a feature of any other user is out of contract.
-            Ok(FeatureOutcome::Emit(f)) if f.user_id != inputs[index].user_id => counted.rejected.push((
+            Ok(FeatureOutcome::Emit(f)) if f.user_id != inputs.user_ids()[index] => counted.rejected.push((
                 index,
                 format!(
                     "the guest emitted a feature of user {} for a transaction of user {}",
-                    f.user_id, inputs[index].user_id
+                    f.user_id,
+                    inputs.user_ids()[index]
                 ),
             )),
             Ok(FeatureOutcome::Emit(f)) => {
@@ -127,4 +162,28 @@ pub fn count(
     }
     state.settle_changes();
     counted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_home_is_the_one_murmur2_gives() {
+        let mut placement = Placement::new(6);
+        let mut key = String::new();
+        // Users that share a slot, each asked twice, in turn.
+        let users = [7, 7 + HOME_SLOTS as i32, -7, 7 + 2 * HOME_SLOTS as i32];
+        for _ in 0..2 {
+            for user_id in users {
+                write_transaction_key(user_id, &mut key);
+                let home = partition_of(key.as_bytes(), 6);
+                assert_eq!(placement.misplaced(user_id, home, 0), None, "user {user_id}");
+                assert!(
+                    placement.misplaced(user_id, (home + 1) % 6, 0).is_some(),
+                    "user {user_id}"
+                );
+            }
+        }
+    }
 }

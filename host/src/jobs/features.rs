@@ -18,7 +18,7 @@ use crate::kafka::Consumed;
 use crate::lineage::module_metadata;
 use crate::model::FeatureEvent;
 use crate::registry::Registry;
-use crate::runtime::{FeatureLogic, FeaturesGuest, FeaturesWorld, Runtime, WitTransaction};
+use crate::runtime::{FeatureLogic, FeaturesGuest, FeaturesWorld, Runtime, TransactionColumns};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::redis::RedisSink;
 use crate::state::{Checkpoints, PartitionState, Snapshot};
@@ -169,7 +169,7 @@ pub(super) fn process(
         left_out: Vec::new(),
         mispartitioned: 0,
     };
-    let mut inputs = Vec::with_capacity(records.len());
+    let mut inputs = TransactionColumns::with_capacity(records.len());
     let mut input_records = Vec::with_capacity(records.len());
     let values: Vec<Option<&[u8]>> = records.iter().map(|r| r.value.as_deref()).collect();
     let transactions = decoding.readers.transactions(decoding.decoder, &values);
@@ -191,13 +191,16 @@ pub(super) fn process(
                 }
             }
         }
-        inputs.push(WitTransaction {
-            user_id: tx.user_id,
-            transaction_timestamp_millis: tx.transaction_timestamp_millis,
-            amount: tx.amount,
-            currency: tx.currency,
-            counterpart_id: tx.counterpart_id,
-        });
+        if let Err(too_large) = inputs.push(
+            tx.user_id,
+            tx.transaction_timestamp_millis,
+            tx.amount,
+            &tx.currency,
+            tx.counterpart_id,
+        ) {
+            processed.left_out.push(((*record).clone(), too_large.to_string()));
+            continue;
+        }
         input_records.push(*record);
     }
     let offsets: Vec<i64> = input_records.iter().map(|r| r.offset).collect();

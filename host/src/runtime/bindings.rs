@@ -33,3 +33,17 @@ pub mod features {
         },
     });
 }
+
+/// Used to check that a component implements the world; the host calls its
+/// `process` through `runtime::transaction_columns`, which lends the
+/// batch's columns instead of owning copies of them.
+pub mod features_columns {
+    wasmtime::component::bindgen!({
+        world: "features-columns",
+        path: "../wit",
+        with: {
+            "sluice:pipeline/types": super::features::sluice::pipeline::types,
+            "sluice:pipeline/keyed-state": super::features::sluice::pipeline::keyed_state,
+        },
+    });
+}

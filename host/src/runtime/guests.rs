@@ -7,18 +7,20 @@
 //! (`isolate`).
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
 use wasmtime::Store;
 use wasmtime::component::{ComponentExportIndex, Func, HasSelf, InstancePre, Linker, TypedFunc};
 
-use super::bindings::{features, generator, raw_batch_filter, raw_filter};
-use super::isolate::{Outcome, isolate};
+use super::bindings::{features, features_columns, generator, raw_batch_filter, raw_filter};
+use super::isolate::{Outcome, isolate, isolate_range};
 use super::raw_batch::{RawBatch, RawBatchPart, RawEntry};
 use super::store_data::StoreData;
+use super::transaction_columns::{TransactionColumns, TransactionColumnsPart, outcomes_of};
 use super::{Error, ModuleFile, Result, Runtime};
-use super::{RawRecord, Verdict};
+use super::{FeatureColumns, FeatureOutcome, RawRecord, Verdict, WitTransaction};
 
 /// A store under the runtime's limits, armed with a fresh deadline (and
 /// fuel) before each call.
@@ -99,6 +101,39 @@ impl GuestStore {
             }),
             Err(e) => Err(self.trap(e)),
         }
+    }
+}
+
+impl GuestStore {
+    /// What a `features-columns` call over `expected` records returned: a
+    /// trap, the guest's error and the wrong number of kinds are failures.
+    fn columns(
+        &self,
+        returned: wasmtime::Result<std::result::Result<FeatureColumns, String>>,
+        expected: usize,
+    ) -> Result<FeatureColumns> {
+        match returned {
+            Ok(Ok(columns)) if columns.kinds.len() == expected => Ok(columns),
+            Ok(Ok(columns)) => Err(Error::Arity {
+                path: self.path.clone(),
+                expected,
+                got: columns.kinds.len(),
+            }),
+            Ok(Err(reason)) => Err(Error::Guest {
+                path: self.path.clone(),
+                reason,
+            }),
+            Err(e) => Err(self.trap(e)),
+        }
+    }
+
+    /// The outcome of each record of `user_ids` that `columns` (as many
+    /// kinds as records) holds.
+    fn outcomes_of_columns(&self, columns: FeatureColumns, user_ids: &[i32]) -> Result<Vec<FeatureOutcome>> {
+        outcomes_of(columns, user_ids).map_err(|reason| Error::Inconsistent {
+            path: self.path.clone(),
+            reason,
+        })
     }
 }
 
@@ -266,6 +301,26 @@ impl Guest<GeneratorWorld> {
     }
 }
 
+/// The `process` export of a component whose world the host calls through
+/// a typed function of its own, one that lends the host's buffers.
+fn process_export(pre: &InstancePre<StoreData>) -> wasmtime::Result<ComponentExportIndex> {
+    pre.component()
+        .get_export_index(None, "process")
+        .ok_or_else(|| wasmtime::format_err!("no export `process`"))
+}
+
+/// A new instance's `process` export (found by `process_export`).
+fn instantiate_process(
+    pre: &InstancePre<StoreData>,
+    process: &ComponentExportIndex,
+    store: &mut Store<StoreData>,
+) -> wasmtime::Result<Func> {
+    let instance = pre.instantiate(&mut *store)?;
+    instance
+        .get_func(&mut *store, process)
+        .ok_or_else(|| wasmtime::format_err!("no export `process`"))
+}
+
 /// The backup job's world: `raw-batch-filter`, or, for modules built
 /// before it, `raw-filter`.
 pub struct RawFilterWorld;
@@ -298,10 +353,7 @@ impl World for RawFilterWorld {
     fn typed(pre: InstancePre<StoreData>) -> wasmtime::Result<Self::Pre> {
         let batch_error = match raw_batch_filter::RawBatchFilterPre::new(pre.clone()) {
             Ok(_) => {
-                let process = pre
-                    .component()
-                    .get_export_index(None, "process")
-                    .ok_or_else(|| wasmtime::format_err!("no export `process`"))?;
+                let process = process_export(&pre)?;
                 return Ok(RawFilterPre::Batch { pre, process });
             }
             Err(e) => e,
@@ -316,10 +368,7 @@ impl World for RawFilterWorld {
     fn instantiate(pre: &Self::Pre, store: &mut Store<StoreData>) -> wasmtime::Result<Self::Bindings> {
         match pre {
             RawFilterPre::Batch { pre, process } => {
-                let instance = pre.instantiate(&mut *store)?;
-                let process = instance
-                    .get_func(&mut *store, process)
-                    .ok_or_else(|| wasmtime::format_err!("no export `process`"))?;
+                let process = instantiate_process(pre, process, store)?;
                 // The same check as `typed`, now against this instance.
                 let _: BatchProcess<'static> = process.typed(&*store)?;
                 Ok(RawFilterBindings::Batch(process))
@@ -382,60 +431,108 @@ fn records_of(batch: &RawBatch, entries: &[RawEntry]) -> Vec<RawRecord> {
         .collect()
 }
 
-/// The features job's world, which reads and writes the host's keyed state.
+/// The features job's worlds, which read and write the host's keyed state:
+/// `features-columns`, or, before it, `features`.
 pub struct FeaturesWorld;
 pub type FeaturesModule = Compiled<FeaturesWorld>;
 pub type FeaturesGuest = Guest<FeaturesWorld>;
 
+/// A module linked for whichever of the features job's worlds it implements.
+pub enum FeaturesPre {
+    Columns {
+        pre: InstancePre<StoreData>,
+        process: ComponentExportIndex,
+    },
+    Records(features::FeaturesPre<StoreData>),
+}
+
+/// An instance of a features module: its `process` export.
+pub enum FeaturesBindings {
+    /// Called through `TransactionColumnsPart`, which lends the columns.
+    Columns(Func),
+    Records(features::Features),
+}
+
+/// What a `features-columns` guest's `process` takes and returns.
+type ColumnsProcess<'a> = TypedFunc<(TransactionColumnsPart<'a>,), (std::result::Result<FeatureColumns, String>,)>;
+
 impl World for FeaturesWorld {
-    const NAME: &'static str = "features";
-    type Pre = features::FeaturesPre<StoreData>;
-    type Bindings = features::Features;
+    const NAME: &'static str = "features-columns";
+    type Pre = FeaturesPre;
+    type Bindings = FeaturesBindings;
 
     fn link(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
+        // Both worlds import the same interface.
         features::sluice::pipeline::keyed_state::add_to_linker::<StoreData, HasSelf<StoreData>>(linker, |d| d)
     }
 
     fn typed(pre: InstancePre<StoreData>) -> wasmtime::Result<Self::Pre> {
+        let columns_error = match features_columns::FeaturesColumnsPre::new(pre.clone()) {
+            Ok(_) => {
+                let process = process_export(&pre)?;
+                return Ok(FeaturesPre::Columns { pre, process });
+            }
+            Err(e) => e,
+        };
         features::FeaturesPre::new(pre)
+            .map(FeaturesPre::Records)
+            .map_err(|records_error| {
+                wasmtime::format_err!("{columns_error:#}; nor world `features`: {records_error:#}")
+            })
     }
 
     fn instantiate(pre: &Self::Pre, store: &mut Store<StoreData>) -> wasmtime::Result<Self::Bindings> {
-        pre.instantiate(store)
+        match pre {
+            FeaturesPre::Columns { pre, process } => {
+                let process = instantiate_process(pre, process, store)?;
+                // The same check as `typed`, now against this instance.
+                let _: ColumnsProcess<'static> = process.typed(&*store)?;
+                Ok(FeaturesBindings::Columns(process))
+            }
+            FeaturesPre::Records(pre) => pre.instantiate(store).map(FeaturesBindings::Records),
+        }
     }
 
     fn probe(guest: &mut FeaturesGuest) -> Result<()> {
-        let transaction = features::sluice::pipeline::types::Transaction {
-            user_id: 1,
-            transaction_timestamp_millis: 0,
-            amount: 1.0,
-            currency: "EUR".into(),
-            counterpart_id: 2,
-        };
+        let mut batch = TransactionColumns::new();
+        batch.push(1, 0, 1.0, "EUR", 2).expect("one code fits");
         guest
-            .call(&mut HashMap::new(), &mut HashSet::new(), &[transaction])
+            .call(&mut HashMap::new(), &mut HashSet::new(), &batch, 0..1)
             .map(drop)
     }
 }
 
 impl Guest<FeaturesWorld> {
-    /// One call. `state` is the keyed state of the batch's partition; it is
-    /// lent to the guest for the call and holds the guest's updates
-    /// afterwards (the keys set join `changed`), or, when the call fails in
-    /// any way, what it held before.
+    /// One call over the transactions at `range` of `batch`. `state` is the
+    /// keyed state of the batch's partition; it is lent to the guest for
+    /// the call and holds the guest's updates afterwards (the keys set join
+    /// `changed`), or, when the call fails in any way, what it held before.
     fn call(
         &mut self,
         state: &mut HashMap<i64, i64>,
         changed: &mut HashSet<i64>,
-        batch: &[features::sluice::pipeline::types::Transaction],
-    ) -> Result<Vec<features::sluice::pipeline::types::FeatureOutcome>> {
+        batch: &TransactionColumns,
+        range: Range<usize>,
+    ) -> Result<Vec<FeatureOutcome>> {
         let (store, bindings) = self.instance()?;
         store.store.data_mut().lend_state(state);
         let result = match store.arm() {
-            Ok(armed) => {
-                let returned = timed_call(|| bindings.call_process(armed, batch));
-                store.outcomes(returned, batch.len())
-            }
+            Ok(armed) => match bindings {
+                FeaturesBindings::Columns(process) => {
+                    let returned = timed_call(|| {
+                        let process: ColumnsProcess<'_> = process.typed(&*armed)?;
+                        process.call(&mut *armed, (batch.part(range.clone()),)).map(|(r,)| r)
+                    });
+                    store
+                        .columns(returned, range.len())
+                        .and_then(|columns| store.outcomes_of_columns(columns, &batch.user_ids()[range]))
+                }
+                FeaturesBindings::Records(bindings) => {
+                    let records: Vec<WitTransaction> = range.clone().map(|i| batch.transaction(i)).collect();
+                    let returned = timed_call(|| bindings.call_process(armed, &records));
+                    store.outcomes(returned, records.len())
+                }
+            },
             Err(e) => Err(e),
         };
         store.store.data_mut().take_back_state(state, changed, result.is_ok());
@@ -449,10 +546,13 @@ impl Guest<FeaturesWorld> {
         &mut self,
         state: &mut HashMap<i64, i64>,
         changed: &mut HashSet<i64>,
-        batch: &[features::sluice::pipeline::types::Transaction],
-    ) -> Vec<Outcome<features::sluice::pipeline::types::FeatureOutcome>> {
-        isolate(batch, "features", self.module.runtime.limits.isolation_budget, |part| {
-            self.call(state, changed, part)
-        })
+        batch: &TransactionColumns,
+    ) -> Vec<Outcome<FeatureOutcome>> {
+        isolate_range(
+            batch.len(),
+            "features",
+            self.module.runtime.limits.isolation_budget,
+            |range| self.call(state, changed, batch, range),
+        )
     }
 }

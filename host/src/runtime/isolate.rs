@@ -11,6 +11,7 @@
 //! interval. Once `budget` has passed since the first failure, a part that
 //! still fails comes back whole as failures, without further splitting.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use super::Error;
@@ -30,34 +31,44 @@ pub fn isolate<I, O>(
     budget: Duration,
     mut call: impl FnMut(&[I]) -> Result<Vec<O>, Error>,
 ) -> Vec<Outcome<O>> {
-    let first = match call(items) {
+    isolate_range(items.len(), what, budget, |range| call(&items[range]))
+}
+
+/// `isolate` over items `0..len` held elsewhere (a batch's columns): `call`
+/// is given the range of items it is to process.
+pub fn isolate_range<O>(
+    len: usize,
+    what: &str,
+    budget: Duration,
+    mut call: impl FnMut(Range<usize>) -> Result<Vec<O>, Error>,
+) -> Vec<Outcome<O>> {
+    let first = match call(0..len) {
         Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
         Err(e) => e,
     };
     let deadline = Instant::now() + budget;
-    tracing::warn!(what, records = items.len(), error = %first, "guest failed on a batch; retrying it once on a fresh instance");
-    let second = match call(items) {
+    tracing::warn!(what, records = len, error = %first, "guest failed on a batch; retrying it once on a fresh instance");
+    let second = match call(0..len) {
         Ok(outcomes) => {
-            tracing::info!(what, records = items.len(), "the retry succeeded");
+            tracing::info!(what, records = len, "the retry succeeded");
             return outcomes.into_iter().map(Ok).collect();
         }
         Err(e) => e,
     };
-    match items.len() {
+    match len {
         0 => Vec::new(),
         1 => vec![Err(Box::new(second))],
         n => {
             tracing::warn!(what, records = n, error = %second, "guest failed again; bisecting the batch to isolate the records it fails on");
             let mut outcomes = Vec::with_capacity(n);
-            let (left, right) = items.split_at(n / 2);
             let mut isolating = Isolating {
                 call,
                 deadline,
                 budget,
                 outcomes: &mut outcomes,
             };
-            isolating.settle(left);
-            isolating.settle(right);
+            isolating.settle(0..n / 2);
+            isolating.settle(n / 2..n);
             outcomes
         }
     }
@@ -71,33 +82,33 @@ struct Isolating<'a, F, O> {
     outcomes: &'a mut Vec<Outcome<O>>,
 }
 
-impl<F, O> Isolating<'_, F, O> {
-    /// Outcomes of `items`, splitting a failed call in halves down to single
-    /// items while the budget lasts.
-    fn settle<I>(&mut self, items: &[I])
-    where
-        F: FnMut(&[I]) -> Result<Vec<O>, Error>,
-    {
-        if items.is_empty() {
+impl<F, O> Isolating<'_, F, O>
+where
+    F: FnMut(Range<usize>) -> Result<Vec<O>, Error>,
+{
+    /// Outcomes of the items at `range`, splitting a failed call in halves
+    /// down to single items while the budget lasts.
+    fn settle(&mut self, range: Range<usize>) {
+        let records = range.len();
+        if records == 0 {
             return;
         }
         if Instant::now() >= self.deadline {
             let reason = Error::IsolationBudget {
-                records: items.len(),
+                records,
                 seconds: self.budget.as_secs_f64(),
             };
-            tracing::warn!(records = items.len(), %reason, "giving up isolating");
-            self.outcomes
-                .extend(items.iter().map(|_| Err(Box::new(reason.clone()))));
+            tracing::warn!(records, %reason, "giving up isolating");
+            self.outcomes.extend(range.map(|_| Err(Box::new(reason.clone()))));
             return;
         }
-        match (self.call)(items) {
+        match (self.call)(range.clone()) {
             Ok(done) => self.outcomes.extend(done.into_iter().map(Ok)),
-            Err(e) if items.len() == 1 => self.outcomes.push(Err(Box::new(e))),
+            Err(e) if records == 1 => self.outcomes.push(Err(Box::new(e))),
             Err(_) => {
-                let (left, right) = items.split_at(items.len() / 2);
-                self.settle(left);
-                self.settle(right);
+                let middle = range.start + records / 2;
+                self.settle(range.start..middle);
+                self.settle(middle..range.end);
             }
         }
     }

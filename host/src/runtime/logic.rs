@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{FeatureOutcome, FeaturesGuest, Outcome, RawBatch, RawFilterGuest, Verdict, WitTransaction};
+use super::{FeatureOutcome, FeaturesGuest, Outcome, RawBatch, RawFilterGuest, TransactionColumns, Verdict};
 
 /// The backup job's filter: one verdict per record, in order.
 pub trait RawFilter {
@@ -21,7 +21,7 @@ pub trait FeatureLogic {
         &mut self,
         state: &mut HashMap<i64, i64>,
         changed: &mut HashSet<i64>,
-        batch: &[WitTransaction],
+        batch: &TransactionColumns,
     ) -> Vec<Outcome<FeatureOutcome>>;
 }
 
@@ -36,7 +36,7 @@ impl FeatureLogic for FeaturesGuest {
         &mut self,
         state: &mut HashMap<i64, i64>,
         changed: &mut HashSet<i64>,
-        batch: &[WitTransaction],
+        batch: &TransactionColumns,
     ) -> Vec<Outcome<FeatureOutcome>> {
         FeaturesGuest::process(self, state, changed, batch)
     }

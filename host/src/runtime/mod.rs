@@ -11,6 +11,7 @@ mod module_cache;
 mod raw_batch;
 mod sandbox;
 mod store_data;
+mod transaction_columns;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +22,9 @@ use serde::Serialize;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-pub use bindings::features::sluice::pipeline::types::{Feature, FeatureOutcome, Transaction as WitTransaction};
+pub use bindings::features::sluice::pipeline::types::{
+    Feature, FeatureColumns, FeatureOutcome, OutcomeKind, Transaction as WitTransaction,
+};
 pub use bindings::generator::sluice::pipeline::types::Transaction as GeneratedTransaction;
 pub use bindings::raw_filter::sluice::pipeline::types::{RawRecord, Verdict};
 pub use guests::{
@@ -34,6 +37,7 @@ pub use logic::{FeatureLogic, RawFilter};
 pub use module_cache::default_dir as default_module_cache_dir;
 pub use raw_batch::{RawBatch, RawBatchPart, RawEntry, RawHeader, Span, TooLarge, span_at};
 use store_data::StoreData;
+pub use transaction_columns::{TransactionColumns, TransactionColumnsPart, outcomes_of};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -55,6 +59,8 @@ pub enum Error {
     Guest { path: String, reason: String },
     #[error("guest {path} returned {got} outcomes for {expected} records")]
     Arity { path: String, expected: usize, got: usize },
+    #[error("guest {path} returned inconsistent outcomes: {reason}")]
+    Inconsistent { path: String, reason: String },
     #[error("wasmtime: {0}")]
     Engine(String),
     #[error(

@@ -11,7 +11,9 @@ pub use super::bindings::raw_filter::sluice::pipeline::types::{RawEntry, RawHead
 
 /// Why a record cannot join a batch.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("a batch of raw records holds at most 4 GiB of keys and values (spans are 32-bit); this one would pass it")]
+#[error(
+    "a batch holds at most 4 GiB of keys and values, or of strings, in its one buffer (spans are 32-bit); this record would pass it"
+)]
 pub struct TooLarge;
 
 /// One partition's records, in offset order, in buffers the host owns.

@@ -11,11 +11,11 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use crate::config::{Storage, partition_in_path};
 use crate::lineage::ArchiveLineage;
-use crate::runtime::WitTransaction;
+use crate::runtime::TransactionColumns;
 
 use super::{Error, Result, Shard};
 
@@ -129,100 +129,141 @@ pub fn gaps(objects: &[ArchiveObject]) -> Vec<std::ops::Range<i64>> {
 }
 
 /// The transactions of one archive object, in row (= offset) order, with
-/// each row's source offset from the lineage.
-pub struct Transactions {
-    pub offsets: Vec<i64>,
-    pub rows: Vec<WitTransaction>,
+/// each row's source offset from the lineage, a decoded batch at a time.
+pub struct ObjectRows<'a> {
+    path: &'a ObjectPath,
+    reader: ParquetRecordBatchReader,
+    offsets: Box<dyn Iterator<Item = i64> + 'a>,
+    lineage: &'a ArchiveLineage,
+    seen: usize,
     /// Rows with a null among the five fields: the live job cannot decode
     /// such a record into a transaction and dead-letters it.
     pub undecodable: u64,
 }
 
-/// Decodes an object's bytes into transactions (the five columns the
-/// features module reads; other columns are not decoded).
-pub fn transactions(path: &ObjectPath, bytes: Bytes, lineage: &ArchiveLineage) -> Result<Transactions> {
-    let bad = |reason: String| Error::Other(format!("{path}: {reason}"));
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(e.to_string()))?;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), COLUMNS);
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(READ_BATCH_ROWS)
-        .build()
-        .map_err(|e| bad(e.to_string()))?;
-    let mut transactions = Transactions {
-        offsets: Vec::with_capacity(lineage.rows()),
-        rows: Vec::with_capacity(lineage.rows()),
-        undecodable: 0,
-    };
-    let mut offsets = lineage.row_offsets();
-    let mut seen = 0;
-    for batch in reader {
-        let batch = batch.map_err(|e| bad(e.to_string()))?;
-        seen += batch.num_rows();
-        append_rows(&batch, &mut offsets, &mut transactions).map_err(bad)?;
+/// The decision of `ObjectRows::next_into`'s caller on one row, given its
+/// offset, user id and event time.
+pub type Keep<'k> = dyn FnMut(i64, i32, i64) -> Result<bool> + 'k;
+
+impl<'a> ObjectRows<'a> {
+    /// Opens an object's bytes to read the five columns the features module
+    /// reads (other columns are not decoded).
+    pub fn open(path: &'a ObjectPath, bytes: Bytes, lineage: &'a ArchiveLineage) -> Result<Self> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(path, e.to_string()))?;
+        let mask = ProjectionMask::columns(builder.parquet_schema(), COLUMNS);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(READ_BATCH_ROWS)
+            .build()
+            .map_err(|e| bad(path, e.to_string()))?;
+        Ok(Self {
+            path,
+            reader,
+            offsets: Box::new(lineage.row_offsets()),
+            lineage,
+            seen: 0,
+            undecodable: 0,
+        })
     }
-    if seen != lineage.rows() {
-        return Err(bad(format!(
-            "{seen} rows but its lineage lists {} offsets",
-            lineage.rows()
-        )));
+
+    /// Appends the next decoded batch's rows that `keep` keeps to `out`,
+    /// and their offsets to `offsets`; `false` once the object has no more.
+    pub fn next_into(
+        &mut self,
+        out: &mut TransactionColumns,
+        offsets: &mut Vec<i64>,
+        keep: &mut Keep<'_>,
+    ) -> Result<bool> {
+        let Some(batch) = self.reader.next() else {
+            if self.seen != self.lineage.rows() {
+                return Err(bad(
+                    self.path,
+                    format!(
+                        "{} rows but its lineage lists {} offsets",
+                        self.seen,
+                        self.lineage.rows()
+                    ),
+                ));
+            }
+            return Ok(false);
+        };
+        let batch = batch.map_err(|e| bad(self.path, e.to_string()))?;
+        self.seen += batch.num_rows();
+        self.append_rows(&batch, out, offsets, keep)?;
+        Ok(true)
     }
-    Ok(transactions)
+
+    /// Appends a batch's rows, each with the next offset of the lineage. The
+    /// column types are those of the v1 schema, as the live job reads them
+    /// (a timestamp written as int is read as long, as Avro promotes it).
+    fn append_rows(
+        &mut self,
+        batch: &RecordBatch,
+        out: &mut TransactionColumns,
+        offsets: &mut Vec<i64>,
+        keep: &mut Keep<'_>,
+    ) -> Result<()> {
+        let path = self.path;
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| bad(path, format!("the archive has no column {name}")))
+        };
+        let typed = |name: &str, expected: &str| {
+            bad(
+                path,
+                format!("column {name} is not {expected}, the type the features module reads"),
+            )
+        };
+        let users = column("user_id")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| typed("user_id", "int"))?;
+        let time_column = column("transaction_timestamp_millis")?;
+        let times: Box<dyn Fn(usize) -> i64> = if let Some(longs) = time_column.as_primitive_opt::<Int64Type>() {
+            Box::new(|i| longs.value(i))
+        } else if let Some(ints) = time_column.as_primitive_opt::<Int32Type>() {
+            Box::new(|i| i64::from(ints.value(i)))
+        } else {
+            return Err(typed("transaction_timestamp_millis", "long"));
+        };
+        let amounts = column("amount")?
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| typed("amount", "float"))?;
+        let currencies = column("currency")?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| typed("currency", "string"))?;
+        let counterparts = column("counterpart_id")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| typed("counterpart_id", "int"))?;
+        let columns: [&dyn Array; 5] = [users, time_column.as_ref(), amounts, currencies, counterparts];
+        let nullable = columns.iter().any(|c| c.null_count() > 0);
+        for i in 0..batch.num_rows() {
+            let offset = self
+                .offsets
+                .next()
+                .ok_or_else(|| bad(path, "more rows than its lineage lists offsets".into()))?;
+            if nullable && columns.iter().any(|c| c.is_null(i)) {
+                self.undecodable += 1;
+                continue;
+            }
+            let (user_id, time) = (users.value(i), times(i));
+            if !keep(offset, user_id, time)? {
+                continue;
+            }
+            out.push(
+                user_id,
+                time,
+                amounts.value(i),
+                currencies.value(i),
+                counterparts.value(i),
+            )
+            .map_err(|e| bad(path, e.to_string()))?;
+            offsets.push(offset);
+        }
+        Ok(())
+    }
 }
 
-/// Appends a batch's rows, each with the next offset of `offsets`. The
-/// column types are those of the v1 schema, as the live job reads them (a
-/// timestamp written as int is read as long, as Avro promotes it).
-fn append_rows(
-    batch: &RecordBatch,
-    offsets: &mut impl Iterator<Item = i64>,
-    out: &mut Transactions,
-) -> std::result::Result<(), String> {
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .ok_or_else(|| format!("the archive has no column {name}"))
-    };
-    let typed =
-        |name: &str, expected: &str| format!("column {name} is not {expected}, the type the features module reads");
-    let users = column("user_id")?
-        .as_primitive_opt::<Int32Type>()
-        .ok_or_else(|| typed("user_id", "int"))?;
-    let time_column = column("transaction_timestamp_millis")?;
-    let times: Box<dyn Fn(usize) -> i64> = if let Some(longs) = time_column.as_primitive_opt::<Int64Type>() {
-        Box::new(|i| longs.value(i))
-    } else if let Some(ints) = time_column.as_primitive_opt::<Int32Type>() {
-        Box::new(|i| i64::from(ints.value(i)))
-    } else {
-        return Err(typed("transaction_timestamp_millis", "long"));
-    };
-    let amounts = column("amount")?
-        .as_primitive_opt::<Float32Type>()
-        .ok_or_else(|| typed("amount", "float"))?;
-    let currencies = column("currency")?
-        .as_string_opt::<i32>()
-        .ok_or_else(|| typed("currency", "string"))?;
-    let counterparts = column("counterpart_id")?
-        .as_primitive_opt::<Int32Type>()
-        .ok_or_else(|| typed("counterpart_id", "int"))?;
-    let columns: [&dyn Array; 5] = [users, time_column.as_ref(), amounts, currencies, counterparts];
-    let nullable = columns.iter().any(|c| c.null_count() > 0);
-    for i in 0..batch.num_rows() {
-        let offset = offsets
-            .next()
-            .ok_or_else(|| "more rows than its lineage lists offsets".to_string())?;
-        if nullable && columns.iter().any(|c| c.is_null(i)) {
-            out.undecodable += 1;
-            continue;
-        }
-        out.offsets.push(offset);
-        out.rows.push(WitTransaction {
-            user_id: users.value(i),
-            transaction_timestamp_millis: times(i),
-            amount: amounts.value(i),
-            currency: currencies.value(i).to_string(),
-            counterpart_id: counterparts.value(i),
-        });
-    }
-    Ok(())
+fn bad(path: &ObjectPath, reason: String) -> Error {
+    Error::Other(format!("{path}: {reason}"))
 }

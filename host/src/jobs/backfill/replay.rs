@@ -10,11 +10,11 @@ use object_store::ObjectStoreExt;
 use crate::config::Storage;
 use crate::lineage::module_metadata;
 use crate::model::FeatureEvent;
-use crate::runtime::{FeaturesGuest, FeaturesModule, WitTransaction};
+use crate::runtime::{FeaturesGuest, FeaturesModule, TransactionColumns};
 use crate::sinks::parquet::ParquetSink;
 use crate::state::{Checkpoints, PartitionState};
 
-use super::archive::{self, ArchiveObject};
+use super::archive::{ArchiveObject, ObjectRows};
 use super::progress::Progress;
 use super::{Error, Result, progress_name};
 use crate::jobs::counting::{OnMispartitioned, Placement, count, mispartitioned_refusal};
@@ -159,8 +159,9 @@ pub(super) fn chunks(objects: Vec<ArchiveObject>, rows: usize) -> Vec<Vec<Archiv
     chunks
 }
 
-/// Feeds one chunk's rows to the guest and returns their feature events;
-/// advances the outcome's state past every offset the chunk consumed.
+/// Feeds one chunk's rows to the guest, a decoded batch at a time, and
+/// returns their feature events; advances the outcome's state past every
+/// offset the chunk consumed.
 fn replay_chunk(
     context: &Context,
     guest: &mut FeaturesGuest,
@@ -169,57 +170,87 @@ fn replay_chunk(
 ) -> Result<Vec<FeatureEvent>> {
     let partition = outcome.partition;
     let mut next_offset = outcome.state.next_offset;
-    let mut offsets: Vec<i64> = Vec::new();
-    let mut inputs: Vec<WitTransaction> = Vec::new();
-    for (object, bytes) in fetched {
+    let mut pending = Pending {
+        inputs: TransactionColumns::with_capacity(GUEST_BATCH),
+        offsets: Vec::with_capacity(GUEST_BATCH),
+        events: Vec::with_capacity(fetched.iter().map(|(o, _)| o.lineage.rows()).sum()),
+    };
+    for (object, bytes) in &fetched {
         // Rows the state already reflects are duplicates (an object
         // archived twice, overlapping objects): counted once.
         let duplicates = object.lineage.row_offsets().filter(|o| *o < next_offset).count();
         outcome.duplicates += duplicates as u64;
-        let rows = archive::transactions(&object.path, bytes, &object.lineage)?;
         let mut placement = Placement::new(object.lineage.partitions);
-        for (offset, row) in rows.offsets.into_iter().zip(rows.rows) {
-            if offset < next_offset {
-                continue;
-            }
-            if row.transaction_timestamp_millis < context.since || row.transaction_timestamp_millis >= context.until {
-                outcome.outside_time_range += 1;
-                continue;
-            }
-            if let Some(reason) = placement.misplaced(row.user_id, partition, offset) {
-                outcome.mispartitioned += 1;
-                match context.on_mispartitioned {
-                    OnMispartitioned::Fail => return Err(mispartitioned_refusal(&reason)),
-                    OnMispartitioned::DeadLetter => continue,
+        let mut rows = ObjectRows::open(&object.path, bytes.clone(), &object.lineage)?;
+        loop {
+            let mut keep = |offset: i64, user_id: i32, time: i64| -> Result<bool> {
+                if offset < next_offset {
+                    return Ok(false);
                 }
+                if time < context.since || time >= context.until {
+                    outcome.outside_time_range += 1;
+                    return Ok(false);
+                }
+                if let Some(reason) = placement.misplaced(user_id, partition, offset) {
+                    outcome.mispartitioned += 1;
+                    return match context.on_mispartitioned {
+                        OnMispartitioned::Fail => Err(mispartitioned_refusal(&reason)),
+                        OnMispartitioned::DeadLetter => Ok(false),
+                    };
+                }
+                Ok(true)
+            };
+            let more = rows.next_into(&mut pending.inputs, &mut pending.offsets, &mut keep)?;
+            if pending.inputs.len() >= GUEST_BATCH {
+                pending.count(guest, outcome);
             }
-            offsets.push(offset);
-            inputs.push(row);
+            if !more {
+                break;
+            }
         }
         if object.lineage.consumed.end > next_offset {
             outcome.undecodable += rows.undecodable;
         }
         next_offset = next_offset.max(object.lineage.consumed.end);
     }
-    let mut events = Vec::with_capacity(inputs.len());
-    for (offsets, inputs) in offsets.chunks(GUEST_BATCH).zip(inputs.chunks(GUEST_BATCH)) {
-        let counted = count(guest, &mut outcome.state, partition, offsets, inputs);
+    pending.count(guest, outcome);
+    outcome.state.next_offset = next_offset;
+    Ok(pending.events)
+}
+
+/// Transactions decoded and not yet counted, and the events of those
+/// counted.
+struct Pending {
+    inputs: TransactionColumns,
+    offsets: Vec<i64>,
+    events: Vec<FeatureEvent>,
+}
+
+impl Pending {
+    /// One guest call over the pending transactions.
+    fn count(&mut self, guest: &mut FeaturesGuest, outcome: &mut PartitionOutcome) {
+        if self.inputs.is_empty() {
+            return;
+        }
+        let partition = outcome.partition;
+        let counted = count(guest, &mut outcome.state, partition, &self.offsets, &self.inputs);
         for (index, reason) in counted.rejected {
             outcome.rejected += 1;
             if outcome.rejected <= LOGGED_REJECTS {
-                tracing::warn!(partition, offset = offsets[index], %reason, "record rejected by the module");
+                tracing::warn!(partition, offset = self.offsets[index], %reason, "record rejected by the module");
             }
         }
-        events.extend(counted.events);
+        outcome.records += self.inputs.len() as u64;
+        self.events.extend(counted.events);
+        self.inputs.clear();
+        self.offsets.clear();
     }
-    outcome.records += inputs.len() as u64;
-    outcome.state.next_offset = next_offset;
-    Ok(events)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::backfill::archive;
     use crate::lineage::ArchiveLineage;
 
     pub(crate) fn object(consumed: std::ops::Range<i64>, rows: &[i64]) -> ArchiveObject {

@@ -2,7 +2,9 @@
 //! the same reject reasons, the same keyed-state writes), written and built
 //! differently so that its bytes, and so its sha256, differ. The host must
 //! accept it as a drop-in replacement and record the new module's sha256 in
-//! lineage from the batch it first processed.
+//! lineage from the batch it first processed. It implements the first world,
+//! `features`, where guests/features implements `features-columns`: a swap
+//! between the two crosses worlds.
 
 // wit-bindgen's generated glue (exports, canonical ABI) is unsafe FFI by nature.
 #![allow(unsafe_code)]
