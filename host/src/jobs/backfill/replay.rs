@@ -175,13 +175,13 @@ fn replay_chunk(
         offsets: Vec::with_capacity(GUEST_BATCH),
         events: Vec::with_capacity(fetched.iter().map(|(o, _)| o.lineage.rows()).sum()),
     };
-    for (object, bytes) in &fetched {
+    for (object, bytes) in fetched {
         // Rows the state already reflects are duplicates (an object
         // archived twice, overlapping objects): counted once.
         let duplicates = object.lineage.row_offsets().filter(|o| *o < next_offset).count();
         outcome.duplicates += duplicates as u64;
         let mut placement = Placement::new(object.lineage.partitions);
-        let mut rows = ObjectRows::open(&object.path, bytes.clone(), &object.lineage)?;
+        let mut rows = ObjectRows::open(&object.path, bytes, &object.lineage)?;
         loop {
             let mut keep = |offset: i64, user_id: i32, time: i64| -> Result<bool> {
                 if offset < next_offset {
