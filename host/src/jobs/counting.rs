@@ -32,9 +32,10 @@ pub struct Placement {
     partitions: i32,
     /// Reused for each record's key: no allocation per record.
     key: String,
-    /// Users' home partitions, each in the slot its id picks (a user's
-    /// records come in runs, and formatting and hashing its key cost more
-    /// than the rest of the check).
+    /// Users' home partitions, each in the slot its id picks (a
+    /// partition's users recur, and formatting and hashing a key cost more
+    /// than the rest of the check; a user whose slot another took is
+    /// computed again).
     homes: Vec<Home>,
 }
 
